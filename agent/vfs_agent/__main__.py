@@ -1,0 +1,3 @@
+from vfs_agent.cli import main
+
+main()
