@@ -1,0 +1,60 @@
+# vfs-agent: every target does its own set-up on a fresh Debian 12 machine (as root).
+#
+#   make demo   boot a real guest with two shares and show vfs-agent at work
+#   make test   unit tests, lint, and the real-guest tests
+#
+# Downloads and guest images are cached outside the checkout, in $(CACHE).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CACHE ?= /var/cache/vfs-agent-test
+export VFS_AGENT_CACHE := $(CACHE)
+
+HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprogs \
+	libsystemd-dev pkg-config gcc python3-dev python3-venv util-linux systemd socat
+HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
+VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: all setup host-deps venv lint unit guest test demo clean
+
+all: test
+
+setup: host-deps venv
+
+host-deps: $(HOST_STAMP)
+$(HOST_STAMP):
+	@echo ">>> installing host packages (Debian): $(HOST_DEBS)"
+	mkdir -p $(CACHE)
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(HOST_DEBS)
+	touch $@
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): pyproject.toml | $(HOST_STAMP)
+	@echo ">>> creating the virtual environment in $(VENV)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q -m 'not guest' tests
+
+guest: setup
+	$(VENV)/bin/pytest -q -m guest tests
+
+test: setup lint
+	$(VENV)/bin/pytest tests
+
+demo: setup
+	$(VENV)/bin/python -m tests.guestlib.demo
+
+clean:
+	rm -rf $(VENV) build dist agent/*.egg-info
