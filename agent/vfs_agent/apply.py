@@ -1,0 +1,151 @@
+"""Carry out a plan with mount(2)/umount2(2). The only module that changes mounts."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vfs_agent import syscalls
+from vfs_agent.model import Transport
+from vfs_agent.mount_options import to_mount_args
+from vfs_agent.plan import Action, ActionKind
+from vfs_agent.sysroot import SysRoot
+
+log = logging.getLogger(__name__)
+
+
+class Mounter(Protocol):
+    def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None: ...
+    def umount(self, target: str, *, lazy: bool = False) -> None: ...
+
+
+class KernelMounter:
+    """The real thing."""
+
+    def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+        syscalls.mount(source, target, fstype, flags, data)
+
+    def umount(self, target: str, *, lazy: bool = False) -> None:
+        syscalls.umount(target, lazy=lazy)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    ok: bool
+    changed: bool
+    message: str
+
+    @property
+    def fatal(self) -> bool:
+        """A failure that makes the command fail (exit 1): only required shares."""
+        return not self.ok and self.action.required
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.action.to_dict(),
+            "ok": self.ok,
+            "changed": self.changed,
+            "message": self.message,
+        }
+
+
+def apply_plan(
+    actions: list[Action],
+    sysroot: SysRoot,
+    mounter: Mounter,
+    *,
+    dry_run: bool = False,
+    prepare: Callable[[Transport], str | None] | None = None,
+) -> list[Outcome]:
+    """Apply every action in order; one failure never stops the others.
+
+    `prepare(transport)` makes the kernel ready for a filesystem type (loads its module) and
+    returns a problem or None; it is called once per type, before the first mount of that type.
+    """
+    prepared: dict[Transport, str | None] = {}
+    outcomes = []
+    for action in actions:
+        if action.kind is ActionKind.MOUNT and prepare and not dry_run and action.transport:
+            if action.transport not in prepared:
+                prepared[action.transport] = prepare(action.transport)
+        outcome = _apply_one(action, sysroot, mounter, dry_run, prepared)
+        _log(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _apply_one(
+    action: Action,
+    sysroot: SysRoot,
+    mounter: Mounter,
+    dry_run: bool,
+    prepared: dict[Transport, str | None],
+) -> Outcome:
+    kind = action.kind
+    if kind is ActionKind.MOUNT:
+        return _mount(action, sysroot, mounter, dry_run, prepared)
+    if kind is ActionKind.UNMOUNT_STALE:
+        return _unmount_stale(action, sysroot, mounter, dry_run)
+    if kind is ActionKind.KEEP:
+        return Outcome(action, True, False, f"{action.path}: already mounted")
+    if kind is ActionKind.IGNORE:
+        return Outcome(action, True, False, action.reason)
+    if kind is ActionKind.ABSENT:
+        return Outcome(action, not action.required, False, f"share {action.tag!r} is not attached")
+    return Outcome(action, False, False, action.reason)  # CONFLICT, REFUSE
+
+
+def _mount(
+    action: Action,
+    sysroot: SysRoot,
+    mounter: Mounter,
+    dry_run: bool,
+    prepared: dict[Transport, str | None],
+) -> Outcome:
+    assert action.path is not None and action.transport is not None
+    where = action.path
+    if dry_run:
+        return Outcome(action, True, False, f"would mount {action.tag!r} on {where}")
+    args = to_mount_args(action.options, action.transport)
+    try:
+        with sysroot.open_dir_nofollow(where, create=True) as fd:
+            mounter.mount(
+                action.tag, f"/proc/self/fd/{fd}", action.transport.value, args.flags, args.data
+            )
+    except OSError as e:
+        message = syscalls.explain_mount_error(e, action.tag, action.transport)
+        if e.errno == errno.ENODEV and prepared.get(action.transport):
+            message += f" ({prepared[action.transport]})"
+        return Outcome(
+            action, False, False, f"Failed to mount share {action.tag!r} on {where}: {message}"
+        )
+    return Outcome(action, True, True, f"Mounted share {action.tag!r} on {where}.")
+
+
+def _unmount_stale(action: Action, sysroot: SysRoot, mounter: Mounter, dry_run: bool) -> Outcome:
+    assert action.path is not None
+    if dry_run:
+        return Outcome(action, True, False, f"would unmount {action.path} lazily ({action.reason})")
+    try:
+        mounter.umount(str(sysroot.path(action.path)), lazy=True)
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # no longer a mount point: someone was faster
+            return Outcome(action, True, False, f"{action.path} is no longer mounted")
+        return Outcome(action, False, False, f"Failed to unmount {action.path}: {e.strerror}")
+    return Outcome(action, True, True, f"Unmounted {action.path} ({action.reason}).")
+
+
+def _log(outcome: Outcome) -> None:
+    action = outcome.action
+    fields = {"TAG": action.tag, "MOUNT_PATH": action.path or "", "ACTION": action.kind.value}
+    if outcome.ok:
+        level = logging.INFO if outcome.changed else logging.DEBUG
+        log.log(level, outcome.message, extra=fields)
+    elif outcome.fatal:
+        log.error(outcome.message, extra=fields)
+    else:
+        log.warning("%s, ignoring.", outcome.message.rstrip("."), extra=fields)

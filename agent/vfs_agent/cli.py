@@ -1,0 +1,292 @@
+"""The `vfs-agent` command: parses arguments, calls ops, prints. No logic of its own.
+
+Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing changed).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from vfs_agent import __version__, ops, report
+from vfs_agent.apply import Outcome
+from vfs_agent.kernel import kernel_report
+from vfs_agent.log import setup_logging
+from vfs_agent.policy import PolicyFile
+from vfs_agent.policy_load import DROPIN_DIR, MAIN_POLICY, PolicyError, load_file, load_policy
+from vfs_agent.status import share_status
+from vfs_agent.sysroot import SysRoot
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def handle_errors(func: F) -> F:
+    """The one place that maps errors to messages and exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PolicyError as e:
+            for problem in e.problems:
+                click.echo(f"vfs-agent: {problem}", err=True)
+            click.echo("vfs-agent: invalid policy; nothing was changed", err=True)
+            sys.exit(EXIT_USAGE)
+        except ops.OperationError as e:
+            click.echo(f"vfs-agent: {e}", err=True)
+            sys.exit(EXIT_FAILED)
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            click.echo(f"vfs-agent: error:{where}: {e.strerror or e}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Show what would change; change nothing."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfs-agent")
+@click.option(
+    "--policy",
+    "policy_path",
+    metavar="PATH",
+    help=f"Policy file to use instead of {MAIN_POLICY} plus {DROPIN_DIR}/*.yaml.",
+)
+@click.option(
+    "--root",
+    default="/",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Operate on another system root (a test tree, an image being built).",
+)
+@click.option("-v", "--verbose", count=True, help="Also log what did not change.")
+@click.pass_context
+def main(ctx: click.Context, policy_path: str | None, root: Path, verbose: int) -> None:
+    """Discover virtio-fs shares and mount them according to a policy.
+
+    The policy (YAML) says where each tag is mounted; see 'vfs-agent policy schema'.
+    """
+    setup_logging(verbose)
+    ctx.obj = ops.Context(SysRoot(root), policy_path)
+
+
+pass_ops = click.make_pass_decorator(ops.Context)
+
+
+@main.command()
+@json_option
+@pass_ops
+@handle_errors
+def status(ctx: ops.Context, as_json: bool) -> None:
+    """Kernel support, discovered shares, where each is mounted, and its health."""
+    planned = ops.current_plan(ctx)
+    kernel = kernel_report(ctx.sysroot)
+    shares = share_status(planned.observed, planned.actions)
+    if as_json:
+        emit_json(
+            {
+                "kernel": kernel.to_dict(),
+                "discovery_complete": planned.observed.discovery.complete,
+                "discovery_problems": list(planned.observed.discovery.problems),
+                "shares": [s.to_dict() for s in shares],
+            }
+        )
+    else:
+        click.echo(report.status_text(kernel, shares))
+        for problem in planned.observed.discovery.problems:
+            click.echo(f"* {problem}")
+
+
+@main.command()
+@json_option
+@pass_ops
+@handle_errors
+def kernel(ctx: ops.Context, as_json: bool) -> None:
+    """Kernel support report; exit 0 when virtiofs can be used, 1 otherwise."""
+    result = kernel_report(ctx.sysroot)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(report.kernel_text(result))
+    sys.exit(0 if result.usable else EXIT_FAILED)
+
+
+@main.command()
+@json_option
+@pass_ops
+@handle_errors
+def plan(ctx: ops.Context, as_json: bool) -> None:
+    """What mount-all would do and why; changes nothing."""
+    planned = ops.current_plan(ctx)
+    if as_json:
+        emit_json(
+            {
+                "policy_files": list(planned.policy.files),
+                "discovery_complete": planned.observed.discovery.complete,
+                "actions": [a.to_dict() for a in planned.actions],
+            }
+        )
+    else:
+        click.echo(report.plan_text(planned.actions))
+
+
+def _finish(outcomes: list[Outcome], as_json: bool) -> None:
+    if as_json:
+        emit_json({"outcomes": [o.to_dict() for o in outcomes]})
+    else:
+        click.echo(report.outcomes_text(outcomes))
+    sys.exit(EXIT_FAILED if any(o.fatal for o in outcomes) else 0)
+
+
+@main.command("mount-all")
+@dry_run_option
+@json_option
+@pass_ops
+@handle_errors
+def mount_all(ctx: ops.Context, dry_run: bool, as_json: bool) -> None:
+    """Mount every share the policy wants (idempotent).
+
+    Exit 1 if a required share could not be mounted; optional ones only warn.
+    """
+    _finish(ops.mount_all(ctx, dry_run=dry_run), as_json)
+
+
+@main.command()
+@click.argument("tag")
+@click.argument("path", required=False)
+@dry_run_option
+@json_option
+@pass_ops
+@handle_errors
+def mount(ctx: ops.Context, tag: str, path: str | None, dry_run: bool, as_json: bool) -> None:
+    """Mount share TAG at PATH, or where the policy says (even a tag the policy ignores)."""
+    _finish(ops.mount_one(ctx, tag, path, dry_run=dry_run), as_json)
+
+
+@main.command()
+@click.argument("target", metavar="TAG|PATH")
+@click.option("--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
+@dry_run_option
+@json_option
+@pass_ops
+@handle_errors
+def umount(ctx: ops.Context, target: str, lazy: bool, dry_run: bool, as_json: bool) -> None:
+    """Unmount a share: every mount of TAG, or the share mounted at PATH."""
+    paths = ops.umount(ctx, target, lazy=lazy, dry_run=dry_run)
+    verb = "would unmount" if dry_run else "unmounted"
+    if as_json:
+        emit_json({"unmounted": paths, "dry_run": dry_run})
+    else:
+        for path in paths:
+            click.echo(f"{verb} {path}")
+
+
+@main.group()
+def generate() -> None:
+    """Write mount units or fstab lines so the shares come back at every boot."""
+
+
+@generate.command("systemd")
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_default=True,
+    metavar="DIR|-",
+    help="Unit directory to keep in sync (e.g. /etc/systemd/system), or - to print.",
+)
+@pass_ops
+@handle_errors
+def generate_systemd(ctx: ops.Context, output: str) -> None:
+    """One .mount unit per share the policy wants.
+
+    With a directory, units are written atomically with their local-fs.target.wants/ links,
+    and units vfs-agent generated there before that are no longer wanted are removed.
+    Tags that only a glob or defaults.unknown matches need the share to be attached.
+    """
+    if output == "-":
+        units, skipped = ops.generated_units(ctx)
+        for unit in units:
+            click.echo(f"# {unit.name}\n{unit.text}")
+    else:
+        written, removed, skipped = ops.write_units(ctx, Path(output))
+        for name in written:
+            click.echo(f"wrote {Path(output) / name}")
+        for name in removed:
+            click.echo(f"removed {Path(output) / name}")
+    for skip in skipped:
+        click.echo(f"vfs-agent: skipped {report.show(skip.tag)}: {skip.why}", err=True)
+
+
+@generate.command("fstab")
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_default=True,
+    metavar="FILE|-",
+    help="fstab file whose vfs-agent block is replaced (every other byte kept), or - to print.",
+)
+@pass_ops
+@handle_errors
+def generate_fstab(ctx: ops.Context, output: str) -> None:
+    """fstab lines for the shares the policy wants, inside a marked block."""
+    if output == "-":
+        click.echo(ops.fstab_block(ctx), nl=False)
+    else:
+        ops.write_fstab(ctx, Path(output))
+        click.echo(f"updated the vfs-agent block in {output}")
+
+
+@main.group("policy")
+def policy_group() -> None:
+    """Check the policy, or print its JSON Schema."""
+
+
+@policy_group.command("check")
+@click.argument("file", required=False)
+@json_option
+@pass_ops
+def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
+    """Validate FILE (or the configured policy); exit 2 listing every problem."""
+    try:
+        if file is not None:
+            load_file(SysRoot(Path("/")), str(Path(file).absolute()))
+            files = [file]
+        else:
+            files = list(load_policy(ctx.sysroot, ctx.policy_path).files)
+    except PolicyError as e:
+        if as_json:
+            emit_json({"valid": False, "problems": [vars(p) for p in e.problems]})
+        else:
+            for problem in e.problems:
+                click.echo(str(problem), err=True)
+        sys.exit(EXIT_USAGE)
+    if as_json:
+        emit_json({"valid": True, "files": files})
+    else:
+        click.echo(f"policy is valid: {', '.join(files) or 'no files, built-in defaults'}")
+
+
+@policy_group.command("schema")
+def policy_schema() -> None:
+    """Print the JSON Schema of a policy file."""
+    emit_json(PolicyFile.model_json_schema())

@@ -1,0 +1,131 @@
+"""Escaping of untrusted text for the places it ends up: paths, unit names, unit files, fstab.
+
+Each function is exact and injective where the target needs it; none of them ever lets a tag
+choose a path by itself.
+"""
+
+from __future__ import annotations
+
+import string
+
+# Bytes a tag may keep verbatim in a derived path component.
+_TAG_SAFE = frozenset((string.ascii_letters + string.digits + "_-.").encode())
+
+# systemd's VALID_CHARS for unit names minus the ones do_escape() escapes anyway ('-', '\\').
+_UNIT_SAFE = frozenset((string.ascii_letters + string.digits + ":_.").encode())
+
+# fstab/mtab fields: libmount decodes any \ooo; these must be encoded to keep a field whole.
+_FSTAB_SPECIAL = frozenset(b" \t\n\\#")
+
+
+def tag_bytes(tag: str) -> bytes:
+    """The bytes of a tag as the kernel sees them (non-UTF-8 bytes survive via surrogateescape)."""
+    return tag.encode("utf-8", "surrogateescape")
+
+
+def encode_tag(tag: str) -> str:
+    """Encode a tag as one safe path component, injectively and reversibly.
+
+    Letters, digits, '_', '-' and '.' stay; every other byte becomes %XX (upper-case hex), and so
+    does a leading '.'. The result is never empty, '.', '..' or hidden, and holds no '/',
+    whitespace, quotes or backslashes. The same encoding names the systemd device alias.
+    """
+    raw = tag_bytes(tag)
+    if not raw:
+        raise ValueError("an empty tag cannot name a path")
+    out = []
+    for i, byte in enumerate(raw):
+        if byte in _TAG_SAFE and not (i == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def decode_tag(component: str) -> str:
+    """Invert encode_tag()."""
+    raw = bytearray()
+    i = 0
+    while i < len(component):
+        if component[i] == "%":
+            raw.append(int(component[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(component[i]))
+            i += 1
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def systemd_escape_path(path: str) -> str:
+    """Exactly `systemd-escape --path PATH` (systemd's unit_name_path_escape()).
+
+    The caller passes a normalized absolute path (no '.', '..' or empty components).
+    """
+    stripped = path.strip("/")
+    if not stripped:
+        return "-"
+    raw = tag_bytes(stripped)
+    out = []
+    for i, byte in enumerate(raw):
+        if byte == ord("/"):
+            out.append("-")
+        elif byte in _UNIT_SAFE and not (i == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def mount_unit_name(path: str) -> str:
+    """The .mount unit name systemd requires for Where=PATH."""
+    return systemd_escape_path(path) + ".mount"
+
+
+def unit_specifier_escape(value: str) -> str:
+    """Escape '%' so systemd's specifier expansion gives back `value`."""
+    return value.replace("%", "%%")
+
+
+def unit_value_problem(value: str) -> str | None:
+    """Why `value` cannot be written as a unit file setting verbatim, or None if it can.
+
+    systemd strips leading and trailing whitespace and treats a trailing backslash as a line
+    continuation; a control character would end or corrupt the line.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "contains a control character"
+    if value != value.strip():
+        return "begins or ends with whitespace"
+    if value.endswith("\\"):
+        return "ends with a backslash"
+    return None
+
+
+def fstab_escape(field: str) -> str:
+    """Escape one fstab field with octal escapes (space \\040, tab \\011, newline \\012,
+    backslash \\134, '#' \\043, and any other control byte), as libmount decodes them."""
+    out = bytearray()
+    for byte in tag_bytes(field):
+        if byte in _FSTAB_SPECIAL or byte < 0x20 or byte == 0x7F:
+            out += f"\\{byte:03o}".encode()
+        else:
+            out.append(byte)
+    return out.decode("utf-8", "surrogateescape")
+
+
+def unescape_octal(field: str) -> str:
+    """Decode \\ooo escapes as the kernel writes them in /proc/self/mountinfo."""
+    if "\\" not in field:
+        return field
+    raw = tag_bytes(field)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        chunk = raw[i + 1 : i + 4]
+        if raw[i] == ord("\\") and len(chunk) == 3 and all(48 <= b <= 55 for b in chunk):
+            out.append(int(chunk, 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")

@@ -1,0 +1,153 @@
+"""The operations behind the commands: each wires the edges (policy files, observation,
+mount syscalls, output files) around the pure core. The CLI and the daemon call these."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.lock import mount_lock
+from vfs_agent.model import Transport
+from vfs_agent.modules import ensure_filesystem
+from vfs_agent.mounttable import top_mounts
+from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
+from vfs_agent.outputs import sync_unit_dir, write_fstab_block
+from vfs_agent.plan import Action, ActionKind, plan
+from vfs_agent.policy import Policy, Rule, RuleRef
+from vfs_agent.policy_load import load_policy
+from vfs_agent.render_fstab import render_block
+from vfs_agent.render_systemd import Skipped, UnitFile, render_units
+from vfs_agent.sysroot import SysRoot
+
+
+class OperationError(Exception):
+    """A command could not do what was asked (exit 1), with a message for a person."""
+
+
+@dataclass(frozen=True)
+class Context:
+    sysroot: SysRoot
+    policy_path: str | None = None  # None: the default files
+
+    def policy(self) -> Policy:
+        return load_policy(self.sysroot, self.policy_path)
+
+    @contextlib.contextmanager
+    def locked(self, dry_run: bool) -> Iterator[None]:
+        if dry_run:
+            yield
+        else:
+            with mount_lock(self.sysroot):
+                yield
+
+
+@dataclass(frozen=True)
+class Planned:
+    policy: Policy
+    observed: Observed
+    actions: list[Action]
+
+
+def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
+    policy = policy or ctx.policy()
+    observed = observe(ctx.sysroot)
+    actions = plan(observed.discovery, policy, observed.table, observed.dead)
+    return Planned(policy, observed, actions)
+
+
+def mount_all(ctx: Context, *, dry_run: bool, mounter: Mounter | None = None) -> list[Outcome]:
+    policy = ctx.policy()  # an invalid policy stops here, before anything changes
+    with ctx.locked(dry_run):
+        planned = current_plan(ctx, policy)
+        return _apply(ctx, planned.actions, dry_run, mounter)
+
+
+def mount_one(
+    ctx: Context, tag: str, path: str | None, *, dry_run: bool, mounter: Mounter | None = None
+) -> list[Outcome]:
+    """Mount one tag where the policy says, or at `path`. An explicit request mounts the tag
+    even when the policy would ignore it or names no rule for it."""
+    policy = ctx.policy()
+    matched = policy.match(tag)
+    base = matched.rule if matched and not matched.rule.ignore else None
+    rule = Rule.model_construct(
+        tag=tag,
+        path=path or (base.path if base else None),
+        options=list(base.options) if base else [],
+        required=True,
+        ignore=False,
+        transport=base.transport if base else Rule.model_fields["transport"].default,
+    )
+    override = replace(policy, rules=(RuleRef(rule, "the command line", 0), *policy.rules))
+    with ctx.locked(dry_run):
+        planned = current_plan(ctx, override)
+        skip = (ActionKind.UNMOUNT_STALE, ActionKind.IGNORE)
+        mine = [a for a in planned.actions if a.tag == tag and a.kind not in skip]
+        if not mine:
+            raise OperationError(f"no share with tag {tag!r} is attached (see 'vfs-agent status')")
+        return _apply(ctx, mine, dry_run, mounter)
+
+
+def umount(
+    ctx: Context, target: str, *, lazy: bool, dry_run: bool, mounter: Mounter | None = None
+) -> list[str]:
+    """Unmount a share by mount path or by tag (every mount of it). Returns the paths."""
+    mounter = mounter or KernelMounter()
+    with ctx.locked(dry_run):
+        table = observe(ctx.sysroot).table
+        shares = [e for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
+        if target.startswith("/"):
+            chosen = [e for e in shares if e.target == target.rstrip("/") or e.target == target]
+            if not chosen:
+                raise OperationError(f"{target} is not a virtio-fs or 9p mount")
+        else:
+            chosen = [e for e in shares if e.source == target]
+            if not chosen:
+                raise OperationError(f"share {target!r} is not mounted")
+        paths = sorted((e.target for e in chosen), key=lambda p: -p.count("/"))
+        for path in paths:
+            if dry_run:
+                continue
+            try:
+                mounter.umount(str(ctx.sysroot.path(path)), lazy=lazy)
+            except OSError as e:
+                hint = "; retry with --lazy" if e.errno == errno.EBUSY and not lazy else ""
+                raise OperationError(f"Failed to unmount {path}: {e.strerror}{hint}") from None
+        return paths
+
+
+def _apply(
+    ctx: Context, actions: list[Action], dry_run: bool, mounter: Mounter | None
+) -> list[Outcome]:
+    def prepare(transport: Transport) -> str | None:
+        return ensure_filesystem(ctx.sysroot, transport)
+
+    return apply_plan(
+        actions, ctx.sysroot, mounter or KernelMounter(), dry_run=dry_run, prepare=prepare
+    )
+
+
+def generated_units(ctx: Context) -> tuple[list[UnitFile], list[Skipped]]:
+    planned = current_plan(ctx)
+    origin = ", ".join(planned.policy.files) or "the built-in default policy"
+    return render_units(planned.actions, f"policy {origin}")
+
+
+def write_units(ctx: Context, directory: Path) -> tuple[list[str], list[str], list[Skipped]]:
+    units, skipped = generated_units(ctx)
+    written, removed = sync_unit_dir(directory, units)
+    return written, removed, skipped
+
+
+def fstab_block(ctx: Context) -> str:
+    return render_block(current_plan(ctx).actions)
+
+
+def write_fstab(ctx: Context, fstab: Path) -> str:
+    block = fstab_block(ctx)
+    write_fstab_block(fstab, block)
+    return block

@@ -1,0 +1,245 @@
+"""plan(discovery, policy, mount table) -> actions: what mount-all would do, and why.
+
+Pure and deterministic: no I/O. Liveness of existing mounts (ENOTCONN) is probed at the edge and
+passed in as `dead`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from vfs_agent.discovery import Discovery
+from vfs_agent.model import Mounted, Share, Transport
+from vfs_agent.mount_options import kernel_options, transport_problem
+from vfs_agent.mounttable import top_mounts
+from vfs_agent.paths import derived_path, expand_path, path_problem
+from vfs_agent.policy import Policy, RuleRef, TransportChoice, UnknownTags
+
+
+class ActionKind(StrEnum):
+    MOUNT = "mount"  # mount the share at path
+    KEEP = "keep"  # already mounted as planned
+    UNMOUNT_STALE = "unmount-stale"  # lazily unmount a mount whose share is gone or dead
+    IGNORE = "ignore"  # policy says leave it
+    ABSENT = "absent"  # a rule names the tag, but no such share is attached
+    CONFLICT = "conflict"  # two tags for one path, or the path holds another filesystem
+    REFUSE = "refuse"  # unsafe path or unusable options
+
+
+# Kinds that describe a mount the policy wants (generators write units/lines for these).
+WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT})
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    tag: str
+    reason: str
+    path: str | None = None
+    transport: Transport | None = None
+    options: tuple[str, ...] = field(default=())
+    required: bool = False
+    rule: str | None = None  # which rule decided, for humans
+    source_file: str | None = None  # the policy file of that rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.kind.value,
+            "tag": self.tag,
+            "path": self.path,
+            "transport": self.transport.value if self.transport else None,
+            "options": list(self.options),
+            "required": self.required,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class _Want:
+    """A mount the policy wants, before it is checked against paths and the mount table."""
+
+    tag: str
+    transport: Transport
+    path: str
+    options: tuple[str, ...]
+    required: bool
+    ref: RuleRef | None
+    present: bool
+    why: str
+
+
+def plan(
+    discovery: Discovery,
+    policy: Policy,
+    table: list[Mounted],
+    dead: frozenset[str] = frozenset(),
+) -> list[Action]:
+    """Decide, for every share and every rule, what to do. See ActionKind."""
+    actions: list[Action] = []
+    wants: list[_Want] = []
+    by_tag: dict[str, list[Share]] = defaultdict(list)
+    for share in discovery.shares:
+        by_tag[share.tag].append(share)
+
+    for tag in sorted(by_tag):
+        _decide_present(tag, by_tag[tag], policy, actions, wants)
+    for ref in policy.exact_rules():
+        if ref.rule.tag not in by_tag and not ref.rule.ignore:
+            wants.append(_absent_want(ref, policy, discovery.complete))
+
+    top = top_mounts(table)
+    claimed: dict[str, list[_Want]] = defaultdict(list)
+    for want in wants:
+        problem = path_problem(want.path) or transport_problem(want.options, want.transport)
+        if problem:
+            actions.append(_action(ActionKind.REFUSE, want, f"refusing {want.path}: {problem}"))
+        else:
+            claimed[want.path].append(want)
+
+    stale_done: set[str] = set()
+    for path, group in claimed.items():
+        if len({w.tag for w in group}) > 1:
+            tags = ", ".join(repr(w.tag) for w in group)
+            for want in group:
+                actions.append(_action(ActionKind.CONFLICT, want, f"{path} is claimed by {tags}"))
+            continue
+        want = group[0]
+        actions += _against_table(want, top.get(path), dead, stale_done)
+
+    present = {(s.transport, s.tag) for s in discovery.shares}
+    for entry in top.values():
+        if entry.target in stale_done or entry.fstype not in (t.value for t in Transport):
+            continue
+        transport = Transport(entry.fstype)
+        gone = (transport, entry.source) not in present and (
+            discovery.complete or transport is Transport.NINEP
+        )
+        if entry.target in dead or gone:
+            why = "its share is gone" if gone else "it is dead (ENOTCONN)"
+            actions.append(
+                Action(
+                    ActionKind.UNMOUNT_STALE,
+                    entry.source,
+                    f"{entry.target}: {why}",
+                    entry.target,
+                    transport,
+                )
+            )
+    return sorted(actions, key=_order)
+
+
+def _decide_present(
+    tag: str, shares: list[Share], policy: Policy, actions: list[Action], wants: list[_Want]
+) -> None:
+    ref = policy.match(tag)
+    described = ref.describe() if ref else None
+    choice = ref.rule.transport if ref else TransportChoice.AUTO
+    chosen = _choose_transport(shares, choice)
+    for other in shares:
+        if other is not chosen:
+            why = (
+                f"also exported over {chosen.transport.value}, which is used"
+                if chosen
+                else f"{described} asks for transport {choice.value}"
+            )
+            actions.append(
+                Action(ActionKind.IGNORE, tag, why, None, other.transport, rule=described)
+            )
+    if chosen is None:
+        return
+    if ref is not None and ref.rule.ignore:
+        why = f"ignored by {described}"
+        actions.append(Action(ActionKind.IGNORE, tag, why, None, chosen.transport, rule=described))
+    elif ref is None and policy.defaults.unknown is UnknownTags.IGNORE:
+        why = "no rule names this tag and defaults.unknown is 'ignore'"
+        actions.append(Action(ActionKind.IGNORE, tag, why, None, chosen.transport))
+    else:
+        wants.append(_want(tag, chosen.transport, ref, policy, present=True))
+
+
+def _choose_transport(shares: list[Share], choice: TransportChoice) -> Share | None:
+    if choice is TransportChoice.AUTO:
+        return min(shares, key=lambda s: s.transport is not Transport.VIRTIOFS)
+    wanted = Transport(choice.value)
+    return next((s for s in shares if s.transport is wanted), None)
+
+
+def _want(
+    tag: str, transport: Transport, ref: RuleRef | None, policy: Policy, *, present: bool
+) -> _Want:
+    if ref is None:
+        path, why = derived_path(policy.defaults.mount_root, tag), "defaults.unknown is 'mount'"
+    elif ref.rule.path:
+        path, why = expand_path(ref.rule.path, tag), f"path from {ref.describe()}"
+    else:
+        path = derived_path(policy.defaults.mount_root, tag)
+        why = f"{ref.describe()}, under defaults.mount_root"
+    rule = ref.rule if ref else None
+    options = kernel_options(policy.options_for(rule), transport)
+    required = rule.required if rule else False
+    return _Want(tag, transport, path, options, required, ref, present, why)
+
+
+def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
+    """A rule naming a tag that discovery did not find. When discovery is incomplete (older
+    kernel, lockdown) the tag may still exist, so it is treated as present and tried."""
+    choice = ref.rule.transport
+    transport = Transport.NINEP if choice is TransportChoice.NINEP else Transport.VIRTIOFS
+    return _want(ref.rule.tag, transport, ref, policy, present=not complete)
+
+
+def _against_table(
+    want: _Want, entry: Mounted | None, dead: frozenset[str], stale_done: set[str]
+) -> list[Action]:
+    if not want.present:
+        named = want.ref.describe() if want.ref else "the policy"
+        return [
+            _action(ActionKind.ABSENT, want, f"named by {named}, but no such share is attached")
+        ]
+    if entry is None:
+        return [_action(ActionKind.MOUNT, want, want.why)]
+    if entry.fstype == want.transport.value and entry.source == want.tag:
+        if entry.target not in dead:
+            return [_action(ActionKind.KEEP, want, f"already mounted ({want.why})")]
+        stale_done.add(entry.target)
+        return [
+            Action(
+                ActionKind.UNMOUNT_STALE,
+                want.tag,
+                f"{entry.target}: it is dead (ENOTCONN)",
+                entry.target,
+                want.transport,
+            ),
+            _action(ActionKind.MOUNT, want, f"remount after a dead mount ({want.why})"),
+        ]
+    holder = f"{entry.fstype} {entry.source!r}"
+    return [_action(ActionKind.CONFLICT, want, f"{want.path} already holds {holder}")]
+
+
+def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
+    return Action(
+        kind,
+        want.tag,
+        reason,
+        want.path,
+        want.transport,
+        want.options,
+        want.required,
+        want.ref.describe() if want.ref else None,
+        want.ref.file if want.ref else None,
+    )
+
+
+_KIND_ORDER = {k: i for i, k in enumerate(ActionKind)}
+
+
+def _order(action: Action) -> tuple[int, int, str, str]:
+    """Stale unmounts first (deepest first), then mounts parents-before-children, then the rest."""
+    depth = action.path.count("/") if action.path else 0
+    if action.kind is ActionKind.UNMOUNT_STALE:
+        return (0, -depth, action.path or "", action.tag)
+    return (1 + _KIND_ORDER[action.kind], depth, action.path or "", action.tag)

@@ -1,0 +1,306 @@
+"""Reading policy files: YAML with positions, strict-mode file checks, pydantic validation, and
+error messages of the form `file:line:col: field: what is wrong; what to write`."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vfs_agent.policy import Policy, PolicyFile, empty_policy, merge
+from vfs_agent.sysroot import SysRoot
+
+MAIN_POLICY = "/etc/vfs-agent/policy.yaml"
+DROPIN_DIR = "/etc/vfs-agent/policy.d"
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    file: str
+    line: int  # 1-based; 0 when the problem is about the file as a whole
+    column: int
+    field: str  # e.g. "mounts[0].path", "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class PolicyError(Exception):
+    """One or more problems; nothing may be changed when this is raised."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def policy_files(sysroot: SysRoot, explicit: str | None) -> list[str]:
+    """The files to read, in read order (inner paths)."""
+    if explicit is not None:
+        return [explicit]
+    files = [MAIN_POLICY] if sysroot.exists(MAIN_POLICY) else []
+    files += [
+        f"{DROPIN_DIR}/{name}"
+        for name in sysroot.listdir(DROPIN_DIR)
+        if name.endswith(".yaml") and not name.startswith(".")
+    ]
+    return files
+
+
+def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
+    """Read, check and merge the policy. Raises PolicyError listing every problem found."""
+    files = policy_files(sysroot, explicit)
+    if not files:
+        return empty_policy()
+    parsed: list[tuple[str, PolicyFile]] = []
+    problems: list[PolicyProblem] = []
+    for name in files:
+        try:
+            parsed.append((name, load_file(sysroot, name)))
+        except PolicyError as e:
+            problems += e.problems
+    if problems:
+        raise PolicyError(problems)
+    return merge(parsed)
+
+
+def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> PolicyFile:
+    host_path = sysroot.path(name)
+    problems = file_mode_problems(name, host_path) if check_modes else []
+    try:
+        text = host_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([PolicyProblem(name, 0, 0, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError([PolicyProblem(name, 0, 0, "", f"cannot read: {e}")]) from None
+    try:
+        parsed = parse_text(text, name)
+    except PolicyError as e:
+        problems += e.problems
+        raise PolicyError(problems) from None
+    if problems:
+        raise PolicyError(problems)
+    return parsed
+
+
+def file_mode_problems(name: str, host_path: os.PathLike[str]) -> list[PolicyProblem]:
+    """sshd-style StrictModes: the file and its directory must be owned by root (or by the user
+    running vfs-agent) and writable by nobody else."""
+    problems = []
+    for what, path in (("file", host_path), ("directory", os.path.dirname(host_path))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_uid not in (0, os.geteuid()):
+            problems.append(
+                PolicyProblem(
+                    name, 0, 0, "", f"the policy {what} must be owned by root (chown root)"
+                )
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(
+                PolicyProblem(
+                    name, 0, 0, "", f"the policy {what} is writable by group or others (chmod go-w)"
+                )
+            )
+    return problems
+
+
+def parse_text(text: str, name: str) -> PolicyFile:
+    """Parse one policy document; positions of every node are kept for error messages."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise PolicyError(
+            [PolicyProblem(name, line, col, "", f"invalid YAML: {e.problem}")]
+        ) from None
+    if node is None:
+        raise PolicyError(
+            [PolicyProblem(name, 1, 1, "", "the file is empty; it needs at least 'version: 1'")]
+        )
+    positions: dict[Loc, tuple[int, int]] = {}
+    duplicates: list[PolicyProblem] = []
+    data = _construct(node, (), positions, duplicates, name)
+    if duplicates:
+        raise PolicyError(duplicates)
+    if not isinstance(data, dict):
+        line, col = positions[()]
+        raise PolicyError(
+            [PolicyProblem(name, line, col, "", "the policy must be a mapping with 'version: 1'")]
+        )
+    try:
+        parsed = PolicyFile.model_validate(data)
+    except ValidationError as e:
+        problems = [_problem(err, positions, name) for err in e.errors()]
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
+    _check_duplicate_tags(parsed, positions, name)
+    return parsed
+
+
+def _check_duplicate_tags(
+    parsed: PolicyFile, positions: dict[Loc, tuple[int, int]], name: str
+) -> None:
+    first: dict[str, int] = {}
+    problems = []
+    for index, rule in enumerate(parsed.mounts):
+        if rule.tag in first:
+            line, col = positions[("mounts", index, "tag")]
+            problems.append(
+                PolicyProblem(
+                    name,
+                    line,
+                    col,
+                    f"mounts[{index}].tag",
+                    f"tag {rule.tag!r} is already named by mounts[{first[rule.tag]}]; "
+                    "merge the two rules into one",
+                )
+            )
+        first.setdefault(rule.tag, index)
+    if problems:
+        raise PolicyError(problems)
+
+
+def _construct(
+    node: yaml.Node,
+    loc: Loc,
+    positions: dict[Loc, tuple[int, int]],
+    dups: list[PolicyProblem],
+    name: str,
+) -> Any:
+    """Build plain Python data from a YAML node tree, recording each node's position and
+    rejecting duplicate keys (PyYAML silently keeps the last one)."""
+    positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.SafeLoader(stream="").construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in out:
+                dups.append(
+                    PolicyProblem(
+                        name,
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                        _field((*loc, key)),
+                        "duplicate key; each key may appear once",
+                    )
+                )
+                continue
+            positions[(*loc, key, "<key>")] = (
+                key_node.start_mark.line + 1,
+                key_node.start_mark.column + 1,
+            )
+            out[key] = _construct(value_node, (*loc, key), positions, dups, name)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(item, (*loc, i), positions, dups, name) for i, item in enumerate(node.value)
+        ]
+    return yaml.SafeLoader(stream="").construct_object(node, deep=True)
+
+
+def _problem(err: Any, positions: dict[Loc, tuple[int, int]], name: str) -> PolicyProblem:
+    loc: Loc = tuple(err["loc"])
+    # pydantic puts the failing validator's name after the field for Annotated validators.
+    loc = tuple(part for part in loc if not (isinstance(part, str) and "[" in part))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        line, col = positions.get((*loc, "<key>"), _nearest(loc, positions))
+        return PolicyProblem(name, line, col, _field(loc), _unknown_key_message(loc))
+    line, col = _nearest(loc, positions)
+    return PolicyProblem(name, line, col, _field(loc), _message(err, loc))
+
+
+def _nearest(loc: Loc, positions: dict[Loc, tuple[int, int]]) -> tuple[int, int]:
+    while loc not in positions and loc:
+        loc = loc[:-1]
+    return positions.get(loc, (1, 1))
+
+
+def _field(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: Any, loc: Loc) -> str:
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "missing":
+        return f"this key is required; {_describe(loc)}"
+    if kind == "literal_error" and loc == ("version",):
+        return f"unsupported version {given!r}; write 'version: 1'"
+    if kind == "enum":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{given!r} is not allowed; write one of {expected}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{given!r} is not a boolean; write true or false"
+    if kind == "string_type":
+        return f"expected text, got {type(given).__name__} {given!r}; quote it if needed"
+    if kind == "list_type":
+        return f"expected a list, got {type(given).__name__}; write [a, b] or one '- item' per line"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of keys, got {type(given).__name__}; {_describe(loc)}"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"])
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that holds the keys at `loc` (for listing allowed keys)."""
+    model: Any = PolicyFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = (
+            model.model_fields.get(part)
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else None
+        )
+        if field is None:
+            return None
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    for arg in (*typing.get_args(annotation), annotation):
+        inner = _unwrap(arg) if typing.get_args(arg) else arg
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _describe(loc: Loc) -> str:
+    model = _model_at(loc[:-1]) if loc else PolicyFile
+    field = model.model_fields.get(str(loc[-1])) if model and loc else None
+    if field is not None and field.description:
+        return field.description
+    return "see 'vfs-agent policy schema'"
+
+
+def _unknown_key_message(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    key = str(loc[-1])
+    if model is None:
+        return f"unknown key {key!r}"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {hint}allowed keys here: {', '.join(allowed)}"
