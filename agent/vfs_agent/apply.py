@@ -69,9 +69,10 @@ def apply_plan(
     prepared: dict[Transport, str | None] = {}
     outcomes = []
     for action in actions:
-        if action.kind is ActionKind.MOUNT and prepare and not dry_run and action.transport:
-            if action.transport not in prepared:
-                prepared[action.transport] = prepare(action.transport)
+        transport = action.transport
+        wanted = action.kind is ActionKind.MOUNT and not dry_run
+        if prepare is not None and wanted and transport and transport not in prepared:
+            prepared[transport] = prepare(transport)
         outcome = _apply_one(action, sysroot, mounter, dry_run, prepared)
         _log(outcome)
         outcomes.append(outcome)

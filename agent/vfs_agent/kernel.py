@@ -145,7 +145,7 @@ def _problems(r: KernelReport) -> list[Problem]:
         out.append(
             Problem(
                 "this kernel has no virtiofs support",
-                "boot a kernel built with CONFIG_VIRTIO_FS (Debian: linux-image-amd64, Linux >= 5.4)",
+                "boot a kernel with CONFIG_VIRTIO_FS (Linux >= 5.4; Debian: linux-image-amd64)",
             )
         )
     elif r.virtiofs is ModuleState.MODULE:
@@ -168,7 +168,8 @@ def _problems(r: KernelReport) -> list[Problem]:
     if r.lockdown not in (None, "none"):
         out.append(
             Problem(
-                f"kernel lockdown is '{r.lockdown}': reading tags through PCI config space may be refused",
+                f"kernel lockdown is '{r.lockdown}': "
+                "reading tags through PCI config space may be refused",
                 "name every tag in the policy; vfs-agent then tries those tags directly",
             )
         )

@@ -55,6 +55,9 @@ _DATA_OPTIONS: dict[Transport, dict[str, str | None]] = {
         "access": r"user|any|client|[0-9]{1,10}",
         "posixacl": None,
         "noxattr": None,
+        # Set by vfs-agent itself (see NINEP_BASE_DATA); a policy may not name them.
+        "trans": r"virtio",
+        "version": r"9p2000\.L|9p2000\.u|9p2000",
     },
 }
 

@@ -46,11 +46,17 @@ def explain_mount_error(err: OSError, tag: str, transport: Transport) -> str:
     """Why mount(2) failed, and what to do about it."""
     code = err.errno
     if code == errno.ENOENT and transport is Transport.VIRTIOFS:
-        return f"the kernel has no virtio-fs share with tag {tag!r}: is the device attached? (see 'vfs-agent status')"
+        return (
+            f"the kernel has no virtio-fs share with tag {tag!r}: is the device attached? "
+            "(see 'vfs-agent status')"
+        )
     if code == errno.ENOENT:
         return f"no 9p share with tag {tag!r} is attached (see 'vfs-agent status')"
     if code == errno.ENODEV:
-        return f"the kernel does not support {transport.value} (module not loaded or missing; see 'vfs-agent kernel')"
+        return (
+            f"the kernel does not support {transport.value} "
+            "(module not loaded or missing; see 'vfs-agent kernel')"
+        )
     if code in (errno.EPERM, errno.EACCES):
         return (
             "permission denied: mounting needs root (CAP_SYS_ADMIN in the initial mount namespace)"
