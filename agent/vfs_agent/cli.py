@@ -18,8 +18,8 @@ from vfs_agent import __version__, ops, report
 from vfs_agent.apply import Outcome
 from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
-from vfs_agent.policy import PolicyFile
 from vfs_agent.policy_load import DROPIN_DIR, MAIN_POLICY, PolicyError, load_file, load_policy
+from vfs_agent.policy_model import PolicyFile
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
 

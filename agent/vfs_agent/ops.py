@@ -17,7 +17,7 @@ from vfs_agent.mounttable import top_mounts
 from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import Action, ActionKind, plan
-from vfs_agent.policy import Policy, Rule, RuleRef
+from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.policy_load import load_policy
 from vfs_agent.render_fstab import render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
@@ -74,13 +74,13 @@ def mount_one(
     policy = ctx.policy()
     matched = policy.match(tag)
     base = matched.rule if matched and not matched.rule.ignore else None
-    rule = Rule.model_construct(
+    rule = Rule(
         tag=tag,
         path=path or (base.path if base else None),
-        options=list(base.options) if base else [],
+        options=base.options if base else (),
         required=True,
-        ignore=False,
-        transport=base.transport if base else Rule.model_fields["transport"].default,
+        transport=base.transport if base else TransportChoice.AUTO,
+        device_timeout=base.device_timeout if base else None,
     )
     override = replace(policy, rules=(RuleRef(rule, "the command line", 0), *policy.rules))
     with ctx.locked(dry_run):

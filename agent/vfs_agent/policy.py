@@ -1,4 +1,7 @@
-"""The policy: what the YAML files may say (pydantic models) and the merged result.
+"""The merged policy as plain data: what plan() and the generator work with.
+
+Validation lives in policy_model.py (pydantic) and policy_load.py; this module imports neither,
+so the boot-time generator can use a compiled policy without loading pydantic.
 
 Merge rule (documented in the README): files are read in order — the main policy file, then
 policy.d/*.yaml in lexical order. `defaults` merge key by key, a later file overriding an earlier
@@ -9,20 +12,16 @@ tag pattern matches decides. So a drop-in can override the image's policy for a 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
-
-from vfs_agent.escape import tag_bytes
-from vfs_agent.mount_options import merge_options, option_problem
-from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
+from vfs_agent.mount_options import merge_options
 
 MAX_TAG_BYTES = 36
 GLOB_CHARS = frozenset("*?[")
 DEFAULT_MOUNT_ROOT = "/mnt/virtiofs"
 DEFAULT_OPTIONS = ("nosuid", "nodev")
+DEFAULT_DEVICE_TIMEOUT = 10
 
 
 class UnknownTags(StrEnum):
@@ -36,108 +35,22 @@ class TransportChoice(StrEnum):
     NINEP = "9p"
 
 
-def _check_option(option: str) -> str:
-    problem = option_problem(option)
-    if problem:
-        raise ValueError(f"mount option {option!r}: {problem}")
-    return option
-
-
-def _check_mount_root(path: str) -> str:
-    problem = path_problem(path)
-    if problem:
-        raise ValueError(f"path {path!r} {problem}")
-    return path
-
-
-def _check_rule_path(path: str) -> str:
-    rest = path.replace(TAG_PLACEHOLDER, "x")
-    if "{" in rest or "}" in rest:
-        raise ValueError(f"path {path!r}: the only placeholder is {TAG_PLACEHOLDER}")
-    problem = path_problem(rest)
-    if problem:
-        raise ValueError(f"path {path!r} {problem}")
-    return path
-
-
-def _check_tag_pattern(pattern: str) -> str:
-    if not pattern:
-        raise ValueError("tag must not be empty")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern):
-        raise ValueError("tag must not contain control characters")
-    if not is_glob(pattern) and len(tag_bytes(pattern)) > MAX_TAG_BYTES:
-        raise ValueError(f"tag {pattern!r} is longer than the {MAX_TAG_BYTES} bytes a tag can have")
-    return pattern
-
-
-MountOption = Annotated[str, AfterValidator(_check_option)]
-TagPattern = Annotated[str, AfterValidator(_check_tag_pattern)]
-RulePath = Annotated[str, AfterValidator(_check_rule_path)]
-MountRoot = Annotated[str, AfterValidator(_check_mount_root)]
-
-_STRICT = ConfigDict(extra="forbid", frozen=True)
-
-
-class DefaultsSection(BaseModel):
-    """`defaults:` of one file; a key left out keeps the value of earlier files."""
-
-    model_config = _STRICT
-
-    mount_root: MountRoot = Field(
-        DEFAULT_MOUNT_ROOT, description="Tags without an explicit path go to <mount_root>/<tag>."
-    )
-    options: list[MountOption] = Field(
-        list(DEFAULT_OPTIONS), description="Mount options applied to every mount."
-    )
-    unknown: UnknownTags = Field(
-        UnknownTags.IGNORE, description="What to do with tags that no rule names."
-    )
-
-
-class Rule(BaseModel):
-    """One entry of `mounts:`."""
-
-    model_config = _STRICT
-
-    tag: TagPattern = Field(description="Exact tag, or a glob such as 'data-*'.")
-    path: RulePath | None = Field(
-        None, description="Absolute mount path; '{tag}' stands for the (encoded) tag."
-    )
-    options: list[MountOption] = Field(
-        [], description="Options added to (and overriding) the default options."
-    )
-    required: StrictBool = Field(
-        False, description="true: failing to mount is an error; false: nofail, never blocks boot."
-    )
-    ignore: StrictBool = Field(False, description="true: never mount this tag.")
-    transport: TransportChoice = Field(
-        TransportChoice.AUTO, description="virtiofs, 9p, or auto (virtiofs when both exist)."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Rule:
-        if self.ignore and (self.path or self.options or self.required):
-            raise ValueError("a rule with 'ignore: true' takes no path, options or required")
-        if self.path and is_glob(self.tag) and TAG_PLACEHOLDER not in self.path:
-            raise ValueError(
-                f"tag {self.tag!r} is a glob, so its path must contain {TAG_PLACEHOLDER} "
-                "(otherwise every matching tag would go to one path)"
-            )
-        return self
-
-
-class PolicyFile(BaseModel):
-    """One policy file."""
-
-    model_config = _STRICT
-
-    version: Literal[1] = Field(description="Policy format version; must be 1.")
-    defaults: DefaultsSection | None = None
-    mounts: list[Rule] = []
-
-
 def is_glob(pattern: str) -> bool:
     return any(c in GLOB_CHARS for c in pattern)
+
+
+@dataclass(frozen=True)
+class Rule:
+    tag: str
+    path: str | None = None
+    options: tuple[str, ...] = field(default=())
+    required: bool = False
+    ignore: bool = False
+    transport: TransportChoice = TransportChoice.AUTO
+    device_timeout: int | None = None  # seconds; None: defaults.device_timeout
+
+    def matches(self, tag: str) -> bool:
+        return self.tag == tag or (is_glob(self.tag) and fnmatch.fnmatchcase(tag, self.tag))
 
 
 @dataclass(frozen=True)
@@ -157,6 +70,26 @@ class Defaults:
     mount_root: str = DEFAULT_MOUNT_ROOT
     options: tuple[str, ...] = DEFAULT_OPTIONS
     unknown: UnknownTags = UnknownTags.IGNORE
+    device_timeout: int = DEFAULT_DEVICE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class DefaultsPatch:
+    """The `defaults` keys one file wrote; None: not written, keep the earlier value."""
+
+    mount_root: str | None = None
+    options: tuple[str, ...] | None = None
+    unknown: UnknownTags | None = None
+    device_timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class FileSection:
+    """One file's contribution: the defaults keys it set, and its rules in order."""
+
+    name: str
+    defaults: DefaultsPatch
+    rules: tuple[Rule, ...]
 
 
 @dataclass(frozen=True)
@@ -168,12 +101,7 @@ class Policy:
     files: tuple[str, ...]  # the files it came from, in read order
 
     def match(self, tag: str) -> RuleRef | None:
-        for ref in self.rules:
-            if ref.rule.tag == tag or (
-                is_glob(ref.rule.tag) and fnmatch.fnmatchcase(tag, ref.rule.tag)
-            ):
-                return ref
-        return None
+        return next((ref for ref in self.rules if ref.rule.matches(tag)), None)
 
     def exact_rules(self) -> tuple[RuleRef, ...]:
         """Rules that name one tag exactly, first match per tag only."""
@@ -188,25 +116,25 @@ class Policy:
     def options_for(self, rule: Rule | None) -> tuple[str, ...]:
         return merge_options(self.defaults.options, rule.options if rule else ())
 
+    def device_timeout_for(self, rule: Rule | None) -> int:
+        if rule is not None and rule.device_timeout is not None:
+            return rule.device_timeout
+        return self.defaults.device_timeout
 
-def merge(files: list[tuple[str, PolicyFile]]) -> Policy:
-    """Merge parsed files given in read order (see the module docstring)."""
+
+def merge(files: list[FileSection]) -> Policy:
+    """Merge files given in read order (see the module docstring)."""
     defaults = Defaults()
-    for _name, parsed in files:
-        if parsed.defaults is None:
-            continue
-        given = parsed.defaults.model_fields_set
-        defaults = Defaults(
-            mount_root=parsed.defaults.mount_root if "mount_root" in given else defaults.mount_root,
-            options=tuple(parsed.defaults.options) if "options" in given else defaults.options,
-            unknown=parsed.defaults.unknown if "unknown" in given else defaults.unknown,
-        )
+    for section in files:
+        patch = section.defaults
+        written = {f.name: getattr(patch, f.name) for f in fields(patch)}
+        defaults = replace(defaults, **{k: v for k, v in written.items() if v is not None})
     rules = tuple(
-        RuleRef(rule, name, index)
-        for name, parsed in reversed(files)
-        for index, rule in enumerate(parsed.mounts)
+        RuleRef(rule, section.name, index)
+        for section in reversed(files)
+        for index, rule in enumerate(section.rules)
     )
-    return Policy(defaults, rules, tuple(name for name, _ in files))
+    return Policy(defaults, rules, tuple(section.name for section in files))
 
 
 def empty_policy() -> Policy:

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vfs_agent.policy import Policy, PolicyFile, empty_policy, merge
+from vfs_agent.policy import FileSection, Policy, empty_policy, merge
+from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.sysroot import SysRoot
 
 MAIN_POLICY = "/etc/vfs-agent/policy.yaml"
@@ -63,11 +64,11 @@ def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
     files = policy_files(sysroot, explicit)
     if not files:
         return empty_policy()
-    parsed: list[tuple[str, PolicyFile]] = []
+    parsed: list[FileSection] = []
     problems: list[PolicyProblem] = []
     for name in files:
         try:
-            parsed.append((name, load_file(sysroot, name)))
+            parsed.append(to_section(name, load_file(sysroot, name)))
         except PolicyError as e:
             problems += e.problems
     if problems:

@@ -3,15 +3,16 @@ import random
 from vfs_agent.discovery import Discovery
 from vfs_agent.model import Mounted, Share, Source, Transport
 from vfs_agent.plan import ActionKind, plan
-from vfs_agent.policy import PolicyFile, Rule, RuleRef, merge
+from vfs_agent.policy import Rule, RuleRef, merge
 from vfs_agent.policy_load import parse_text
+from vfs_agent.policy_model import PolicyFile, to_section
 
 V = Transport.VIRTIOFS
 
 
 def pol(*docs: str):
     return merge(
-        [(f"/etc/vfs-agent/{i}.yaml", parse_text(d, f"{i}.yaml")) for i, d in enumerate(docs)]
+        [to_section(f"/etc/vfs-agent/{i}.yaml", parse_text(d, f"{i}.yaml")) for i, d in enumerate(docs)]
     )
 
 
@@ -88,14 +89,7 @@ def test_path_used_by_another_filesystem_is_a_conflict():
 
 def test_unsafe_path_from_an_explicit_rule_is_refused():
     policy = pol(MEDIA)
-    rule = Rule.model_construct(
-        tag="media_tag",
-        path="/etc/evil",
-        options=[],
-        required=False,
-        ignore=False,
-        transport=Rule.model_fields["transport"].default,
-    )
+    rule = Rule(tag="media_tag", path="/etc/evil")
     policy = type(policy)(policy.defaults, (RuleRef(rule, "cli", 0), *policy.rules), policy.files)
     actions = plan(shares("media_tag"), policy, [])
     assert actions[0].kind is ActionKind.REFUSE

@@ -1,0 +1,164 @@
+"""The policy file format: pydantic models that validate one YAML document and turn it into
+plain policy data (policy.py). The JSON Schema of `vfs-agent policy schema` comes from here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
+
+from vfs_agent.escape import tag_bytes
+from vfs_agent.mount_options import option_problem
+from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
+from vfs_agent.policy import (
+    DEFAULT_DEVICE_TIMEOUT,
+    DEFAULT_MOUNT_ROOT,
+    DEFAULT_OPTIONS,
+    MAX_TAG_BYTES,
+    DefaultsPatch,
+    FileSection,
+    Rule,
+    TransportChoice,
+    UnknownTags,
+    is_glob,
+)
+
+
+def _check_option(option: str) -> str:
+    problem = option_problem(option)
+    if problem:
+        raise ValueError(f"mount option {option!r}: {problem}")
+    return option
+
+
+def _check_mount_root(path: str) -> str:
+    problem = path_problem(path)
+    if problem:
+        raise ValueError(f"path {path!r} {problem}")
+    return path
+
+
+def _check_rule_path(path: str) -> str:
+    rest = path.replace(TAG_PLACEHOLDER, "x")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"path {path!r}: the only placeholder is {TAG_PLACEHOLDER}")
+    problem = path_problem(rest)
+    if problem:
+        raise ValueError(f"path {path!r} {problem}")
+    return path
+
+
+def _check_tag_pattern(pattern: str) -> str:
+    if not pattern:
+        raise ValueError("tag must not be empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern):
+        raise ValueError("tag must not contain control characters")
+    if not is_glob(pattern) and len(tag_bytes(pattern)) > MAX_TAG_BYTES:
+        raise ValueError(f"tag {pattern!r} is longer than the {MAX_TAG_BYTES} bytes a tag can have")
+    return pattern
+
+
+MountOption = Annotated[str, AfterValidator(_check_option)]
+TagPattern = Annotated[str, AfterValidator(_check_tag_pattern)]
+RulePath = Annotated[str, AfterValidator(_check_rule_path)]
+MountRoot = Annotated[str, AfterValidator(_check_mount_root)]
+
+DeviceTimeout = Annotated[StrictInt, Field(ge=1, le=3600)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class DefaultsSection(BaseModel):
+    """`defaults:` of one file; a key left out keeps the value of earlier files."""
+
+    model_config = _STRICT
+
+    mount_root: MountRoot = Field(
+        DEFAULT_MOUNT_ROOT, description="Tags without an explicit path go to <mount_root>/<tag>."
+    )
+    options: list[MountOption] = Field(
+        list(DEFAULT_OPTIONS), description="Mount options applied to every mount."
+    )
+    unknown: UnknownTags = Field(
+        UnknownTags.IGNORE, description="What to do with tags that no rule names."
+    )
+    device_timeout: DeviceTimeout = Field(
+        DEFAULT_DEVICE_TIMEOUT,
+        description="Seconds systemd waits at boot for a share's device before giving up.",
+    )
+
+
+class RuleModel(BaseModel):
+    """One entry of `mounts:`."""
+
+    model_config = _STRICT
+
+    tag: TagPattern = Field(description="Exact tag, or a glob such as 'data-*'.")
+    path: RulePath | None = Field(
+        None, description="Absolute mount path; '{tag}' stands for the (encoded) tag."
+    )
+    options: list[MountOption] = Field(
+        [], description="Options added to (and overriding) the default options."
+    )
+    required: StrictBool = Field(
+        False, description="true: failing to mount is an error; false: nofail, never blocks boot."
+    )
+    ignore: StrictBool = Field(False, description="true: never mount this tag.")
+    transport: TransportChoice = Field(
+        TransportChoice.AUTO, description="virtiofs, 9p, or auto (virtiofs when both exist)."
+    )
+    device_timeout: DeviceTimeout | None = Field(
+        None, description="Seconds systemd waits at boot for this share's device."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleModel:
+        if self.ignore and (self.path or self.options or self.required):
+            raise ValueError("a rule with 'ignore: true' takes no path, options or required")
+        if self.path and is_glob(self.tag) and TAG_PLACEHOLDER not in self.path:
+            raise ValueError(
+                f"tag {self.tag!r} is a glob, so its path must contain {TAG_PLACEHOLDER} "
+                "(otherwise every matching tag would go to one path)"
+            )
+        return self
+
+
+class PolicyFile(BaseModel):
+    """One policy file."""
+
+    model_config = _STRICT
+
+    version: Literal[1] = Field(description="Policy format version; must be 1.")
+    defaults: DefaultsSection | None = None
+    mounts: list[RuleModel] = []
+
+
+def to_section(name: str, parsed: PolicyFile) -> FileSection:
+    """Plain data from a validated file; only the defaults keys the file wrote are kept."""
+    written: dict[str, object] = {}
+    if parsed.defaults is not None:
+        for key in parsed.defaults.model_fields_set:
+            value = getattr(parsed.defaults, key)
+            written[key] = tuple(value) if isinstance(value, list) else value
+    defaults = DefaultsPatch(**written)  # type: ignore[arg-type]
+    rules = tuple(
+        Rule(
+            tag=m.tag,
+            path=m.path,
+            options=tuple(m.options),
+            required=m.required,
+            ignore=m.ignore,
+            transport=m.transport,
+            device_timeout=m.device_timeout,
+        )
+        for m in parsed.mounts
+    )
+    return FileSection(name, defaults, rules)
