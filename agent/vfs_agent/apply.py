@@ -60,11 +60,14 @@ def apply_plan(
     *,
     dry_run: bool = False,
     prepare: Callable[[Transport], str | None] | None = None,
+    delegate: Callable[[Action], Outcome | None] | None = None,
 ) -> list[Outcome]:
     """Apply every action in order; one failure never stops the others.
 
     `prepare(transport)` makes the kernel ready for a filesystem type (loads its module) and
     returns a problem or None; it is called once per type, before the first mount of that type.
+    `delegate(action)` may carry out a mount another way (systemd's own unit) and return its
+    outcome, or None to mount here.
     """
     prepared: dict[Transport, str | None] = {}
     outcomes = []
@@ -73,7 +76,8 @@ def apply_plan(
         wanted = action.kind is ActionKind.MOUNT and not dry_run
         if prepare is not None and wanted and transport and transport not in prepared:
             prepared[transport] = prepare(transport)
-        outcome = _apply_one(action, sysroot, mounter, dry_run, prepared)
+        delegated = delegate(action) if delegate and action.kind is ActionKind.MOUNT else None
+        outcome = delegated or _apply_one(action, sysroot, mounter, dry_run, prepared)
         _log(outcome)
         outcomes.append(outcome)
     return outcomes

@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 import click
 
-from vfs_agent import __version__, ops, report
+from vfs_agent import __version__, install_files, ops, report
 from vfs_agent.apply import Outcome
 from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
-from vfs_agent.policy_load import DROPIN_DIR, MAIN_POLICY, PolicyError, load_file, load_policy
+from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
+from vfs_agent.policy_load import PolicyError, load_file, load_policy
 from vfs_agent.policy_model import PolicyFile
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
@@ -213,9 +214,15 @@ def generate() -> None:
     metavar="DIR|-",
     help="Unit directory to keep in sync (e.g. /etc/systemd/system), or - to print.",
 )
+@click.option(
+    "--bind-device/--no-bind-device",
+    default=None,
+    help="Bind each unit to its share's device unit (default: when vfs-agent's udev rule is "
+    "installed). Needed for hotplug, unplug and boot timeouts.",
+)
 @pass_ops
 @handle_errors
-def generate_systemd(ctx: ops.Context, output: str) -> None:
+def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) -> None:
     """One .mount unit per share the policy wants.
 
     With a directory, units are written atomically with their local-fs.target.wants/ links,
@@ -223,11 +230,11 @@ def generate_systemd(ctx: ops.Context, output: str) -> None:
     Tags that only a glob or defaults.unknown matches need the share to be attached.
     """
     if output == "-":
-        units, skipped = ops.generated_units(ctx)
+        units, skipped = ops.generated_units(ctx, bind_device)
         for unit in units:
             click.echo(f"# {unit.name}\n{unit.text}")
     else:
-        written, removed, skipped = ops.write_units(ctx, Path(output))
+        written, removed, skipped = ops.write_units(ctx, Path(output), bind_device)
         for name in written:
             click.echo(f"wrote {Path(output) / name}")
         for name in removed:
@@ -290,3 +297,44 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
 def policy_schema() -> None:
     """Print the JSON Schema of a policy file."""
     emit_json(PolicyFile.model_json_schema())
+
+
+@main.command()
+@click.option(
+    "--unmount-on-exit", is_flag=True, help="On SIGTERM, unmount what the daemon mounted."
+)
+@pass_ops
+@handle_errors
+def daemon(ctx: ops.Context, unmount_on_exit: bool) -> None:
+    """Reconcile, then follow hotplug and unplug until SIGTERM.
+
+    SIGHUP reloads the policy (an invalid one is logged and the old one kept). Talks to systemd
+    (READY, STATUS, WATCHDOG) when run as vfs-agent.service. Shares that have a generated .mount
+    unit are left to systemd.
+    """
+    from vfs_agent.daemon import Daemon
+    from vfs_agent.uevents import UdevEvents
+
+    sys.exit(Daemon(ctx, UdevEvents, unmount_on_exit=unmount_on_exit).run())
+
+
+@main.command("install-system-files")
+@click.option(
+    "--prefix",
+    default="/usr/local",
+    show_default=True,
+    help="Installation prefix (/usr/local for a wheel install).",
+)
+@dry_run_option
+@pass_ops
+@handle_errors
+def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
+    """Install the generator, the udev rule and its helper, and vfs-agent.service.
+
+    For a wheel-only install (packages install them themselves). Then run:
+    systemctl daemon-reload; udevadm control --reload; udevadm trigger -s virtio;
+    systemctl enable --now vfs-agent.service
+    """
+    layout = install_files.default_layout(prefix)
+    for dest in install_files.install(ctx.sysroot.root, layout, dry_run=dry_run):
+        click.echo(f"{'would install' if dry_run else 'installed'} {ctx.sysroot.path(dest)}")

@@ -76,16 +76,17 @@ def discover_9p(sysroot: SysRoot) -> list[Share]:
     return shares
 
 
-def discover(sysroot: SysRoot) -> Discovery:
+def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
     """All shares. Virtio-fs tags come from sysfs when the kernel has it; devices sysfs does not
     explain (older kernels) are counted, and make the result incomplete, until another source
-    such as the PCI config window accounts for them."""
+    such as the PCI config window accounts for them (`pci=False` skips it: it writes to PCI
+    config space, which the boot-time generator should not do)."""
     virtiofs = discover_sysfs(sysroot)
     devices = virtio_devices(sysroot, VIRTIO_ID_FS)
     known = {s.device for s in virtiofs}
     unexplained = [d for d in devices if d not in known]
     problems: list[str] = []
-    if unexplained:
+    if unexplained and pci:
         virtiofs, problems = _from_other_sources(sysroot, virtiofs, unexplained)
         known = {s.device for s in virtiofs}
         unexplained = [d for d in devices if d not in known]

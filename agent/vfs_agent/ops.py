@@ -7,9 +7,11 @@ import contextlib
 import errno
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.install_files import udev_rule_installed
 from vfs_agent.lock import mount_lock
 from vfs_agent.model import Transport
 from vfs_agent.modules import ensure_filesystem
@@ -22,10 +24,18 @@ from vfs_agent.policy_load import load_policy
 from vfs_agent.render_fstab import render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
 from vfs_agent.sysroot import SysRoot
+from vfs_agent.systemd_units import managed_unit, start_unit
 
 
 class OperationError(Exception):
     """A command could not do what was asked (exit 1), with a message for a person."""
+
+
+class SystemdMode(StrEnum):
+    """What to do with a share whose path has a generated .mount unit (systemd manages it)."""
+
+    START = "start"  # systemctl start the unit (commands run by hand)
+    LEAVE = "leave"  # leave it to systemd (the daemon: the unit follows its device itself)
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,21 @@ def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
 
 def mount_all(ctx: Context, *, dry_run: bool, mounter: Mounter | None = None) -> list[Outcome]:
     policy = ctx.policy()  # an invalid policy stops here, before anything changes
+    return reconcile(ctx, policy, dry_run=dry_run, mounter=mounter)
+
+
+def reconcile(
+    ctx: Context,
+    policy: Policy,
+    *,
+    dry_run: bool = False,
+    mounter: Mounter | None = None,
+    systemd: SystemdMode = SystemdMode.START,
+) -> list[Outcome]:
+    """Discover, plan and apply under the mount lock: mount-all, and every daemon event."""
     with ctx.locked(dry_run):
         planned = current_plan(ctx, policy)
-        return _apply(ctx, planned.actions, dry_run, mounter)
+        return _apply(ctx, planned.actions, dry_run, mounter, systemd)
 
 
 def mount_one(
@@ -121,24 +143,57 @@ def umount(
 
 
 def _apply(
-    ctx: Context, actions: list[Action], dry_run: bool, mounter: Mounter | None
+    ctx: Context,
+    actions: list[Action],
+    dry_run: bool,
+    mounter: Mounter | None,
+    systemd: SystemdMode = SystemdMode.START,
 ) -> list[Outcome]:
     def prepare(transport: Transport) -> str | None:
         return ensure_filesystem(ctx.sysroot, transport)
 
+    def delegate(action: Action) -> Outcome | None:
+        unit = managed_unit(ctx.sysroot, action.path) if action.path else None
+        if unit is None:
+            return None
+        if dry_run:
+            return Outcome(action, True, False, f"would start {unit}")
+        if systemd is SystemdMode.LEAVE:
+            return Outcome(action, True, False, f"left to systemd ({unit})")
+        problem = start_unit(unit)
+        if problem:
+            message = f"Failed to mount share {action.tag!r} on {action.path} via {unit}: {problem}"
+            return Outcome(action, False, False, message)
+        return Outcome(
+            action, True, True, f"Mounted share {action.tag!r} on {action.path} ({unit})."
+        )
+
     return apply_plan(
-        actions, ctx.sysroot, mounter or KernelMounter(), dry_run=dry_run, prepare=prepare
+        actions,
+        ctx.sysroot,
+        mounter or KernelMounter(),
+        dry_run=dry_run,
+        prepare=prepare,
+        delegate=delegate,
     )
 
 
-def generated_units(ctx: Context) -> tuple[list[UnitFile], list[Skipped]]:
+def generated_units(
+    ctx: Context, bind_device: bool | None = None
+) -> tuple[list[UnitFile], list[Skipped]]:
+    """Units for the current plan. `bind_device` None: bind to the share's device unit when
+    vfs-agent's udev rule is installed (without it those device units never appear)."""
     planned = current_plan(ctx)
     origin = ", ".join(planned.policy.files) or "the built-in default policy"
-    return render_units(planned.actions, f"policy {origin}")
+    if bind_device is None:
+        bind_device = udev_rule_installed(ctx.sysroot)
+    return render_units(planned.actions, f"policy {origin}", bind_device=bind_device)
 
 
-def write_units(ctx: Context, directory: Path) -> tuple[list[str], list[str], list[Skipped]]:
-    units, skipped = generated_units(ctx)
+def write_units(
+    ctx: Context, directory: Path, bind_device: bool | None = None
+) -> tuple[list[str], list[str], list[Skipped]]:
+    units, skipped = generated_units(ctx, bind_device)
     written, removed = sync_unit_dir(directory, units)
     return written, removed, skipped
 

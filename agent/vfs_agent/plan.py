@@ -44,6 +44,7 @@ class Action:
     required: bool = False
     rule: str | None = None  # which rule decided, for humans
     source_file: str | None = None  # the policy file of that rule
+    device_timeout: int | None = None  # seconds the boot waits for the share's device
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class _Want:
     ref: RuleRef | None
     present: bool
     why: str
+    device_timeout: int
 
 
 def plan(
@@ -181,7 +183,8 @@ def _want(
     rule = ref.rule if ref else None
     options = kernel_options(policy.options_for(rule), transport)
     required = rule.required if rule else False
-    return _Want(tag, transport, path, options, required, ref, present, why)
+    timeout = policy.device_timeout_for(rule)
+    return _Want(tag, transport, path, options, required, ref, present, why, timeout)
 
 
 def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
@@ -231,6 +234,7 @@ def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
         want.required,
         want.ref.describe() if want.ref else None,
         want.ref.file if want.ref else None,
+        want.device_timeout,
     )
 
 

@@ -13,12 +13,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from vfs_agent import policy_cache
 from vfs_agent.policy import FileSection, Policy, empty_policy, merge
+from vfs_agent.policy_files import policy_files
 from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.sysroot import SysRoot
-
-MAIN_POLICY = "/etc/vfs-agent/policy.yaml"
-DROPIN_DIR = "/etc/vfs-agent/policy.d"
 
 Loc = tuple[str | int, ...]
 
@@ -46,19 +45,6 @@ class PolicyError(Exception):
         self.problems = problems
 
 
-def policy_files(sysroot: SysRoot, explicit: str | None) -> list[str]:
-    """The files to read, in read order (inner paths)."""
-    if explicit is not None:
-        return [explicit]
-    files = [MAIN_POLICY] if sysroot.exists(MAIN_POLICY) else []
-    files += [
-        f"{DROPIN_DIR}/{name}"
-        for name in sysroot.listdir(DROPIN_DIR)
-        if name.endswith(".yaml") and not name.startswith(".")
-    ]
-    return files
-
-
 def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
     """Read, check and merge the policy. Raises PolicyError listing every problem found."""
     files = policy_files(sysroot, explicit)
@@ -73,7 +59,10 @@ def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
             problems += e.problems
     if problems:
         raise PolicyError(problems)
-    return merge(parsed)
+    policy = merge(parsed)
+    if explicit is None:
+        policy_cache.save(sysroot, policy)
+    return policy
 
 
 def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> PolicyFile:
@@ -136,25 +125,25 @@ def parse_text(text: str, name: str) -> PolicyFile:
     positions: dict[Loc, tuple[int, int]] = {}
     duplicates: list[PolicyProblem] = []
     data = _construct(node, (), positions, duplicates, name)
-    if duplicates:
-        raise PolicyError(duplicates)
     if not isinstance(data, dict):
         line, col = positions[()]
-        raise PolicyError(
-            [PolicyProblem(name, line, col, "", "the policy must be a mapping with 'version: 1'")]
-        )
+        message = "the policy must be a mapping with 'version: 1'"
+        raise PolicyError([*duplicates, PolicyProblem(name, line, col, "", message)])
+    problems = list(duplicates)  # keep going: report every problem of the file at once
     try:
         parsed = PolicyFile.model_validate(data)
     except ValidationError as e:
-        problems = [_problem(err, positions, name) for err in e.errors()]
-        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
-    _check_duplicate_tags(parsed, positions, name)
+        problems += [_problem(err, positions, name) for err in e.errors()]
+    else:
+        problems += _duplicate_tags(parsed, positions, name)
+    if problems:
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
     return parsed
 
 
-def _check_duplicate_tags(
+def _duplicate_tags(
     parsed: PolicyFile, positions: dict[Loc, tuple[int, int]], name: str
-) -> None:
+) -> list[PolicyProblem]:
     first: dict[str, int] = {}
     problems = []
     for index, rule in enumerate(parsed.mounts):
@@ -171,8 +160,7 @@ def _check_duplicate_tags(
                 )
             )
         first.setdefault(rule.tag, index)
-    if problems:
-        raise PolicyError(problems)
+    return problems
 
 
 def _construct(

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -64,6 +65,13 @@ def _check_tag_pattern(pattern: str) -> str:
     if not is_glob(pattern) and len(tag_bytes(pattern)) > MAX_TAG_BYTES:
         raise ValueError(f"tag {pattern!r} is longer than the {MAX_TAG_BYTES} bytes a tag can have")
     return pattern
+
+
+def _no_bool(value: object) -> object:
+    # Literal[1] would accept True (True == 1).
+    if isinstance(value, bool):
+        raise ValueError(f"unsupported version {value!r}; write 'version: 1'")
+    return value
 
 
 MountOption = Annotated[str, AfterValidator(_check_option)]
@@ -136,7 +144,9 @@ class PolicyFile(BaseModel):
 
     model_config = _STRICT
 
-    version: Literal[1] = Field(description="Policy format version; must be 1.")
+    version: Annotated[Literal[1], BeforeValidator(_no_bool)] = Field(
+        description="Policy format version; must be 1."
+    )
     defaults: DefaultsSection | None = None
     mounts: list[RuleModel] = []
 

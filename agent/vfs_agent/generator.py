@@ -1,0 +1,69 @@
+"""The systemd generator: mount units for the policy, written at boot and on daemon-reload.
+
+It is on the boot's critical path, so it imports no pydantic, click or pyudev: it uses the
+compiled policy (policy_cache) and loads the full validator only when that is stale. It never
+fails the boot: an invalid policy is logged to the kernel log and produces no units.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from vfs_agent.discovery import discover
+from vfs_agent.install_files import udev_rule_installed
+from vfs_agent.kmsg import ERR, INFO, WARNING, kmsg
+from vfs_agent.outputs import write_units
+from vfs_agent.plan import plan
+from vfs_agent.policy import Policy
+from vfs_agent.policy_cache import load as load_cached
+from vfs_agent.render_systemd import render_units
+from vfs_agent.sysroot import SysRoot
+
+IDENT = "vfs-agent-generator"
+
+
+def _load_policy(sysroot: SysRoot) -> Policy:
+    cached = load_cached(sysroot)
+    if cached is not None:
+        return cached
+    from vfs_agent.policy_load import load_policy  # slow path: YAML + pydantic
+
+    return load_policy(sysroot)
+
+
+def generate(sysroot: SysRoot, normal_dir: Path) -> int:
+    """Write the units into `normal_dir`; returns how many were written."""
+    policy = _load_policy(sysroot)
+    actions = plan(discover(sysroot, pci=False), policy, [])
+    origin = ", ".join(policy.files) or "the built-in default policy"
+    units, skipped = render_units(
+        actions, f"policy {origin} by {IDENT}", bind_device=udev_rule_installed(sysroot)
+    )
+    for skip in skipped:
+        kmsg(WARNING, IDENT, f"no unit for share {skip.tag!r}: {skip.why}, ignoring.")
+    write_units(normal_dir, units)
+    return len(units)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 3):
+        sys.stderr.write(f"usage: {IDENT} NORMAL_DIR [EARLY_DIR LATE_DIR]\n")
+        return 1
+    # VFS_AGENT_ROOT lets tests and image builds point the generator at another tree.
+    sysroot = SysRoot(Path(os.environ.get("VFS_AGENT_ROOT", "/")))
+    try:
+        count = generate(sysroot, Path(argv[0]))
+    except Exception as e:  # never fail the boot
+        from vfs_agent.policy_load import PolicyError
+
+        if isinstance(e, PolicyError):
+            for problem in e.problems:
+                kmsg(ERR, IDENT, f"invalid policy: {problem}")
+            kmsg(ERR, IDENT, "invalid policy: no mount units generated, ignoring.")
+        else:
+            kmsg(ERR, IDENT, f"failed, no mount units generated: {e!r}, ignoring.")
+        return 0
+    kmsg(INFO, IDENT, f"generated {count} mount unit(s)")
+    return 0
