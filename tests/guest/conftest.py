@@ -1,0 +1,119 @@
+"""Fixtures for real-guest tests: the image, a per-run log directory, and guest boots.
+
+Guest tests never skip: when this machine cannot boot guests they fail with the reason, so a
+CI run cannot pass with zero guest tests. Only one guest runs at a time (2 cores, TCG).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.guestlib import vm as vmlib
+from tests.guestlib.common import HarnessError
+from tests.guestlib.image import GuestImage, ensure_image
+from tests.guestlib.processes import live_processes, stop_all
+from tests.guestlib.virtiofsd import virtiofsd_binary
+from tests.guestlib.vm import VM, VMConfig, new_run_dir
+
+HERE = Path(__file__).resolve().parent
+BootGuest = Callable[[VMConfig], VM]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/guest/ is a guest test, marked or not."""
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.guest)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """On failure, show the serial console of every guest still running."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for guest in vmlib.ACTIVE:
+            report.sections.append(
+                (
+                    f"serial log tail of {guest.config.name} ({guest.serial_log})",
+                    guest.serial_tail(80),
+                )
+            )
+
+
+def _preflight() -> list[str]:
+    """Why this machine cannot boot test guests (empty when it can)."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("guest tests need root (debootstrap, chroot, virtiofsd)")
+    for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4", "chroot"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} not found (run `make setup`)")
+    try:
+        virtiofsd_binary()
+    except HarnessError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """The guest image for this working tree (built or taken from the cache)."""
+    problems = _preflight()
+    if problems:
+        pytest.fail("cannot boot test guests:\n  " + "\n  ".join(problems), pytrace=False)
+    try:
+        return ensure_image()
+    except (HarnessError, OSError) as exc:
+        pytest.fail(f"building the guest image failed:\n{exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest_run_dir() -> Path:
+    """Logs of this pytest run's guests (serial consoles, qemu and virtiofsd output)."""
+    path = new_run_dir("pytest")
+    print(f"guest logs: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def boot_guest(guest_image: GuestImage, guest_run_dir: Path) -> Iterator[BootGuest]:
+    """boot_guest(VMConfig(...)) -> a booted VM. The caller shuts it down; anything left
+    running is killed when the session ends."""
+    started: list[VM] = []
+
+    def boot(config: VMConfig) -> VM:
+        running = [g.config.name for g in vmlib.ACTIVE if g.alive()]
+        if running:
+            raise HarnessError(f"refusing to boot {config.name}: {running} still running")
+        try:
+            guest = VM.boot(guest_image, config, guest_run_dir)
+        except HarnessError as exc:
+            pytest.fail(f"guest {config.name} did not boot:\n{exc}", pytrace=False)
+        started.append(guest)
+        return guest
+
+    yield boot
+    for guest in started:
+        guest.kill()
+    stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not vmlib.BOOTS:
+        return
+    terminalreporter.section("guest boots")
+    for name, mode, attempts, seconds, ok in vmlib.BOOTS:
+        state = f"channel ready in {seconds:.1f}s" if ok else "FAILED"
+        retry = f" (after {attempts - 1} retry)" if attempts > 1 else ""
+        terminalreporter.write_line(f"{name:28} {mode:8} {state}{retry}")
+    leftovers = live_processes()
+    if leftovers:
+        terminalreporter.write_line(f"processes still running: {[p.name for p in leftovers]}")

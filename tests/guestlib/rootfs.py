@@ -1,0 +1,335 @@
+"""The cached base root filesystem: Debian 13 minbase + systemd + python3 + a kernel.
+
+Built once with debootstrap and kept under the cache, keyed by a hash of the recipe (suite,
+mirror, package lists and this file's own source), so editing the recipe rebuilds it and nothing
+else does. Nothing project-specific goes in here: see image.py for the per-project layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.guestlib.common import (
+    HarnessError,
+    cache_dir,
+    new_symlink,
+    progress,
+    run_host,
+    sha256_parts,
+    write_new_file,
+)
+
+SUITE = "trixie"
+MIRROR = "http://deb.debian.org/debian"
+HOSTNAME = "vfs-agent-guest"
+# debootstrap --include. python3-cffi-backend: cloud-init pulls a virtual package that
+# debootstrap cannot resolve on its own (DESIGN.md section 6).
+DEBOOTSTRAP_PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "python3",
+    "python3-pip",
+    "python3-pydantic",
+    "python3-click",
+    "python3-yaml",
+    "python3-pyudev",
+    "python3-systemd",
+    "util-linux",
+    "mount",
+    "procps",
+    "e2fsprogs",
+    "cloud-init",
+    "python3-cffi-backend",
+]
+# Installed afterwards inside the chroot: the kernel's postinst needs /proc and a sane /dev.
+CHROOT_PACKAGES = ["linux-image-amd64", "initramfs-tools", "zstd"]
+KEEP_ROOTFS = 2  # older base trees are deleted
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A finished base tree and what the image layer needs from it."""
+
+    path: Path
+    key: str
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+
+
+def recipe_key() -> str:
+    """Hash of everything that decides the content of the base tree."""
+    source = Path(__file__).read_bytes()
+    return sha256_parts([SUITE, MIRROR, *DEBOOTSTRAP_PACKAGES, "--", *CHROOT_PACKAGES, source])[:16]
+
+
+@contextlib.contextmanager
+def build_lock() -> Iterator[None]:
+    """Serialise image builds between concurrent harness runs."""
+    with (cache_dir() / ".build.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _unescape_octal(field: str) -> str:
+    r"""Decode mountinfo's \ooo escapes."""
+    out = bytearray()
+    raw = field.encode()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode(errors="surrogateescape")
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root`, deepest first."""
+    prefix = str(root.resolve())
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            target = _unescape_octal(line.split()[4])
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return sorted(found, key=len, reverse=True)
+
+
+def unmount_all_under(root: Path) -> None:
+    """Unmount everything below `root` (lazily if busy)."""
+    for target in _mounts_under(root):
+        if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a build tree; refuses while anything is still mounted inside it."""
+    if not root.exists():
+        return
+    unmount_all_under(root)
+    if _mounts_under(root):
+        raise HarnessError(f"refusing to delete {root}: still has mounts {_mounts_under(root)}")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=True)
+
+
+@contextlib.contextmanager
+def chroot_mounts(root: Path) -> Iterator[None]:
+    """/proc, /sys, a private /dev and /run inside `root`; always unmounted again.
+
+    /dev is a fresh tmpfs with the few nodes apt and initramfs-tools need, not a bind of the
+    host's /dev, so a failed cleanup can never lead `rm -rf` into the host's devices.
+    """
+    mounted: list[Path] = []
+
+    def mount(*args: str, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", *args, str(target)], check=True)
+        mounted.append(target)
+
+    try:
+        mount("-t", "proc", "proc", target=root / "proc")
+        mount("-t", "sysfs", "-o", "ro", "sysfs", target=root / "sys")
+        mount("-t", "tmpfs", "-o", "mode=0755,size=64m", "tmpfs", target=root / "dev")
+        for name, major, minor in (
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ):
+            node = root / "dev" / name
+            os.mknod(node, 0o666 | 0o020000, os.makedev(major, minor))
+            os.chmod(node, 0o666)
+        mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts", target=root / "dev/pts")
+        mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", target=root / "run")
+        yield
+    finally:
+        for target in reversed(mounted):
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def chroot_env() -> dict[str, str]:
+    """A neutral environment for commands run inside the guest tree."""
+    return {
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+    }
+
+
+def _configure(root: Path) -> None:
+    """Settings every guest shares: identity, fstab, a locked root, no serial getty."""
+    write_new_file(root / "etc/hostname", HOSTNAME + "\n")
+    write_new_file(root / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n")
+    write_new_file(root / "etc/fstab", "/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
+    # A fixed machine-id: no first-boot logic (systemd-firstboot would prompt on the console).
+    write_new_file(root / "etc/machine-id", "5f1e0c0a7a6b4c1e9d2f3a4b5c6d7e8f\n", 0o444)
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    fields = [line.split(":") for line in lines]
+    for entry in fields:
+        if entry[0] == "root":
+            entry[1] = "*"  # locked: the harness talks to the guest over its own channel
+    write_new_file(shadow, "\n".join(":".join(f) for f in fields) + "\n", 0o640)
+    os.chown(shadow, 0, _gid(root, "shadow"))
+    for unit in ("serial-getty@ttyS0.service", "systemd-firstboot.service"):
+        new_symlink(root / "etc/systemd/system" / unit, "/dev/null")
+    # No network in the guest: do not let anything wait for it.
+    new_symlink(root / "etc/systemd/system/systemd-networkd-wait-online.service", "/dev/null")
+
+
+def _gid(root: Path, group: str) -> int:
+    for line in (root / "etc/group").read_text().splitlines():
+        parts = line.split(":")
+        if parts[0] == group:
+            return int(parts[2])
+    return 0
+
+
+def _find_kernel(root: Path) -> tuple[Path, Path, str]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise HarnessError(f"no kernel in {root / 'boot'}")
+    kernel = kernels[-1]
+    version = kernel.name.removeprefix("vmlinuz-")
+    initrd = root / "boot" / f"initrd.img-{version}"
+    if not initrd.exists():
+        raise HarnessError(f"no initramfs for {version} in {root / 'boot'}")
+    return kernel, initrd, version
+
+
+def _build(dest: Path, log: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    remove_tree(tmp)
+    t0 = time.monotonic()
+    progress(f"debootstrap {SUITE} (minbase, {len(DEBOOTSTRAP_PACKAGES)} extra packages) ...")
+    run_host(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(DEBOOTSTRAP_PACKAGES)}",
+            "--components=main",
+            SUITE,
+            tmp,
+            MIRROR,
+        ],
+        log=log,
+    )
+    progress(f"debootstrap done in {time.monotonic() - t0:.0f}s")
+    t1 = time.monotonic()
+    progress(f"installing {' '.join(CHROOT_PACKAGES)} inside the chroot ...")
+    policy = tmp / "usr/sbin/policy-rc.d"
+    write_new_file(policy, "#!/bin/sh\nexit 101\n", 0o755)  # start no services in the chroot
+    try:
+        with chroot_mounts(tmp):
+            chroot = ["chroot", str(tmp)]
+            env = chroot_env()
+            run_host([*chroot, "apt-get", "update", "-q"], log=log, env=env)
+            run_host(
+                [
+                    *chroot,
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    *CHROOT_PACKAGES,
+                ],
+                log=log,
+                env=env,
+            )
+            run_host([*chroot, "apt-get", "clean"], log=log, env=env)
+    finally:
+        policy.unlink(missing_ok=True)
+        unmount_all_under(tmp)
+    for lists in (tmp / "var/lib/apt/lists").glob("*_*"):
+        lists.unlink()
+    progress(f"kernel installed in {time.monotonic() - t1:.0f}s")
+    _configure(tmp)
+    _find_kernel(tmp)
+    tmp.rename(dest)
+
+
+def _prune(keep: Path) -> None:
+    trees = sorted(
+        (p for p in cache_dir().glob("rootfs-*") if p.is_dir() and p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in trees[KEEP_ROOTFS - 1 :]:
+        progress(f"removing old base tree {old}")
+        remove_tree(old)
+        old.with_suffix(".json").unlink(missing_ok=True)
+
+
+def ensure_rootfs() -> Rootfs:
+    """Return the cached base tree, building it first if the recipe changed."""
+    key = recipe_key()
+    dest = cache_dir() / f"rootfs-{key}"
+    manifest = dest.with_suffix(".json")
+    with build_lock():
+        if dest.is_dir() and manifest.exists():
+            progress(f"base tree cached: {dest}")
+        else:
+            t0 = time.monotonic()
+            log = cache_dir() / f"rootfs-{key}.log"
+            log.unlink(missing_ok=True)
+            progress(f"building base tree {dest} (log: {log})")
+            remove_tree(dest)
+            _build(dest, log)
+            kernel, initrd, version = _find_kernel(dest)
+            manifest.write_text(
+                json.dumps(
+                    {
+                        "key": key,
+                        "suite": SUITE,
+                        "debootstrap_packages": DEBOOTSTRAP_PACKAGES,
+                        "chroot_packages": CHROOT_PACKAGES,
+                        "kernel_version": version,
+                        "build_seconds": round(time.monotonic() - t0, 1),
+                    },
+                    indent=2,
+                )
+            )
+            progress(f"base tree built in {time.monotonic() - t0:.0f}s (kernel {version})")
+            _prune(dest)
+    kernel, initrd, version = _find_kernel(dest)
+    return Rootfs(path=dest, key=key, kernel=kernel, initrd=initrd, kernel_version=version)
+
+
+def hardlink_copy(src: Path, dest: Path) -> None:
+    """`cp -al`: a copy that costs no space; replace files in it, never write them in place."""
+    remove_tree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_host(["cp", "-al", src, dest])
+
+
+__all__ = [
+    "Rootfs",
+    "chroot_env",
+    "chroot_mounts",
+    "ensure_rootfs",
+    "hardlink_copy",
+    "remove_tree",
+]
