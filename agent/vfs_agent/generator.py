@@ -30,7 +30,8 @@ def _load_policy(sysroot: SysRoot) -> Policy:
         return cached
     from vfs_agent.policy_load import load_policy  # slow path: YAML + pydantic
 
-    return load_policy(sysroot)
+    # A generator writes nothing outside its output directories, so no cache refresh here.
+    return load_policy(sysroot, save_compiled=False)
 
 
 def generate(sysroot: SysRoot, normal_dir: Path) -> int:

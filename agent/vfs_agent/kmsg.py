@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 ERR = 3
@@ -12,7 +13,7 @@ INFO = 6
 def kmsg(level: int, ident: str, message: str) -> None:
     line = f"<{level}>{ident}: {message}\n".encode("utf-8", "backslashreplace")
     try:
-        with open("/dev/kmsg", "wb", buffering=0) as handle:
+        with open(os.environ.get("VFS_AGENT_KMSG", "/dev/kmsg"), "ab", buffering=0) as handle:
             handle.write(line[:1000])
     except OSError:
         sys.stderr.write(f"{ident}: {message}\n")

@@ -45,8 +45,11 @@ class PolicyError(Exception):
         self.problems = problems
 
 
-def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
-    """Read, check and merge the policy. Raises PolicyError listing every problem found."""
+def load_policy(
+    sysroot: SysRoot, explicit: str | None = None, *, save_compiled: bool = True
+) -> Policy:
+    """Read, check and merge the policy. Raises PolicyError listing every problem found.
+    With `save_compiled`, the result is cached for the boot-time generator (policy_cache)."""
     files = policy_files(sysroot, explicit)
     if not files:
         return empty_policy()
@@ -60,7 +63,7 @@ def load_policy(sysroot: SysRoot, explicit: str | None = None) -> Policy:
     if problems:
         raise PolicyError(problems)
     policy = merge(parsed)
-    if explicit is None:
+    if explicit is None and save_compiled:
         policy_cache.save(sysroot, policy)
     return policy
 

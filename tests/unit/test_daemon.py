@@ -1,0 +1,183 @@
+"""The daemon's event loop against a pipe-based event source and a fake kernel (a mounter
+that edits the fake tree's mountinfo), in the main thread so real signals are delivered."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from faketree import FakeTree
+
+from vfs_agent import ops
+from vfs_agent.daemon import Daemon
+from vfs_agent.sysroot import SysRoot
+from vfs_agent.uevents import ShareEvent, relevant
+
+
+class PipeEvents:
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.queue: list[ShareEvent] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def push(self, event: ShareEvent) -> None:
+        with self.lock:
+            self.queue.append(event)
+        os.write(self.w, b"x")
+
+    def fileno(self) -> int:
+        return self.r
+
+    def drain(self) -> list[ShareEvent]:
+        os.read(self.r, 4096)
+        with self.lock:
+            out, self.queue = self.queue, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self.r)
+        os.close(self.w)
+
+
+class FakeKernel:
+    """Mounts by appending to the fake mountinfo; unmounts by removing the line."""
+
+    def __init__(self, tree: FakeTree) -> None:
+        self.tree = tree
+        self.entries: list[tuple[str, str, str]] = []
+        self.calls: list[str] = []
+
+    def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+        inner = "/" + os.path.relpath(os.readlink(target), self.tree.root)
+        self.entries.append((fstype, source, inner))
+        self.calls.append(f"mount {source} {inner}")
+        self.tree.mounted(*self.entries)
+
+    def umount(self, target: str, *, lazy: bool = False) -> None:
+        inner = "/" + os.path.relpath(target, self.tree.root)
+        self.entries = [e for e in self.entries if e[2] != inner]
+        self.calls.append(f"umount{' -l' if lazy else ''} {inner}")
+        self.tree.mounted(*self.entries)
+
+
+POLICY = "version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media}\n  - {tag: 'data-*', path: '/srv/{tag}'}\n"
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    tree = FakeTree(tmp_path / "root")
+    tree.policy(POLICY)
+    tree.virtiofs("media_tag", index=1)
+    return tree, PipeEvents(), FakeKernel(tree)
+
+
+def run_daemon(tree, events, kernel, script, **kwargs) -> Daemon:
+    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, mounter=kernel, **kwargs)
+    failures: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            script()
+        except BaseException as e:  # stop the daemon, report in the main thread
+            failures.append(e)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    worker = threading.Thread(target=guarded, daemon=True)
+    worker.start()
+    assert daemon.run() == 0
+    worker.join(5)
+    assert not worker.is_alive(), "the scenario did not finish"
+    if failures:
+        raise failures[0]
+    return daemon
+
+
+def test_hotplug_unplug_and_clean_exit(setup):
+    tree, events, kernel = setup
+
+    def script() -> None:
+        wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
+        device = tree.virtiofs("data-1", index=3)
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/3", "data-1", None))
+        wait_for(lambda: "mount data-1 /srv/data-1" in kernel.calls)
+        shutil.rmtree(tree.root / "sys/fs/virtiofs/3")
+        shutil.rmtree(tree.root / f"sys/bus/virtio/devices/{device}")
+        events.push(ShareEvent("remove", "virtiofs", "/fs/virtiofs/3", "data-1", None))
+        wait_for(lambda: "umount -l /srv/data-1" in kernel.calls)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    assert kernel.calls == [
+        "mount media_tag /mnt/media",
+        "mount data-1 /srv/data-1",
+        "umount -l /srv/data-1",
+    ]
+    assert kernel.entries == [("virtiofs", "media_tag", "/mnt/media")]  # left in place
+    assert events.closed
+
+
+def test_sighup_with_a_broken_policy_keeps_the_old_one(setup, caplog):
+    tree, events, kernel = setup
+
+    def script() -> None:
+        wait_for(lambda: kernel.calls)
+        tree.policy("version: 1\nmounts: [{tag: media_tag, pth: /x}]\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: "Keeping the previous policy" in caplog.text)
+        tree.virtiofs("data-2", index=4)
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/4", "data-2", None))
+        wait_for(lambda: "mount data-2 /srv/data-2" in kernel.calls)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with caplog.at_level("INFO", logger="vfs_agent"):
+        run_daemon(tree, events, kernel, script)
+    assert "unknown key 'pth'" in caplog.text
+
+
+def test_unmount_on_exit_unmounts_only_what_the_daemon_mounted(setup):
+    tree, events, kernel = setup
+    kernel.entries = [("virtiofs", "by-hand", "/mnt/by-hand")]
+    tree.virtiofs("by-hand", index=2)
+    tree.mounted(*kernel.entries)
+
+    def script() -> None:
+        wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script, unmount_on_exit=True)
+    assert kernel.calls[-1] == "umount -l /mnt/media"
+    assert ("virtiofs", "by-hand", "/mnt/by-hand") in kernel.entries
+
+
+def test_a_restart_after_sigkill_does_not_stack_mounts(setup):
+    tree, events, kernel = setup
+    kernel.entries = [("virtiofs", "media_tag", "/mnt/media")]  # left by the killed daemon
+    tree.mounted(*kernel.entries)
+
+    def script() -> None:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    assert kernel.calls == []
+
+
+def test_only_share_events_are_relevant():
+    assert relevant(ShareEvent("add", "virtiofs", "/fs/virtiofs/1", "t", None))
+    assert relevant(ShareEvent("bind", "virtio", "/devices/x/virtio1", None, "virtiofs"))
+    assert relevant(ShareEvent("remove", "virtio", "/devices/x/virtio1", None, None))
+    assert not relevant(ShareEvent("bind", "virtio", "/devices/x/virtio2", None, "virtio_net"))
+    assert not relevant(ShareEvent("add", "block", "/devices/x/vda", None, None))
