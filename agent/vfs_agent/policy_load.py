@@ -126,8 +126,16 @@ def parse_text(text: str, name: str) -> PolicyFile:
             [PolicyProblem(name, 1, 1, "", "the file is empty; it needs at least 'version: 1'")]
         )
     positions: dict[Loc, tuple[int, int]] = {}
-    duplicates: list[PolicyProblem] = []
-    data = _construct(node, (), positions, duplicates, name)
+    builder = _Builder(name, positions)
+    try:
+        data = builder.build(node, ())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise PolicyError(
+            [PolicyProblem(name, line, col, "", f"invalid YAML: {e.problem}")]
+        ) from None
+    duplicates = builder.problems
     if not isinstance(data, dict):
         line, col = positions[()]
         message = "the policy must be a mapping with 'version: 1'"
@@ -166,44 +174,70 @@ def _duplicate_tags(
     return problems
 
 
-def _construct(
-    node: yaml.Node,
-    loc: Loc,
-    positions: dict[Loc, tuple[int, int]],
-    dups: list[PolicyProblem],
-    name: str,
-) -> Any:
-    """Build plain Python data from a YAML node tree, recording each node's position and
-    rejecting duplicate keys (PyYAML silently keeps the last one)."""
-    positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = yaml.SafeLoader(stream="").construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                key = str(key)
-            if key in out:
-                dups.append(
-                    PolicyProblem(
-                        name,
-                        key_node.start_mark.line + 1,
-                        key_node.start_mark.column + 1,
-                        _field((*loc, key)),
-                        "duplicate key; each key may appear once",
-                    )
-                )
-                continue
-            positions[(*loc, key, "<key>")] = (
-                key_node.start_mark.line + 1,
-                key_node.start_mark.column + 1,
+MAX_NODES = 100_000  # bounds alias expansion ("billion laughs")
+
+
+class _Builder:
+    """Builds plain Python data from a YAML node tree, recording each node's position and
+    rejecting duplicate keys (PyYAML silently keeps the last one). Merge keys (<<) work as in
+    YAML: explicit keys override merged ones."""
+
+    def __init__(self, name: str, positions: dict[Loc, tuple[int, int]]) -> None:
+        self.name = name
+        self.positions = positions
+        self.problems: list[PolicyProblem] = []
+        self.loader = yaml.SafeLoader(stream="")
+        self.visited = 0
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise PolicyError(
+                [PolicyProblem(self.name, 0, 0, "", "the policy is too large (aliases?)")]
             )
-            out[key] = _construct(value_node, (*loc, key), positions, dups, name)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(item, (*loc, i), positions, dups, name) for i, item in enumerate(node.value)
+        self.positions[loc] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, loc)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        own = [
+            k
+            for k, _ in node.value
+            if not (isinstance(k, yaml.ScalarNode) and k.tag == "tag:yaml.org,2002:merge")
         ]
-    return yaml.SafeLoader(stream="").construct_object(node, deep=True)
+        own_keys = {str(self.loader.construct_object(k, deep=True)) for k in own}
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.MarkedYAMLError as e:
+            line, col = _mark(node)
+            raise PolicyError(
+                [
+                    PolicyProblem(
+                        self.name, line, col, _field(loc), f"invalid merge key: {e.problem}"
+                    )
+                ]
+            ) from None
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(self.loader.construct_object(key_node, deep=True))
+            merged = key_node not in own
+            if key in out or (merged and key in own_keys):
+                if not merged and key in out:
+                    message = "duplicate key; each key may appear once"
+                    self.problems.append(
+                        PolicyProblem(self.name, *_mark(key_node), _field((*loc, key)), message)
+                    )
+                continue
+            self.positions[(*loc, key, "<key>")] = _mark(key_node)
+            out[key] = self.build(value_node, (*loc, key))
+        return out
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def _problem(err: Any, positions: dict[Loc, tuple[int, int]], name: str) -> PolicyProblem:
