@@ -21,6 +21,7 @@ from vfs_agent.log import setup_logging
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
 from vfs_agent.policy_load import PolicyError, load_file, load_policy
 from vfs_agent.policy_model import PolicyFile
+from vfs_agent.render_systemd import Skipped
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
 
@@ -50,8 +51,8 @@ def handle_errors(func: F) -> F:
             click.echo(f"vfs-agent: {e}", err=True)
             sys.exit(EXIT_FAILED)
         except OSError as e:
-            where = f" {e.filename}" if e.filename else ""
-            click.echo(f"vfs-agent: error:{where}: {e.strerror or e}", err=True)
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"vfs-agent: error: {where}{e.strerror or e}", err=True)
             sys.exit(EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
@@ -239,6 +240,10 @@ def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) ->
             click.echo(f"wrote {Path(output) / name}")
         for name in removed:
             click.echo(f"removed {Path(output) / name}")
+    _warn_skipped(skipped)
+
+
+def _warn_skipped(skipped: list[Skipped]) -> None:
     for skip in skipped:
         click.echo(f"vfs-agent: skipped {report.show(skip.tag)}: {skip.why}", err=True)
 
@@ -257,10 +262,12 @@ def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) ->
 def generate_fstab(ctx: ops.Context, output: str) -> None:
     """fstab lines for the shares the policy wants, inside a marked block."""
     if output == "-":
-        click.echo(ops.fstab_block(ctx), nl=False)
+        block, skipped = ops.fstab_block(ctx)
+        click.echo(block, nl=False)
     else:
-        ops.write_fstab(ctx, Path(output))
+        skipped = ops.write_fstab(ctx, Path(output))
         click.echo(f"updated the vfs-agent block in {output}")
+    _warn_skipped(skipped)
 
 
 @main.group("policy")

@@ -129,3 +129,15 @@ def unescape_octal(field: str) -> str:
             out.append(raw[i])
             i += 1
     return out.decode("utf-8", "surrogateescape")
+
+
+# libmount resolves these source prefixes as device tags (blkid), so a share whose tag starts
+# with one cannot be written as an fstab source or a unit's What=.
+_DEVICE_TAG_PREFIXES = ("LABEL=", "UUID=", "PARTUUID=", "PARTLABEL=", "ID=")
+
+
+def source_problem(tag: str) -> str | None:
+    """Why mount(8) would misread `tag` as a mount source, or None. mount(2) is not affected."""
+    if tag.startswith(_DEVICE_TAG_PREFIXES):
+        return "looks like a device tag (LABEL=, UUID=, ...) that mount(8) would look up"
+    return None

@@ -18,10 +18,10 @@ from vfs_agent.modules import ensure_filesystem
 from vfs_agent.mounttable import top_mounts
 from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
-from vfs_agent.plan import Action, ActionKind, plan
+from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.policy_load import load_policy
-from vfs_agent.render_fstab import render_block
+from vfs_agent.render_fstab import fstab_problem, render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
 from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import managed_unit, start_unit
@@ -198,11 +198,18 @@ def write_units(
     return written, removed, skipped
 
 
-def fstab_block(ctx: Context) -> str:
-    return render_block(current_plan(ctx).actions)
+def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
+    """The fstab block, and the wanted shares fstab cannot express."""
+    actions = current_plan(ctx).actions
+    skipped = [
+        Skipped(a.tag, a.path, why)
+        for a in actions
+        if a.kind in WANTED and (why := fstab_problem(a)) is not None
+    ]
+    return render_block(actions), skipped
 
 
-def write_fstab(ctx: Context, fstab: Path) -> str:
-    block = fstab_block(ctx)
+def write_fstab(ctx: Context, fstab: Path) -> list[Skipped]:
+    block, skipped = fstab_block(ctx)
     write_fstab_block(fstab, block)
-    return block
+    return skipped

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from vfs_agent.render_fstab import replace_block
-from vfs_agent.render_systemd import GENERATED_MARK, GeneratedFile, UnitFile
+from vfs_agent.render_systemd import GENERATED_MARK, TIMEOUT_DROPIN, GeneratedFile, UnitFile
 from vfs_agent.sysroot import write_atomic
 
 
@@ -49,19 +49,20 @@ def sync_unit_dir(directory: Path, units: list[UnitFile]) -> tuple[list[str], li
             removed.append(entry.name)
     for link in directory.glob("*.wants/*.mount"):
         relpath = str(link.relative_to(directory))
-        if link.is_symlink() and relpath not in wanted_extras and not link.exists():
+        # Only links vfs-agent makes: relative, to a unit beside them that is gone now.
+        ours = link.is_symlink() and os.readlink(link) == f"../{link.name}"
+        if ours and relpath not in wanted_extras and not (directory / link.name).exists():
             link.unlink()
-    for dropin in directory.glob("*.d/50-vfs-agent-timeout.conf"):
+            _rmdir_if_empty(link.parent)
+    for dropin in directory.glob(f"*.d/{TIMEOUT_DROPIN}"):
         if str(dropin.relative_to(directory)) not in wanted_extras and is_ours(dropin):
             dropin.unlink()
-    for sub in directory.glob("*.wants"):
-        _rmdir_if_empty(sub)
-    for sub in directory.glob("*.d"):
-        _rmdir_if_empty(sub)
+            _rmdir_if_empty(dropin.parent)
     return written, removed
 
 
 def _rmdir_if_empty(path: Path) -> None:
+    """Remove a .wants/ or .d/ directory vfs-agent just emptied (never any other)."""
     with contextlib.suppress(OSError):
         path.rmdir()
 

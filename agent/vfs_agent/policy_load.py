@@ -242,8 +242,6 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 def _problem(err: Any, positions: dict[Loc, tuple[int, int]], name: str) -> PolicyProblem:
     loc: Loc = tuple(err["loc"])
-    # pydantic puts the failing validator's name after the field for Annotated validators.
-    loc = tuple(part for part in loc if not (isinstance(part, str) and "[" in part))
     kind = err["type"]
     if kind == "extra_forbidden":
         line, col = positions.get((*loc, "<key>"), _nearest(loc, positions))
@@ -268,6 +266,8 @@ def _field(loc: Loc) -> str:
 def _message(err: Any, loc: Loc) -> str:
     kind = err["type"]
     given = err.get("input")
+    if kind in ("greater_than_equal", "less_than_equal", "int_type", "int_parsing"):
+        return f"{given!r} is not allowed: {err['msg'].lower()}; write whole seconds, e.g. 10"
     if kind == "missing":
         return f"this key is required; {_describe(loc)}"
     if kind == "literal_error" and loc == ("version",):

@@ -41,6 +41,10 @@ def _check_option(option: str) -> str:
 
 
 def _check_mount_root(path: str) -> str:
+    if "{" in path or "}" in path:
+        raise ValueError(
+            f"path {path!r}: mount_root takes no placeholder; the tag is added below it"
+        )
     problem = path_problem(path)
     if problem:
         raise ValueError(f"path {path!r} {problem}")
@@ -68,8 +72,8 @@ def _check_tag_pattern(pattern: str) -> str:
 
 
 def _no_bool(value: object) -> object:
-    # Literal[1] would accept True (True == 1).
-    if isinstance(value, bool):
+    # Literal[1] would accept True and 1.0 (both == 1).
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"unsupported version {value!r}; write 'version: 1'")
     return value
 

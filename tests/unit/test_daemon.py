@@ -65,7 +65,12 @@ class FakeKernel:
         self.tree.mounted(*self.entries)
 
 
-POLICY = "version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media}\n  - {tag: 'data-*', path: '/srv/{tag}'}\n"
+POLICY = """\
+version: 1
+mounts:
+  - {tag: media_tag, path: /mnt/media}
+  - {tag: 'data-*', path: '/srv/{tag}'}
+"""
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:

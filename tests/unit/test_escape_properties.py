@@ -230,13 +230,6 @@ def test_fstab_round_trip_of_the_issue_tags(tmp_path: Path) -> None:
     assert [(e["source"], e["target"]) for e in entries] == [(a.tag, a.path) for a in actions]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tag such as 'LABEL=x' or 'UUID=x' is written as a bare fstab source (and as "
-    "What= of a unit), which libmount takes for a device tag and resolves with blkid: mount(8) "
-    'says "can\'t find LABEL=x" instead of mounting the share. Such shares must be skipped '
-    "with a reason, as render_units skips tags a unit file cannot express.",
-)
 @pytest.mark.parametrize("tag", ["LABEL=x", "UUID=x", "PARTUUID=x", "PARTLABEL=x", "ID=x"])
 def test_a_tag_libmount_takes_for_a_device_tag_is_not_written(tag: str) -> None:
     action = mount_action(tag, derived_path("/mnt/virtiofs", tag), required=False)

@@ -12,7 +12,10 @@ V = Transport.VIRTIOFS
 
 def pol(*docs: str):
     return merge(
-        [to_section(f"/etc/vfs-agent/{i}.yaml", parse_text(d, f"{i}.yaml")) for i, d in enumerate(docs)]
+        [
+            to_section(f"/etc/vfs-agent/{i}.yaml", parse_text(d, f"{i}.yaml"))
+            for i, d in enumerate(docs)
+        ]
     )
 
 
@@ -127,7 +130,10 @@ def test_dead_mount_of_a_present_share_is_unmounted_then_mounted_again():
 
 
 def test_dropin_rules_override_and_defaults_merge_key_by_key():
-    main = "version: 1\ndefaults: {mount_root: /srv/shares, unknown: mount}\nmounts:\n  - {tag: t, path: /srv/a}\n"
+    main = (
+        "version: 1\ndefaults: {mount_root: /srv/shares, unknown: mount}\n"
+        "mounts:\n  - {tag: t, path: /srv/a}\n"
+    )
     dropin = "version: 1\ndefaults: {options: [noexec]}\nmounts:\n  - {tag: t, path: /srv/b}\n"
     policy = pol(main, dropin)
     assert policy.defaults.mount_root == "/srv/shares"

@@ -28,12 +28,7 @@ VALID = sorted(POLICIES.glob("valid/*.yaml"))
 
 # Corpus files whose expected output the code does not give yet: each is a bug (see the reason).
 # strict=True: when the bug is fixed the test passes, fails as XPASS, and the entry must go.
-KNOWN_BUGS = {
-    "yaml-unknown-tag": "an unknown YAML tag (!custom) raises ConstructorError out of "
-    "policy_load._construct: a traceback and exit 1 instead of a positioned 'invalid YAML'",
-    "key-with-bracket": "a key containing '[' is dropped from the pydantic loc by _problem(), "
-    "then _unknown_key_message(()) raises IndexError: a traceback and exit 1",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def short_name(path: Path) -> str:
@@ -195,11 +190,6 @@ def test_full_example_uses_every_key_of_the_schema() -> None:
     assert "mounts.[].path" not in _keys_missing(schema, schema, without, "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="YAML merge keys ('<<: *anchor', which yaml.safe_load supports) raise "
-    "ConstructorError out of policy_load._construct: a traceback and exit 1",
-)
 def test_a_yaml_merge_key_is_handled_not_a_crash(tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path / "etc/policy.yaml",
