@@ -16,7 +16,7 @@ HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprog
 HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv lint unit guest test demo clean
+.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot clean
 
 all: test
 
@@ -55,6 +55,16 @@ test: setup lint
 
 demo: setup
 	$(VENV)/bin/python -m tests.guestlib.demo
+
+# The guest image alone (built once, then reused from $(CACHE)/guest).
+image: setup
+	$(VENV)/bin/python -m tests.guestlib.image
+
+# Boot reliability and speed of the test guest on this machine (FAST/FULL boots).
+FAST ?= 10
+FULL ?= 3
+bench-boot: setup
+	$(VENV)/bin/python bench/boot_reliability.py --fast $(FAST) --full $(FULL)
 
 clean:
 	rm -rf $(VENV) build dist agent/*.egg-info

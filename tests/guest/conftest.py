@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
 HERE = Path(__file__).resolve().parent
 BootGuest = Callable[[VMConfig], VM]
+_SUMMARY: list[str] = []  # lines for the terminal summary (image time, log directory)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,17 +71,20 @@ def guest_image() -> GuestImage:
     problems = _preflight()
     if problems:
         pytest.fail("cannot boot test guests:\n  " + "\n  ".join(problems), pytrace=False)
+    started = time.monotonic()
     try:
-        return ensure_image()
+        image = ensure_image()
     except (HarnessError, OSError) as exc:
         pytest.fail(f"building the guest image failed:\n{exc}", pytrace=False)
+    _SUMMARY.append(f"guest image {image.key}: ready in {time.monotonic() - started:.1f}s")
+    return image
 
 
 @pytest.fixture(scope="session")
 def guest_run_dir() -> Path:
     """Logs of this pytest run's guests (serial consoles, qemu and virtiofsd output)."""
     path = new_run_dir("pytest")
-    print(f"guest logs: {path}")
+    _SUMMARY.append(f"guest logs: {path}")
     return path
 
 
@@ -107,9 +112,11 @@ def boot_guest(guest_image: GuestImage, guest_run_dir: Path) -> Iterator[BootGue
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not vmlib.BOOTS:
+    if not (vmlib.BOOTS or _SUMMARY):
         return
     terminalreporter.section("guest boots")
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)
     for name, mode, attempts, seconds, ok in vmlib.BOOTS:
         state = f"channel ready in {seconds:.1f}s" if ok else "FAILED"
         retry = f" (after {attempts - 1} retry)" if attempts > 1 else ""

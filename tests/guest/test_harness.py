@@ -122,6 +122,11 @@ class TestFastBoot:
         assert guest.virtiofs_tags() == sorted(BOOT_TAGS)
         assert not daemon.alive()
 
+    def test_a_boot_time_share_can_be_unplugged_too(self, guest: VM) -> None:
+        guest.unplug_share(BOOT_TAGS[1])  # every virtio-fs device sits on its own root port
+        _wait_tags(guest, present=None, absent=BOOT_TAGS[1])
+        assert guest.virtiofs_tags() == [BOOT_TAGS[0]]
+
 
 class TestSystemdBoot:
     def test_reaches_running_with_the_channel(

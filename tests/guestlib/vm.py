@@ -190,6 +190,7 @@ class VM:
         self.shares: dict[str, ShareHandle] = {}
         self._free_ports: list[str] = []
         self._counter = 0
+        self.started_at = 0.0  # time.monotonic() when QEMU was started
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -270,14 +271,14 @@ class VM:
         self.serial_log.write_bytes(b"")
         self.qemu = ManagedProcess(f"qemu[{cfg.name}]", argv, self.dir / "qemu.log")
         ACTIVE.append(self)
-        self._started = time.monotonic()
+        self.started_at = time.monotonic()
         self.qmp = QMPClient(self._sockets / "qmp.sock")
         self.channel = Channel(self._sockets / "channel.sock")
 
     def wait_channel(self) -> float:
         """Wait until the guest answers a ping; returns seconds since QEMU started."""
         assert self.channel is not None and self.qemu is not None
-        deadline = self._started + self.config.timeout()
+        deadline = self.started_at + self.config.timeout()
         ident = self.channel.send("ping")
         last_send = time.monotonic()
         while True:
@@ -297,7 +298,7 @@ class VM:
             if time.monotonic() - last_send > 10:  # in case the first ping was lost
                 ident = self.channel.send("ping")
                 last_send = time.monotonic()
-        self.stats.channel_seconds = time.monotonic() - self._started
+        self.stats.channel_seconds = time.monotonic() - self.started_at
         progress(
             f"{self.config.name}: {self.config.mode} boot, channel ready in "
             f"{self.stats.channel_seconds:.1f}s"
