@@ -63,7 +63,7 @@ class Daemon:
         try:
             self._reconcile(state, "start-up")
             self.notifier.ready(self._status(state))
-            log.info("Started; following virtio-fs uevents.")
+            log.info("Started; following virtio-fs uevents (%s).", getattr(source, "source", "?"))
             while True:
                 timeout = self.notifier.watchdog_interval
                 ready, _, _ = select.select([source.fileno(), wake_r], [], [], timeout)

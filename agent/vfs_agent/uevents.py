@@ -7,6 +7,7 @@ on fileno() until udev has an event.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,13 +41,16 @@ def relevant(event: ShareEvent) -> bool:
 
 
 class UdevEvents:
-    """pyudev's netlink monitor for the 'udev' source: events after udev's rules ran, so a
-    share's device unit and /dev alias exist by the time the daemon acts."""
+    """pyudev's netlink monitor. With udevd running, the 'udev' source: events after udev's
+    rules ran, so a share's device unit and /dev alias exist by the time the daemon acts.
+    Without udevd (minimal guests, initramfs), the kernel's own uevents."""
 
     def __init__(self) -> None:
         import pyudev
 
-        self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
+        source = "udev" if os.path.exists("/run/udev/control") else "kernel"
+        self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+        self.source = source
         self._monitor.filter_by("virtio")
         self._monitor.filter_by("virtiofs")
         self._monitor.set_receive_buffer_size(4 * 1024 * 1024)  # survive hotplug storms
