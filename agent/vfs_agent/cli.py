@@ -16,6 +16,7 @@ import click
 
 from vfs_agent import __version__, install_files, ops, report
 from vfs_agent.apply import Outcome
+from vfs_agent.cloud_init import cloud_init_group
 from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
@@ -340,8 +341,12 @@ def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
 
     For a wheel-only install (packages install them themselves). Then run:
     systemctl daemon-reload; udevadm control --reload; udevadm trigger -s virtio;
-    systemctl enable --now vfs-agent.service
+    systemctl enable --now vfs-agent.service; and with cloud-init:
+    systemctl enable vfs-agent-cloud-init.service
     """
     layout = install_files.default_layout(prefix)
     for dest in install_files.install(ctx.sysroot.root, layout, dry_run=dry_run):
         click.echo(f"{'would install' if dry_run else 'installed'} {ctx.sysroot.path(dest)}")
+
+
+main.add_command(cloud_init_group)

@@ -1,4 +1,5 @@
-"""Put the systemd units, the generator, the udev rule and its helper in place.
+"""Put the systemd units (the daemon's and the cloud-init hook's), the generator, the udev rule
+and its helper in place.
 
 One table of files serves every kind of install: a wheel-only install runs
 `vfs-agent install-system-files` (prefix /usr/local), the Debian and RPM packages run
@@ -40,6 +41,11 @@ class Layout:
             ),
             ("vfs-agent-tag-id.in", f"{self.libexec}/vfs-agent-tag-id", 0o755),
             ("vfs-agent.service.in", f"{lib}/systemd/system/vfs-agent.service", 0o644),
+            (
+                "vfs-agent-cloud-init.service.in",
+                f"{lib}/systemd/system/vfs-agent-cloud-init.service",
+                0o644,
+            ),
             (f"{RULE_NAME}.in", f"{lib}/udev/rules.d/{RULE_NAME}", 0o644),
         ]
 
