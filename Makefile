@@ -12,11 +12,13 @@ CACHE ?= /var/cache/vfs-agent-test
 export VFS_AGENT_CACHE := $(CACHE)
 
 HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprogs \
-	libsystemd-dev pkg-config gcc python3-dev python3-venv util-linux systemd socat
+	libsystemd-dev pkg-config gcc python3-dev python3-venv util-linux systemd socat \
+	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-wheel python3-build python3-installer rpm genisoimage
 HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot clean
+.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot packages clean
 
 all: test
 
@@ -65,6 +67,12 @@ FAST ?= 10
 FULL ?= 3
 bench-boot: setup
 	$(VENV)/bin/python bench/boot_reliability.py --fast $(FAST) --full $(FULL)
+
+# The .deb and the .rpm, built from this checkout in a temporary directory, into $(PKG_OUT).
+PKG_OUT ?= dist
+packages: host-deps
+	packaging/build-deb.sh $(PKG_OUT)
+	packaging/build-rpm.sh $(PKG_OUT)
 
 clean:
 	rm -rf $(VENV) build dist agent/*.egg-info
