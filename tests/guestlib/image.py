@@ -45,6 +45,8 @@ GUEST_LIB = "usr/local/lib/vfs-agent-test"  # where the plumbing lives inside th
 CHANNEL_UNIT = "vfs-agent-test-channel.service"
 FREE_SPACE = 1536 << 20  # bytes left free in the root filesystem for the tests
 KEEP_IMAGES = 3
+PRUNE_AFTER = 3600  # seconds since an image was last used
+KEEP_WHEELS = 5
 # Not part of the wheel's input: never copied to the wheel build, never hashed.
 _IGNORED = {
     ".git",
@@ -109,6 +111,7 @@ def build_wheel(project: Path) -> Path:
     wheels = sorted(outdir.glob("*.whl"))
     if wheels:
         progress(f"wheel cached: {wheels[0].name} (sources {key})")
+        outdir.touch()  # recently used: kept by _prune
         return wheels[0]
     t0 = time.monotonic()
     progress(f"building the project's wheel from {project} ...")
@@ -209,7 +212,16 @@ def _prune(keep: Path) -> None:
         reverse=True,
     )
     for old in images[KEEP_IMAGES - 1 :]:
+        if time.time() - old.stat().st_mtime < PRUNE_AFTER:
+            continue  # maybe still booted by another harness process (retries, overlays)
         progress(f"removing old image {old}")
+        shutil.rmtree(old, ignore_errors=True)
+    wheels = sorted(
+        (p for p in (cache_dir() / "wheels").iterdir() if p.is_dir()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in wheels[KEEP_WHEELS:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -226,12 +238,11 @@ def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
             progress(f"image cached: {dest}")
         else:
             progress(f"building image {dest} ({wheel.name} on base {base.key})")
-            log = cache_dir() / f"image-{key}.log"
-            log.unlink(missing_ok=True)
             tmp = dest.with_name(dest.name + ".tmp")
             tree = cache_dir() / f"layer-{key}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            log = tmp / "build.log"  # moves with the image, goes when it is pruned
             try:
                 hardlink_copy(base.path, tree)
                 _install_layer(tree, wheel, log)

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from tests.guestlib import qemu
+from tests.guestlib import guestlock, qemu
 from tests.guestlib.channel import Channel, ChannelError, b64, unb64
 from tests.guestlib.common import HarnessError, cache_dir, progress
 from tests.guestlib.image import GUEST_LIB, GuestImage
@@ -110,6 +110,8 @@ class VMConfig:
     boot_timeout: float | None = None  # default: 120 s fast, 300 s systemd
     retries: int = 1
     name: str = "vm"
+    exclusive: bool = True  # wait until no other guest runs on this machine (guestlock.py)
+    lock_timeout: float = 3600.0
 
     def timeout(self) -> float:
         if self.boot_timeout is not None:
@@ -191,6 +193,7 @@ class VM:
         self._free_ports: list[str] = []
         self._counter = 0
         self.started_at = 0.0  # time.monotonic() when QEMU was started
+        self._locked = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -229,6 +232,9 @@ class VM:
         cfg = self.config
         for tag, _ in [*cfg.shares, *cfg.shares_9p]:
             check_tag(tag)
+        if cfg.exclusive:
+            guestlock.acquire(cfg.name, cfg.lock_timeout)
+            self._locked = True
         ports = [f"hp{i}" for i in range(len(cfg.shares) + cfg.hotplug_slots)]
         overlay = self.dir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
@@ -346,6 +352,9 @@ class VM:
                 share.daemon.stop()
         if self in ACTIVE:
             ACTIVE.remove(self)
+        if self._locked:
+            guestlock.release(self.config.name)
+            self._locked = False
         (self.dir / "overlay.qcow2").unlink(missing_ok=True)
         shutil.rmtree(self._sockets, ignore_errors=True)
 
