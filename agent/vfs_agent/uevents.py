@@ -7,7 +7,7 @@ on fileno() until udev has an event.
 
 from __future__ import annotations
 
-import os
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,16 @@ def relevant(event: ShareEvent) -> bool:
     return event.action == "remove" or (event.driver in SHARE_DRIVERS)
 
 
+def udevd_running(control: str = "/run/udev/control") -> bool:
+    """Whether systemd-udevd listens on its control socket (a leftover file is not enough)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        try:
+            sock.connect(control)
+        except OSError:
+            return False
+    return True
+
+
 class UdevEvents:
     """pyudev's netlink monitor. With udevd running, the 'udev' source: events after udev's
     rules ran, so a share's device unit and /dev alias exist by the time the daemon acts.
@@ -48,7 +58,7 @@ class UdevEvents:
     def __init__(self) -> None:
         import pyudev
 
-        source = "udev" if os.path.exists("/run/udev/control") else "kernel"
+        source = "udev" if udevd_running() else "kernel"
         self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
         self.source = source
         self._monitor.filter_by("virtio")
