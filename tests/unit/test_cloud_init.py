@@ -38,6 +38,8 @@ vfs_agent:
       options: [ro]
 """
 
+REPO = Path(__file__).resolve().parents[2]
+
 BROKEN = """\
 #cloud-config
 vfs_agent:
@@ -308,3 +310,13 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"},  # trailing ':' adds the defaults
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "example", sorted((REPO / "packaging/cloud-init/examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_examples_are_valid(example: Path) -> None:
+    user_data = example.read_text()
+    assert user_data.startswith("#cloud-config\n")
+    text, problems = cloud_init.validate(yaml.safe_load(user_data)["vfs_agent"], user_data)
+    assert problems == [] and text is not None
