@@ -314,6 +314,21 @@ def apply(
     except CloudInitError as e:
         out.error(f"cannot read the cloud-config: {e}; nothing was changed")
         return 0
+    try:
+        return _apply_config(ctx, config, userdata, systemctl, mount_all, out)
+    except OSError as e:  # /etc read-only or full: the old drop-in (if any) is intact
+        out.error(f"cannot update {DROPIN}: {e.strerror or e}; nothing was changed")
+        return 1
+
+
+def _apply_config(
+    ctx: ops.Context,
+    config: dict[Any, Any],
+    userdata: str | None,
+    systemctl: Systemctl,
+    mount_all: MountAll,
+    out: Reporter,
+) -> int:
     if KEY not in config:
         if remove_dropin(ctx.sysroot):
             out.info(f"removed {DROPIN}: the cloud-config has no {KEY} key (any more)")
