@@ -127,6 +127,14 @@ class TestFastBoot:
         _wait_tags(guest, present=None, absent=BOOT_TAGS[1])
         assert guest.virtiofs_tags() == [BOOT_TAGS[0]]
 
+    def test_reboot_in_the_same_qemu(self, guest: VM) -> None:
+        before = guest.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout
+        guest.reboot()
+        assert guest.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout != before
+        assert guest.virtiofs_tags() == [BOOT_TAGS[0]]  # the unplugged share stays away
+        guest.run("mkdir -p /mnt/x && mount -t virtiofs media_tag /mnt/x", check=True)
+        assert guest.run("cat /mnt/x/from-guest", check=True).stdout == "guest was here\n"
+
 
 class TestSystemdBoot:
     def test_reaches_running_with_the_channel(

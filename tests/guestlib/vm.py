@@ -311,6 +311,32 @@ class VM:
         )
         return self.stats.channel_seconds
 
+    def reboot(self) -> float:
+        """Restart the guest inside the same QEMU (shares and daemons stay); wait for the
+        channel of the new boot. Returns the seconds it took."""
+        channel = self._channel()
+        old = channel.request("ping", wait=10)["boot_id"]
+        started = time.monotonic()
+        channel.request("reboot", wait=10)
+        deadline = started + self.config.timeout()
+        while True:
+            self._check_boot_alive()
+            if time.monotonic() > deadline:
+                tail = self.serial_tail()
+                raise BootError(f"{self.config.name}: no channel after reboot\n{tail}")
+            try:
+                reply = channel.receive(channel.send("ping"), timeout=3.0)
+            except ChannelError as exc:
+                if "closed" in str(exc):
+                    raise BootError(f"{self.config.name}: channel closed in reboot") from exc
+                continue
+            if reply.get("boot_id") != old:
+                break
+            time.sleep(1.0)
+        seconds = time.monotonic() - started
+        progress(f"{self.config.name}: rebooted, channel ready in {seconds:.1f}s")
+        return seconds
+
     def _check_boot_alive(self) -> None:
         assert self.qemu is not None
         if not self.qemu.alive():

@@ -4,7 +4,7 @@
 It speaks JSON lines over the virtio-serial port named `org.vfs-agent.test`. Every request is
 an object with an "id" and an "op"; every reply carries the same "id":
 
-    {"id": 1, "op": "ping"}                                   -> {"id": 1, "ok": true, ...}
+    {"id": 1, "op": "ping"}                    -> {"id": 1, "ok": true, "boot_id": ..., ...}
     {"id": 2, "op": "run", "argv": [...] | "sh": "...",
      "timeout": 60, "input_b64": "...", "env": {...}, "cwd": "/"}
                                         -> {"id": 2, "rc": 0, "stdout_b64": ..., "stderr_b64": ...,
@@ -183,7 +183,8 @@ def serve(mode: str, pid1: bool) -> int:
         try:
             if op == "ping":
                 uptime = float(Path("/proc/uptime").read_text().split()[0])
-                reply.update(ok=True, mode=mode, uptime=uptime, pid=os.getpid())
+                boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+                reply.update(ok=True, mode=mode, uptime=uptime, pid=os.getpid(), boot_id=boot_id)
             elif op == "run":
                 reply.update(op_run(req))
             elif op == "put":
