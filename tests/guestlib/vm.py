@@ -16,6 +16,7 @@ last resort by processes.stop_all() (atexit) or PR_SET_PDEATHSIG.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -149,6 +150,18 @@ def new_run_dir(label: str = "run") -> Path:
     return path
 
 
+def _socket_dir() -> Path:
+    """A short private directory for unix sockets (sun_path holds 108 bytes).
+
+    Named after our pid, so directories left by a harness that was SIGKILLed are removed here.
+    """
+    for old in Path(tempfile.gettempdir()).glob("vfsa-*-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"vfsa-{os.getpid()}-"))
+
+
 def kernel_cmdline(config: VMConfig) -> str:
     """The guest's kernel command line for `config`."""
     args = [
@@ -185,7 +198,7 @@ class VM:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.dir / "serial.log"
         self.stats = BootStats()
-        self._sockets = Path(tempfile.mkdtemp(prefix="vfsa-"))  # short: sun_path is 108 bytes
+        self._sockets = _socket_dir()
         self.qemu: ManagedProcess | None = None
         self.qmp: QMPClient | None = None
         self.channel: Channel | None = None
