@@ -4,6 +4,7 @@ With `bind_device`, each unit binds to the share's device unit, which vfs-agent'
 creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
 - the boot waits for a required share's device at most `device_timeout` seconds, and a failure
   fails only that mount and what depends on it (local-fs.target merely wants it);
+- an optional share is started by its device alone, so an absent one costs the boot nothing;
 - a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left.
 """
@@ -126,7 +127,11 @@ def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
         f"Type={action.transport.value}",
         f"Options={esc(','.join(options))}",
     ]
-    extras = [GeneratedFile(f"local-fs.target.wants/{name}", link_to=f"../{name}")]
+    extras = []
+    if action.required or not device:
+        # The boot starts it. An optional share bound to its device is left out on purpose:
+        # its device pulls it in when (and if) it appears, so an absent one costs no boot time.
+        extras.append(GeneratedFile(f"local-fs.target.wants/{name}", link_to=f"../{name}"))
     if device:
         extras.append(GeneratedFile(f"{device}.wants/{name}", link_to=f"../{name}"))
         if action.device_timeout:

@@ -16,13 +16,14 @@ import pytest
 
 from tests.guestlib import vm as vmlib
 from tests.guestlib.common import HarnessError
+from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.image import GuestImage, ensure_image
 from tests.guestlib.processes import live_processes, stop_all
 from tests.guestlib.virtiofsd import virtiofsd_binary
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
 HERE = Path(__file__).resolve().parent
-BootGuest = Callable[[VMConfig], VM]
+BootGuest = Callable[..., VM]  # boot(config, image=None): None is the pip-installed image
 _SUMMARY: list[str] = []  # lines for the terminal summary (image time, log directory)
 
 
@@ -81,6 +82,19 @@ def guest_image() -> GuestImage:
 
 
 @pytest.fixture(scope="session")
+def deb_image(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """The image with the project's .deb installed (built from this tree). guest_image first:
+    its preflight says why this machine cannot boot guests, if so."""
+    started = time.monotonic()
+    try:
+        image = ensure_deb_image(build_deb(tmp_path_factory.mktemp("deb")))
+    except (HarnessError, OSError) as exc:
+        pytest.fail(f"building the image with the .deb failed:\n{exc}", pytrace=False)
+    _SUMMARY.append(f"deb image {image.key}: ready in {time.monotonic() - started:.1f}s")
+    return image
+
+
+@pytest.fixture(scope="session")
 def guest_run_dir() -> Path:
     """Logs of this pytest run's guests (serial consoles, qemu and virtiofsd output)."""
     path = new_run_dir("pytest")
@@ -94,12 +108,12 @@ def boot_guest(guest_image: GuestImage, guest_run_dir: Path) -> Iterator[BootGue
     running is killed when the session ends."""
     started: list[VM] = []
 
-    def boot(config: VMConfig) -> VM:
+    def boot(config: VMConfig, image: GuestImage | None = None) -> VM:
         running = [g.config.name for g in vmlib.ACTIVE if g.alive()]
         if running:
             raise HarnessError(f"refusing to boot {config.name}: {running} still running")
         try:
-            guest = VM.boot(guest_image, config, guest_run_dir)
+            guest = VM.boot(image or guest_image, config, guest_run_dir)
         except HarnessError as exc:
             pytest.fail(f"guest {config.name} did not boot:\n{exc}", pytrace=False)
         started.append(guest)

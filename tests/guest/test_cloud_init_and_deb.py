@@ -14,13 +14,9 @@ for the image):
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -30,23 +26,10 @@ import pytest
 from tests.guestlib import vm as vmlib
 from tests.guestlib.common import (
     HarnessError,
-    cache_dir,
-    new_symlink,
-    progress,
     run_host,
-    sha256_parts,
-    write_new_file,
 )
-from tests.guestlib.image import CHANNEL_UNIT, FREE_SPACE, GuestImage, plumbing_files
+from tests.guestlib.image import GuestImage
 from tests.guestlib.qemu import Disk
-from tests.guestlib.rootfs import (
-    build_lock,
-    chroot_env,
-    chroot_mounts,
-    ensure_rootfs,
-    hardlink_copy,
-    remove_tree,
-)
 from tests.guestlib.vm import VM, VMConfig
 
 pytestmark = pytest.mark.guest
@@ -85,101 +68,6 @@ DROPIN = "/etc/vfs-agent/policy.d/50-cloud-init.yaml"
 
 
 # -- the image with the .deb installed -------------------------------------------------------------
-
-
-def _break_hardlinks(directory: Path) -> None:
-    """dpkg appends to its log and rewrites its database; in a `cp -al` tree those files are
-    shared with the cached base tree, so give each one its own inode first."""
-    for path in directory.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_nlink > 1:
-            copy = path.with_name(path.name + ".unshare")
-            shutil.copy2(path, copy)
-            os.replace(copy, path)
-
-
-def _install_deb(tree: Path, deb: Path, log: Path) -> None:
-    """dpkg -i in the tree, offline; then the harness's command channel, as image.py does."""
-    for directory in ("var/lib/dpkg", "var/log", "var/lib/systemd"):
-        _break_hardlinks(tree / directory)
-    staged = tree / "tmp" / deb.name
-    shutil.copy2(deb, staged)
-    try:
-        with chroot_mounts(tree):
-            chroot = ["chroot", str(tree)]
-            run_host([*chroot, "dpkg", "-i", f"/tmp/{deb.name}"], log=log, env=chroot_env())
-            run_host([*chroot, "vfs-agent", "--version"], log=log, env=chroot_env())
-    finally:
-        staged.unlink(missing_ok=True)
-    for rel, (content, mode) in plumbing_files().items():
-        write_new_file(tree / rel, content, mode)
-    new_symlink(
-        tree / "etc/systemd/system/multi-user.target.wants" / CHANNEL_UNIT,
-        f"/etc/systemd/system/{CHANNEL_UNIT}",
-    )
-
-
-def _make_ext4(tree: Path, image: Path, log: Path) -> None:
-    used = int(subprocess.check_output(["du", "-s", "-x", "--block-size=1", tree]).split()[0])
-    size = (used + FREE_SPACE + (256 << 20) - 1) // (256 << 20) * (256 << 20)
-    with image.open("wb") as handle:
-        handle.truncate(size)
-    run_host(["mkfs.ext4", "-q", "-F", "-L", "vfs-root", "-d", tree, image], log=log)
-
-
-def ensure_deb_image(deb: Path) -> GuestImage:
-    """The base tree + this .deb (dpkg) + the plumbing, as a raw ext4 image; cached by the
-    base recipe, the .deb's bytes (its build is reproducible) and this recipe."""
-    base = ensure_rootfs()
-    parts: list[bytes | str] = [base.key, deb.read_bytes(), inspect.getsource(_install_deb)]
-    for path, (content, mode) in sorted(plumbing_files().items()):
-        parts += [path, content, str(mode)]
-    key = sha256_parts(parts)[:16]
-    dest = cache_dir() / f"image-deb-{key}"
-    with build_lock():
-        if not (dest / "manifest.json").exists():
-            t0 = time.monotonic()
-            progress(f"building image {dest} ({deb.name} on base {base.key})")
-            tmp = dest.with_name(dest.name + ".tmp")
-            tree = cache_dir() / f"layer-deb-{key}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            log = tmp / "build.log"
-            try:
-                hardlink_copy(base.path, tree)
-                _install_deb(tree, deb, log)
-                _make_ext4(tree, tmp / "root.img", log)
-            finally:
-                remove_tree(tree)
-            shutil.copy2(base.kernel, tmp / "vmlinuz")
-            shutil.copy2(base.initrd, tmp / "initrd.img")
-            manifest = {"key": key, "deb": deb.name, "kernel_version": base.kernel_version}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            tmp.rename(dest)
-            progress(f"image with the .deb built in {time.monotonic() - t0:.0f}s")
-        dest.touch()  # recently used: image.py's pruning keeps it
-    return GuestImage(
-        root=dest / "root.img",
-        kernel=dest / "vmlinuz",
-        initrd=dest / "initrd.img",
-        key=key,
-        kernel_version=base.kernel_version,
-        wheel=f"(deb) {deb.name}",
-    )
-
-
-@pytest.fixture(scope="module")
-def deb_image(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
-    """guest_image first: its preflight says why this machine cannot boot guests, if so."""
-    out = tmp_path_factory.mktemp("deb")
-    done = subprocess.run(
-        [str(REPO / "packaging/build-deb.sh"), str(out)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.fail(f"packaging/build-deb.sh failed:\n{done.stderr}", pytrace=False)
-    try:
-        return ensure_deb_image(Path(done.stdout.split()[-1]))
-    except (HarnessError, OSError) as exc:
-        pytest.fail(f"building the image with the .deb failed:\n{exc}", pytrace=False)
 
 
 # -- boots with a NoCloud seed ---------------------------------------------------------------------

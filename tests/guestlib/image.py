@@ -196,7 +196,7 @@ def _tree_bytes(tree: Path) -> int:
     return int(out.stdout.split()[0])
 
 
-def _make_ext4(tree: Path, image: Path, log: Path) -> None:
+def make_ext4(tree: Path, image: Path, log: Path) -> None:
     size = _tree_bytes(tree) + FREE_SPACE
     size = (size + (256 << 20) - 1) // (256 << 20) * (256 << 20)
     image.unlink(missing_ok=True)
@@ -247,7 +247,7 @@ def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
                 hardlink_copy(base.path, tree)
                 _install_layer(tree, wheel, log)
                 progress("writing the ext4 image (mkfs.ext4 -d) ...")
-                _make_ext4(tree, tmp / "root.img", log)
+                make_ext4(tree, tmp / "root.img", log)
             finally:
                 remove_tree(tree)
             shutil.copy2(base.kernel, tmp / "vmlinuz")

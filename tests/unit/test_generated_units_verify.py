@@ -191,13 +191,24 @@ def test_unit_file_names_are_systemd_escape_of_where(
 
 
 @pytest.mark.parametrize("generated", BIND_MODES, indirect=True)
-def test_every_unit_is_wanted_by_local_fs_target(generated: tuple[Path, Path, list[str]]) -> None:
-    _root, out, _extra = generated
+def test_the_boot_starts_required_and_unbound_units_and_devices_start_bound_ones(
+    generated: tuple[Path, Path, list[str]],
+) -> None:
+    """local-fs.target wants a unit that is required or has no device to follow; a unit bound to
+    its device is wanted by that device (an absent optional share costs the boot nothing)."""
+    _root, out, extra = generated
+    bound = "--bind-device" in extra
     for unit in out.glob("*.mount"):
-        link = out / "local-fs.target.wants" / unit.name
-        assert link.is_symlink(), link
-        assert os.readlink(link) == f"../{unit.name}"
-        assert link.resolve() == unit.resolve()
+        settings = unit_settings(unit)
+        required = "nofail" not in settings["Options"].split(",")
+        boot_link = out / "local-fs.target.wants" / unit.name
+        assert boot_link.is_symlink() == (required or not bound), unit.name
+        if boot_link.is_symlink():
+            assert os.readlink(boot_link) == f"../{unit.name}"
+            assert boot_link.resolve() == unit.resolve()
+        if bound:
+            device_link = out / f"{settings['BindsTo']}.wants" / unit.name
+            assert os.readlink(device_link) == f"../{unit.name}"
 
 
 def test_bound_units_name_the_escaped_device_alias(tmp_path: Path) -> None:
