@@ -1,0 +1,148 @@
+"""How fast does `vfs-agent daemon` follow hotplug and unplug, and what does it cost at rest?
+
+    .venv/bin/python bench/hotplug_latency.py [--cycles 12] [--idle 60]
+
+In one fast-boot guest (no udevd: both contenders read the kernel's own uevents):
+- daemon: `vfs-agent daemon` with a policy naming `bench-*`;
+- baseline: busybox `uevent` running a four-line shell script that mounts on `add` and lazily
+  unmounts on `remove` (the host's static busybox, copied into the guest);
+each for N cycles of QMP device_add -> file readable at the mount path -> device_del -> mount
+gone. Latencies are host-clock times from the QMP reply (device_add) or request (device_del)
+to a guest poller seeing the result, minus the poller's own round trip (measured when its
+condition is already true). Then the daemon's CPU time over an idle period, and its RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.guestlib.image import ensure_image
+from tests.guestlib.processes import stop_all
+from tests.guestlib.vm import VM, VMConfig, new_run_dir
+
+POLICY = 'version: 1\nmounts:\n  - {tag: "bench-*", path: "/srv/bench/{tag}"}\n'
+BASELINE = """#!/bin/sh
+[ "$SUBSYSTEM" = virtiofs ] || exit 0
+case "$ACTION" in
+add) mkdir -p "/srv/base/$TAG" && mount -t virtiofs -o nosuid,nodev "$TAG" "/srv/base/$TAG" ;;
+remove) umount -l "/srv/base/$TAG" ;;
+esac
+"""
+# Poll until PATH is readable (mode "up") or no longer a mount point (mode "down").
+POLLER = """import os, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+def done():
+    if mode == "up":
+        try:
+            return open(path).read() == "payload\\n"
+        except OSError:
+            return False
+    return not any(l.split()[4] == os.path.dirname(path) for l in open("/proc/self/mountinfo"))
+while not done():
+    time.sleep(0.005)
+"""
+
+
+def poll(vm: VM, mode: str, path: str) -> float:
+    started = time.monotonic()
+    vm.run(["python3", "/root/poll.py", mode, path], timeout=120, check=True)
+    return time.monotonic() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(name: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (
+        f"{name:34} median {statistics.median(ms):7.0f} ms   p95 {percentile(ms, 0.95):7.0f} ms"
+        f"   min {min(ms):6.0f}   max {max(ms):6.0f}   (n={len(ms)})"
+    )
+
+
+def cycles(vm: VM, share: Path, prefix: str, root: str, n: int) -> tuple[list[float], list[float]]:
+    up, down = [], []
+    for i in range(n):
+        tag = f"{prefix}-{i % 3}"
+        path = f"{root}/{tag}/payload.txt"
+        vm.hotplug_share(tag, share)  # returns on the device_add reply
+        t_up = poll(vm, "up", path)
+        rtt = poll(vm, "up", path)  # condition already true: the poller's own cost
+        up.append(max(0.0, t_up - rtt))
+        started = time.monotonic()
+        vm.unplug_share(tag)  # device_del, waits for DEVICE_DELETED
+        t_down = time.monotonic() - started + poll(vm, "down", path)
+        rtt = poll(vm, "down", path)
+        down.append(max(0.0, t_down - rtt))
+    return up, down
+
+
+def daemon_pid(vm: VM) -> int:
+    out = vm.run("pgrep -f '^/usr/bin/python3 /usr/local/bin/vfs-agent daemon'", check=True)
+    return int(out.stdout.split()[0])
+
+
+def cpu_seconds(vm: VM, pid: int) -> float:
+    fields = vm.get_file(f"/proc/{pid}/stat").decode().rsplit(")", 1)[1].split()
+    ticks = int(vm.run("getconf CLK_TCK", check=True).stdout)
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=12)
+    parser.add_argument("--idle", type=int, default=60)
+    args = parser.parse_args()
+    share = Path(tempfile.mkdtemp(prefix="vfs-bench-"))
+    (share / "payload.txt").write_text("payload\n")
+    config = VMConfig(mode="fast", name="bench-hotplug", hotplug_slots=3)
+    try:
+        with VM.boot(ensure_image(), config, new_run_dir("bench-hotplug")) as vm:
+            vm.put_file("/root/poll.py", POLLER)
+            vm.put_file("/etc/vfs-agent/policy.yaml", POLICY)
+            vm.run("chmod 755 /etc/vfs-agent", check=True)
+            vm.put_file("/usr/local/bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
+            vm.put_file("/root/baseline.sh", BASELINE, 0o755)
+
+            base = "setsid -f sh -c 'exec /usr/local/bin/busybox uevent /root/baseline.sh"
+            vm.run(base + " >/var/log/baseline.log 2>&1 </dev/null'", check=True)
+            time.sleep(2)
+            base_up, base_down = cycles(vm, share, "base", "/srv/base", args.cycles)
+            vm.run("pkill -f 'busybox uevent'")
+
+            start = "setsid -f sh -c 'exec vfs-agent daemon >/var/log/daemon.log 2>&1 </dev/null'"
+            vm.run(start, check=True)
+            time.sleep(5)
+            up, down = cycles(vm, share, "bench", "/srv/bench", args.cycles)
+
+            pid = daemon_pid(vm)
+            cpu0 = cpu_seconds(vm, pid)
+            time.sleep(args.idle)
+            cpu1 = cpu_seconds(vm, pid)
+            rss = vm.run(f"grep VmRSS /proc/{pid}/status", check=True).stdout.split()[1]
+            vm.run(f"kill {pid}")
+    finally:
+        stop_all()
+    print(f"\nhotplug latency in a TCG guest (fast boot, kernel uevents), {args.cycles} cycles:")
+    print(summary("daemon: device_add -> readable", up))
+    print(summary("busybox uevent: device_add -> readable", base_up))
+    print(summary("daemon: device_del -> unmounted", down))
+    print(summary("busybox uevent: device_del -> unmounted", base_down))
+    add_ratio = statistics.median(up) / statistics.median(base_up)
+    remove_ratio = statistics.median(down) / statistics.median(base_down)
+    print(f"ratio daemon/baseline (median): add {add_ratio:.2f}, remove {remove_ratio:.2f}")
+    print(f"daemon CPU over {args.idle} idle seconds: {cpu1 - cpu0:.2f} s; RSS {rss} kB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
