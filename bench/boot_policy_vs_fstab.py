@@ -104,11 +104,14 @@ def main() -> int:
             slow = median_run(vm, args.runs, GENERATOR, "/tmp/gen")
     finally:
         stop_all()
-    policy, fstab = statistics.median(times["policy"]), statistics.median(times["fstab"])
-    print(f"\nboot to multi-user.target, 8 shares, median of {args.boots} boots each (TCG):")
-    print(f"  policy + generator: {policy:.2f}s  {sorted(round(t, 2) for t in times['policy'])}")
-    print(f"  hand-written fstab: {fstab:.2f}s  {sorted(round(t, 2) for t in times['fstab'])}")
-    print(f"  ratio policy/fstab: {policy / fstab:.3f}")
+    if args.boots:
+        policy, fstab = statistics.median(times["policy"]), statistics.median(times["fstab"])
+        print(f"\nboot to multi-user.target, 8 shares, median of {args.boots} boots each (TCG):")
+        print(
+            f"  policy + generator: {policy:.2f}s  {sorted(round(t, 2) for t in times['policy'])}"
+        )
+        print(f"  hand-written fstab: {fstab:.2f}s  {sorted(round(t, 2) for t in times['fstab'])}")
+        print(f"  ratio policy/fstab: {policy / fstab:.3f}")
     print(f"generator run time in the guest, median of {args.runs} runs:")
     print(f"  python3 -c pass:           {base * 1000:.0f} ms")
     print(f"  generator, compiled policy: {fast * 1000:.0f} ms  (ratio {fast / base:.2f})")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vfs_agent.discovery import discover
-from vfs_agent.install_files import udev_rule_installed
+from vfs_agent.installed import udev_rule_installed
 from vfs_agent.kmsg import ERR, INFO, WARNING, kmsg
 from vfs_agent.outputs import write_units
 from vfs_agent.plan import plan

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from vfs_agent.installed import RULE_NAME
 from vfs_agent.sysroot import SysRoot, write_atomic
-
-RULE_NAME = "70-vfs-agent.rules"
 
 
 @dataclass(frozen=True)
@@ -71,17 +70,6 @@ def install(root: Path, layout: Layout, *, dry_run: bool = False) -> list[str]:
             write_atomic(SysRoot(root).path(dest), layout.render(template), mode=mode)
         written.append(dest)
     return written
-
-
-def udev_rule_installed(sysroot: SysRoot) -> bool:
-    """Whether the share device units exist on this system (so mount units may bind to them)."""
-    dirs = (
-        "/etc/udev/rules.d",
-        "/usr/local/lib/udev/rules.d",
-        "/usr/lib/udev/rules.d",
-        "/lib/udev/rules.d",
-    )
-    return any(sysroot.exists(f"{d}/{RULE_NAME}") for d in dirs)
 
 
 def main(argv: list[str] | None = None) -> int:

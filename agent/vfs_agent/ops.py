@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
-from vfs_agent.install_files import udev_rule_installed
+from vfs_agent.installed import udev_rule_installed
 from vfs_agent.lock import mount_lock
 from vfs_agent.model import Transport
 from vfs_agent.modules import ensure_filesystem

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree
 
-from vfs_agent.install_files import RULE_NAME
+from vfs_agent.installed import RULE_NAME
 from vfs_agent.policy_cache import CACHE
 from vfs_agent.policy_load import load_policy
 from vfs_agent.sysroot import SysRoot
