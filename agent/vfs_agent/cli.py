@@ -86,6 +86,8 @@ def main(ctx: click.Context, policy_path: str | None, root: Path, verbose: int) 
     """Discover virtio-fs shares and mount them according to a policy.
 
     The policy (YAML) says where each tag is mounted; see 'vfs-agent policy schema'.
+    Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing
+    changed).
     """
     setup_logging(verbose)
     ctx.obj = ops.Context(SysRoot(root), policy_path)
