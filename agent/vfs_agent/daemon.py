@@ -2,7 +2,8 @@
 
 Events in, pure reconcile out: every batch of share events (and every SIGHUP) runs the same
 discover -> plan -> apply as mount-all, under the same lock. Shares whose path has a generated
-.mount unit are left to systemd, which follows their device units itself.
+.mount unit are left to systemd, which follows their device units itself. A share device that
+appears without a driver gets its driver loaded (as udevd would); its `bind` brings the reconcile.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 
 from vfs_agent import ops
 from vfs_agent.apply import Mounter, Outcome
+from vfs_agent.model import Transport
+from vfs_agent.modules import ensure_driver
 from vfs_agent.notify import Notifier
 from vfs_agent.plan import ActionKind
 from vfs_agent.policy import Policy
 from vfs_agent.policy_load import PolicyError
-from vfs_agent.uevents import EventSource
+from vfs_agent.uevents import EventSource, ShareEvent, needs_driver
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,14 @@ class Daemon:
         notifier: Notifier | None = None,
         mounter: Mounter | None = None,
         unmount_on_exit: bool = False,
+        load_driver: Callable[[Transport], str | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.events_factory = events
         self.notifier = notifier or Notifier()
         self.mounter = mounter
         self.unmount_on_exit = unmount_on_exit
+        self.load_driver = load_driver or (lambda t: ensure_driver(ctx.sysroot, t))
         self._signals: list[int] = []
 
     def run(self) -> int:
@@ -83,7 +88,8 @@ class Daemon:
                                 event.devpath,
                                 f" tag={event.tag!r}" if event.tag else "",
                             )
-                        self._reconcile(state, f"{len(events)} uevent(s)")
+                        if self._load_drivers(events):
+                            self._reconcile(state, f"{len(events)} uevent(s)")
         finally:
             self.notifier.send("STOPPING=1")
             signal.set_wakeup_fd(old_wakeup)
@@ -96,6 +102,24 @@ class Daemon:
             self._unmount_ours(state)
         log.info("Stopped; mounts left in place." if not self.unmount_on_exit else "Stopped.")
         return 0
+
+    def _load_drivers(self, events: list[ShareEvent]) -> bool:
+        """Load the driver of share devices added without one. Returns whether the batch needs
+        a reconcile: it does unless it only announced devices whose driver is now there (their
+        `bind` follows; reconciling before it could try to mount a tag the driver does not
+        know yet)."""
+        reconcile = False
+        for transport in dict.fromkeys(needs_driver(e) for e in events):
+            if transport is None:
+                reconcile = True
+                continue
+            problem = self.load_driver(transport)
+            if problem:
+                log.warning(
+                    "A %s device was added but its driver is missing: %s", transport, problem
+                )
+                reconcile = True  # the failed mounts then say why
+        return reconcile
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals.append(signum)

@@ -1,4 +1,5 @@
-"""Loading a filesystem module before the first mount that needs it (the only subprocess)."""
+"""Loading a filesystem module before the first mount that needs it, and the virtio driver of
+a share device that was added where nothing loads drivers (modprobe: the only subprocess)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from vfs_agent.model import Transport
 from vfs_agent.sysroot import SysRoot
 
 MODULES = {Transport.VIRTIOFS: ["virtiofs"], Transport.NINEP: ["9pnet_virtio", "9p"]}
+# The virtio driver of each kind of share device (also the name of its module).
+DRIVERS = {Transport.VIRTIOFS: "virtiofs", Transport.NINEP: "9pnet_virtio"}
+VIRTIO_DRIVERS = "/sys/bus/virtio/drivers"
 
 
 def filesystem_registered(sysroot: SysRoot, fstype: str) -> bool:
@@ -21,12 +25,30 @@ def ensure_filesystem(sysroot: SysRoot, transport: Transport) -> str | None:
     if filesystem_registered(sysroot, transport.value) or str(sysroot.root) != "/":
         return None
     for module in MODULES[transport]:
-        try:
-            done = subprocess.run(
-                ["modprobe", "-q", module], capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"modprobe {module} failed: {e}"
-        if done.returncode != 0:
-            return f"modprobe {module} failed: {done.stderr.strip() or f'exit {done.returncode}'}"
+        problem = _modprobe(module)
+        if problem:
+            return problem
+    return None
+
+
+def ensure_driver(sysroot: SysRoot, transport: Transport) -> str | None:
+    """Register the virtio driver of `transport`'s devices, loading its module if needed: what
+    udevd does by modalias when a device appears. Without udevd (minimal guests) and with the
+    driver a module that is not loaded (Debian 12: virtiofs.ko), a new device stays unbound, so
+    no `bind` uevent ever follows its `add`. Returns None when ready, else what went wrong."""
+    driver = DRIVERS[transport]
+    if sysroot.exists(f"{VIRTIO_DRIVERS}/{driver}") or str(sysroot.root) != "/":
+        return None
+    return _modprobe(driver)
+
+
+def _modprobe(module: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["modprobe", "-q", module], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"modprobe {module} failed: {e}"
+    if done.returncode != 0:
+        return f"modprobe {module} failed: {done.stderr.strip() or f'exit {done.returncode}'}"
     return None

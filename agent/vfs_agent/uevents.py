@@ -8,9 +8,12 @@ on fileno() until udev has an event.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from dataclasses import dataclass
 from typing import Protocol
+
+from vfs_agent.model import Transport
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class ShareEvent:
     devpath: str
     tag: str | None  # TAG= on virtiofs events
     driver: str | None
+    modalias: str | None = None  # MODALIAS= on virtio events: virtio:d<device>v<vendor>
 
 
 class EventSource(Protocol):
@@ -29,16 +33,33 @@ class EventSource(Protocol):
 
 
 SHARE_DRIVERS = frozenset({"virtiofs", "9pnet_virtio"})
+# Virtio device ids (MODALIAS virtio:d<8 hex digits>v<8 hex digits>) of share devices.
+SHARE_DEVICE_IDS = {0x1A: Transport.VIRTIOFS, 0x09: Transport.NINEP}
+_MODALIAS = re.compile(r"virtio:d([0-9A-Fa-f]{8})v[0-9A-Fa-f]{8}")
+
+
+def needs_driver(event: ShareEvent) -> Transport | None:
+    """The transport of a share device that was just added and is not bound to a driver yet
+    (`add` comes before `bind`). Usually the driver binds by itself (built in, or loaded by
+    udevd); where it is an unloaded module and no udevd runs, nothing binds until someone
+    loads it, and no `bind` uevent comes (Debian 12's virtiofs.ko in a guest without udevd)."""
+    if event.subsystem != "virtio" or event.action != "add" or event.driver:
+        return None
+    match = _MODALIAS.fullmatch(event.modalias or "")
+    return SHARE_DEVICE_IDS.get(int(match.group(1), 16)) if match else None
 
 
 def relevant(event: ShareEvent) -> bool:
     """virtiofs add/remove (TAG=), and virtio bind/unbind/remove of share devices (older
-    kernels have no virtiofs events). A virtio remove has no DRIVER: it may have been a share."""
+    kernels have no virtiofs events). A virtio remove has no DRIVER: it may have been a share.
+    A virtio add of a share device: its driver may have to be loaded (needs_driver)."""
     if event.subsystem == "virtiofs":
         return True
     if event.subsystem != "virtio":
         return False
-    return event.action == "remove" or (event.driver in SHARE_DRIVERS)
+    return (
+        event.action == "remove" or event.driver in SHARE_DRIVERS or needs_driver(event) is not None
+    )
 
 
 def udevd_running(control: str = "/run/udev/control") -> bool:
@@ -86,6 +107,7 @@ class UdevEvents:
                 devpath=device.device_path,
                 tag=device.properties.get("TAG"),
                 driver=device.properties.get("DRIVER") or device.driver,
+                modalias=device.properties.get("MODALIAS"),
             )
             if relevant(event):
                 events.append(event)

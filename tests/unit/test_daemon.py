@@ -13,8 +13,9 @@ from faketree import FakeTree
 
 from vfs_agent import ops
 from vfs_agent.daemon import Daemon
+from vfs_agent.model import Transport
 from vfs_agent.sysroot import SysRoot
-from vfs_agent.uevents import ShareEvent, relevant
+from vfs_agent.uevents import ShareEvent, needs_driver, relevant
 
 
 class PipeEvents:
@@ -178,6 +179,49 @@ def test_a_restart_after_sigkill_does_not_stack_mounts(setup):
 
     run_daemon(tree, events, kernel, script)
     assert kernel.calls == []
+
+
+FS_MODALIAS = "virtio:d0000001Av00001AF4"
+
+
+def test_a_share_device_added_without_its_driver_gets_the_driver_loaded_then_mounted(setup):
+    """Debian 12 without udevd: virtiofs.ko is not loaded, so a hot-plugged virtio-fs device
+    stays unbound and no `bind` uevent ever comes; the daemon must load the driver itself."""
+    tree, events, kernel = setup
+    loads: list[Transport] = []
+
+    def script() -> None:
+        wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
+        device = tree.virtiofs("data-1", index=3)
+        path = f"/devices/pci0000:00/0000:00:06.0/0000:03:00.0/{device}"
+        events.push(ShareEvent("add", "virtio", path, None, None, FS_MODALIAS))
+        wait_for(lambda: loads == [Transport.VIRTIOFS])
+        # The driver binds (it now knows the tag); only its uevent brings the mount.
+        events.push(ShareEvent("bind", "virtio", path, None, "virtiofs"))
+        wait_for(lambda: "mount data-1 /srv/data-1" in kernel.calls)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script, load_driver=lambda t: loads.append(t))
+    assert loads == [Transport.VIRTIOFS]
+    assert kernel.calls == ["mount media_tag /mnt/media", "mount data-1 /srv/data-1"]
+
+
+def test_only_the_add_of_a_share_device_without_a_driver_needs_one():
+    add = ShareEvent("add", "virtio", "/devices/x/virtio3", None, None, FS_MODALIAS)
+    assert needs_driver(add) is Transport.VIRTIOFS and relevant(add)
+    ninep = ShareEvent(
+        "add", "virtio", "/devices/x/virtio4", None, None, "virtio:d00000009v00001AF4"
+    )
+    assert needs_driver(ninep) is Transport.NINEP
+    net = ShareEvent("add", "virtio", "/devices/x/virtio5", None, None, "virtio:d00000001v00001AF4")
+    assert needs_driver(net) is None and not relevant(net)
+    bound = ShareEvent("add", "virtio", "/devices/x/virtio3", None, "virtiofs", FS_MODALIAS)
+    assert needs_driver(bound) is None
+    assert (
+        needs_driver(ShareEvent("bind", "virtio", "/devices/x/v", None, None, FS_MODALIAS)) is None
+    )
+    assert needs_driver(ShareEvent("add", "virtio", "/d/v", None, None, FS_MODALIAS + "x")) is None
+    assert needs_driver(ShareEvent("add", "virtio", "/d/v", None, None, None)) is None
 
 
 def test_only_share_events_are_relevant():
