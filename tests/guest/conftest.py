@@ -17,7 +17,7 @@ import pytest
 from tests.guestlib import vm as vmlib
 from tests.guestlib.common import HarnessError
 from tests.guestlib.deb_image import build_deb, ensure_deb_image
-from tests.guestlib.image import GuestImage, ensure_image
+from tests.guestlib.image import GuestImage, ensure_bookworm_image, ensure_image
 from tests.guestlib.processes import live_processes, stop_all
 from tests.guestlib.virtiofsd import virtiofsd_binary
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
@@ -25,6 +25,7 @@ from tests.guestlib.vm import VM, VMConfig, new_run_dir
 HERE = Path(__file__).resolve().parent
 BootGuest = Callable[..., VM]  # boot(config, image=None): None is the pip-installed image
 _SUMMARY: list[str] = []  # lines for the terminal summary (image time, log directory)
+_IMAGES: dict[str, GuestImage] = {}  # built (or found) once per session
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -66,19 +67,38 @@ def _preflight() -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    """The guest image for this working tree (built or taken from the cache)."""
+def _image(label: str, build: Callable[[], GuestImage]) -> GuestImage:
+    """Build (or find in the cache) an image once per session; fail with the reason."""
+    if label in _IMAGES:
+        return _IMAGES[label]
     problems = _preflight()
     if problems:
         pytest.fail("cannot boot test guests:\n  " + "\n  ".join(problems), pytrace=False)
     started = time.monotonic()
     try:
-        image = ensure_image()
+        image = build()
     except (HarnessError, OSError) as exc:
-        pytest.fail(f"building the guest image failed:\n{exc}", pytrace=False)
-    _SUMMARY.append(f"guest image {image.key}: ready in {time.monotonic() - started:.1f}s")
+        pytest.fail(f"building the {label} failed:\n{exc}", pytrace=False)
+    _SUMMARY.append(
+        f"{label} {image.key} (kernel {image.kernel_version}): "
+        f"ready in {time.monotonic() - started:.1f}s"
+    )
+    _IMAGES[label] = image
     return image
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """The Debian 13 guest image for this working tree (built or taken from the cache)."""
+    return _image("guest image", ensure_image)
+
+
+@pytest.fixture(scope="session")
+def bookworm_image() -> GuestImage:
+    """The Debian 12 guest image (kernel 6.1: virtiofs, fuse and virtio_pci are modules, no
+    /sys/fs/virtiofs), built from the same code with the bookworm recipe. Boot it with
+    boot_guest(config, bookworm_image)."""
+    return _image("bookworm image", ensure_bookworm_image)
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +123,10 @@ def guest_run_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def boot_guest(guest_image: GuestImage, guest_run_dir: Path) -> Iterator[BootGuest]:
-    """boot_guest(VMConfig(...)) -> a booted VM. The caller shuts it down; anything left
-    running is killed when the session ends."""
+def boot_guest(guest_run_dir: Path) -> Iterator[BootGuest]:
+    """boot_guest(VMConfig(...), image=None) -> a booted VM (None: the Debian 13 image, built
+    on first use). The caller shuts it down; anything left running is killed when the session
+    ends."""
     started: list[VM] = []
 
     def boot(config: VMConfig, image: GuestImage | None = None) -> VM:
@@ -113,7 +134,7 @@ def boot_guest(guest_image: GuestImage, guest_run_dir: Path) -> Iterator[BootGue
         if running:
             raise HarnessError(f"refusing to boot {config.name}: {running} still running")
         try:
-            guest = VM.boot(image or guest_image, config, guest_run_dir)
+            guest = VM.boot(image or _image("guest image", ensure_image), config, guest_run_dir)
         except HarnessError as exc:
             pytest.fail(f"guest {config.name} did not boot:\n{exc}", pytrace=False)
         started.append(guest)

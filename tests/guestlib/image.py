@@ -1,10 +1,12 @@
 """The guest image: the cached base tree + the project's wheel + the harness's guest plumbing.
 
-    python -m tests.guestlib.image [--project DIR]
+    python -m tests.guestlib.image [--project DIR] [--recipe trixie|bookworm]
 
 builds (or finds in the cache) a raw ext4 root image with vfs-agent installed, plus the kernel
 and Debian's initramfs next to it, and prints their paths. The image is keyed by the base
 recipe, the wheel's content and the plumbing, so it is rebuilt only when one of them changed.
+`ensure_image()` is the Debian 13 guest (kernel 6.12), `ensure_bookworm_image()` the Debian 12
+one (kernel 6.1); both come from the same code, parameterized by a recipe (recipes.py).
 Boots never write to it: every VM gets its own qcow2 overlay (see vm.py).
 """
 
@@ -30,6 +32,7 @@ from tests.guestlib.common import (
     sha256_parts,
     write_new_file,
 )
+from tests.guestlib.recipes import BOOKWORM, RECIPES, TRIXIE, Recipe
 from tests.guestlib.rootfs import (
     build_lock,
     chroot_env,
@@ -73,6 +76,7 @@ class GuestImage:
     key: str
     kernel_version: str
     wheel: str
+    recipe: str = TRIXIE.name
 
 
 def _ignored(name: str) -> bool:
@@ -133,23 +137,34 @@ def build_wheel(project: Path) -> Path:
     return final
 
 
-def plumbing_files() -> dict[str, tuple[bytes, int]]:
+def init_conf(recipe: Recipe) -> str:
+    """The fast init's module settings for `recipe` (sourced by guest/init)."""
+    return (
+        f"# Written by tests/guestlib/image.py from the {recipe.name} recipe; read by ./init.\n"
+        "# FAST_MODULES: loaded by name first. FAST_NOLOAD: never loaded by the init.\n"
+        f"FAST_MODULES='{' '.join(recipe.fast_modules)}'\n"
+        f"FAST_NOLOAD='{' '.join(recipe.fast_noload)}'\n"
+    )
+
+
+def plumbing_files(recipe: Recipe = TRIXIE) -> dict[str, tuple[bytes, int]]:
     """Guest path (relative to /) -> (content, mode) of the harness's own guest files."""
     return {
         f"{GUEST_LIB}/guest_server.py": ((GUEST_FILES / "guest_server.py").read_bytes(), 0o755),
         f"{GUEST_LIB}/init": ((GUEST_FILES / "init").read_bytes(), 0o755),
+        f"{GUEST_LIB}/init.conf": (init_conf(recipe).encode(), 0o644),
         f"etc/systemd/system/{CHANNEL_UNIT}": ((GUEST_FILES / CHANNEL_UNIT).read_bytes(), 0o644),
     }
 
 
-def _image_key(base_key: str, wheel_key: str) -> str:
+def _image_key(base_key: str, wheel_key: str, recipe: Recipe) -> str:
     parts: list[bytes | str] = [base_key, wheel_key, Path(__file__).read_bytes()]
-    for path, (content, mode) in sorted(plumbing_files().items()):
+    for path, (content, mode) in sorted(plumbing_files(recipe).items()):
         parts += [path, content, str(mode)]
     return sha256_parts(parts)[:16]
 
 
-def _install_layer(tree: Path, wheel: Path, log: Path) -> None:
+def _install_layer(tree: Path, wheel: Path, recipe: Recipe, log: Path) -> None:
     """Install the wheel offline inside the tree and add the plumbing."""
     staged = tree / "tmp" / wheel.name
     shutil.copy2(wheel, staged)
@@ -175,13 +190,14 @@ def _install_layer(tree: Path, wheel: Path, log: Path) -> None:
                 env=chroot_env(),
             )
             run_host(
-                [*chroot, "python3", "-c", "import vfs_agent; print(vfs_agent.__version__)"],
+                # The CLI imports every dependency (pydantic through the policy schema).
+                [*chroot, "python3", "-c", "import vfs_agent.cli; print(vfs_agent.__version__)"],
                 log=log,
                 env=chroot_env(),
             )
     finally:
         staged.unlink(missing_ok=True)
-    for rel, (content, mode) in plumbing_files().items():
+    for rel, (content, mode) in plumbing_files(recipe).items():
         write_new_file(tree / rel, content, mode)
     new_symlink(
         tree / "etc/systemd/system/multi-user.target.wants" / CHANNEL_UNIT,
@@ -205,17 +221,26 @@ def make_ext4(tree: Path, image: Path, log: Path) -> None:
     run_host(["mkfs.ext4", "-q", "-F", "-L", "vfs-root", "-d", tree, image], log=log)
 
 
+def image_dir_name(recipe: Recipe, key: str) -> str:
+    """image-<key> for Debian 13 (as before recipes), image-<recipe>-<key> for the others."""
+    return f"image-{key}" if recipe == TRIXIE else f"image-{recipe.name}-{key}"
+
+
 def _prune(keep: Path) -> None:
-    images = sorted(
-        (p for p in cache_dir().glob("image-*") if p.is_dir() and p != keep),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for old in images[KEEP_IMAGES - 1 :]:
-        if time.time() - old.stat().st_mtime < PRUNE_AFTER:
-            continue  # maybe still booted by another harness process (retries, overlays)
-        progress(f"removing old image {old}")
-        shutil.rmtree(old, ignore_errors=True)
+    """Per kind of image (image-<key>, image-deb-<key>, image-bookworm-<key>): the newest
+    KEEP_IMAGES, and older ones only when unused for PRUNE_AFTER."""
+    groups: dict[str, list[Path]] = {}
+    for path in cache_dir().glob("image-*"):
+        if path.is_dir() and path != keep and not path.name.endswith(".tmp"):
+            groups.setdefault(path.name.rsplit("-", 1)[0], []).append(path)
+    kept = keep.name.rsplit("-", 1)[0]
+    for group, paths in groups.items():
+        paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in paths[KEEP_IMAGES - (1 if group == kept else 0) :]:
+            if time.time() - old.stat().st_mtime < PRUNE_AFTER:
+                continue  # maybe still booted by another harness process (retries, overlays)
+            progress(f"removing old image {old}")
+            shutil.rmtree(old, ignore_errors=True)
     wheels = sorted(
         (p for p in (cache_dir() / "wheels").iterdir() if p.is_dir()),
         key=lambda p: p.stat().st_mtime,
@@ -225,13 +250,14 @@ def _prune(keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
-    """Return the guest image for `project`'s working tree, building what is missing."""
+def ensure_image(project: Path = PROJECT_ROOT, recipe: Recipe = TRIXIE) -> GuestImage:
+    """Return the guest image of `recipe` (default: Debian 13) for `project`'s working tree,
+    building what is missing."""
     t0 = time.monotonic()
-    base = ensure_rootfs()
+    base = ensure_rootfs(recipe)
     wheel = build_wheel(project)
-    key = _image_key(base.key, wheel_digest(wheel))
-    dest = cache_dir() / f"image-{key}"
+    key = _image_key(base.key, wheel_digest(wheel), recipe)
+    dest = cache_dir() / image_dir_name(recipe, key)
     manifest = dest / "manifest.json"
     with build_lock():
         if manifest.exists():
@@ -245,7 +271,7 @@ def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
             log = tmp / "build.log"  # moves with the image, goes when it is pruned
             try:
                 hardlink_copy(base.path, tree)
-                _install_layer(tree, wheel, log)
+                _install_layer(tree, wheel, recipe, log)
                 progress("writing the ext4 image (mkfs.ext4 -d) ...")
                 make_ext4(tree, tmp / "root.img", log)
             finally:
@@ -256,6 +282,7 @@ def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
                 json.dumps(
                     {
                         "key": key,
+                        "recipe": recipe.name,
                         "base": base.key,
                         "wheel": wheel.name,
                         "kernel_version": base.kernel_version,
@@ -276,15 +303,24 @@ def ensure_image(project: Path = PROJECT_ROOT) -> GuestImage:
         key=key,
         kernel_version=meta["kernel_version"],
         wheel=meta["wheel"],
+        recipe=recipe.name,
     )
+
+
+def ensure_bookworm_image(project: Path = PROJECT_ROOT) -> GuestImage:
+    """The Debian 12 guest (kernel 6.1, virtiofs and fuse as modules, no /sys/fs/virtiofs)."""
+    return ensure_image(project, BOOKWORM)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build or find the vfs-agent guest image.")
     parser.add_argument("--project", type=Path, default=PROJECT_ROOT, help="working tree")
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=TRIXIE.name, help="guest kind (recipes.py)"
+    )
     args = parser.parse_args()
     t0 = time.monotonic()
-    image = ensure_image(args.project.resolve())
+    image = ensure_image(args.project.resolve(), RECIPES[args.recipe])
     progress(f"ready in {time.monotonic() - t0:.1f}s")
     print(f"root    {image.root}\nkernel  {image.kernel} ({image.kernel_version})")
     print(f"initrd  {image.initrd}\nwheel   {image.wheel}")

@@ -1,8 +1,9 @@
-"""The cached base root filesystem: Debian 13 minbase + systemd + python3 + a kernel.
+"""The cached base root filesystem: Debian minbase + systemd + python3 + a kernel.
 
-Built once with debootstrap and kept under the cache, keyed by a hash of the recipe (suite,
-mirror, package lists and this file's own source), so editing the recipe rebuilds it and nothing
-else does. Nothing project-specific goes in here: see image.py for the per-project layer.
+Built once per recipe (recipes.py: Debian 13 by default, Debian 12 for the older kernel) with
+debootstrap and kept under the cache, keyed by a hash of that recipe (suite, mirror, package
+lists, pip requirements) and this file's own source, so editing a recipe rebuilds its tree and
+nothing else does. Nothing project-specific goes in here: see image.py for the per-project layer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,35 +29,13 @@ from tests.guestlib.common import (
     sha256_parts,
     write_new_file,
 )
+from tests.guestlib.recipes import TRIXIE, Recipe
 
-SUITE = "trixie"
-MIRROR = "http://deb.debian.org/debian"
 HOSTNAME = "vfs-agent-guest"
-# debootstrap --include. python3-cffi-backend: cloud-init pulls a virtual package that
-# debootstrap cannot resolve on its own (DESIGN.md section 6).
-DEBOOTSTRAP_PACKAGES = [
-    "systemd",
-    "systemd-sysv",
-    "udev",
-    "dbus",
-    "kmod",
-    "python3",
-    "python3-pip",
-    "python3-pydantic",
-    "python3-click",
-    "python3-yaml",
-    "python3-pyudev",
-    "python3-systemd",
-    "util-linux",
-    "mount",
-    "procps",
-    "e2fsprogs",
-    "cloud-init",
-    "python3-cffi-backend",
-]
-# Installed afterwards inside the chroot: the kernel's postinst needs /proc and a sane /dev.
-CHROOT_PACKAGES = ["linux-image-amd64", "initramfs-tools", "zstd"]
-KEEP_ROOTFS = 2  # older base trees are deleted
+KEEP_ROOTFS = 2  # per recipe: older base trees are deleted
+KEEP_WHEELHOUSES = 3
+# Wheels for the guest's python3 (x86_64 glibc): what `pip download --platform` accepts.
+WHEEL_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64")
 
 
 @dataclass(frozen=True)
@@ -66,12 +47,15 @@ class Rootfs:
     kernel: Path
     initrd: Path
     kernel_version: str
+    recipe: Recipe
 
 
-def recipe_key() -> str:
-    """Hash of everything that decides the content of the base tree."""
+def recipe_key(recipe: Recipe = TRIXIE) -> str:
+    """Hash of everything that decides the content of the recipe's base tree."""
     source = Path(__file__).read_bytes()
-    return sha256_parts([SUITE, MIRROR, *DEBOOTSTRAP_PACKAGES, "--", *CHROOT_PACKAGES, source])[:16]
+    parts = [recipe.suite, recipe.mirror, *recipe.debootstrap_packages, "--"]
+    parts += [*recipe.chroot_packages, "--", *recipe.pip_requirements, recipe.python_version]
+    return sha256_parts([*parts, source])[:16]
 
 
 @contextlib.contextmanager
@@ -219,26 +203,104 @@ def _find_kernel(root: Path) -> tuple[Path, Path, str]:
     return kernel, initrd, version
 
 
-def _build(dest: Path, log: Path) -> None:
+def fetch_wheels(recipe: Recipe) -> Path:
+    """A directory of wheels for the recipe's pip requirements and their dependencies, built
+    for the guest's python3 by the host's pip (`pip download`), cached by the requirement list.
+    """
+    key = sha256_parts(
+        ["pip-download", recipe.python_version, *WHEEL_PLATFORMS, "--", *recipe.pip_requirements]
+    )[:16]
+    base = cache_dir() / "wheelhouse"
+    dest = base / key
+    if (dest / "requirements.txt").exists():
+        progress(f"wheels cached: {dest}")
+        dest.touch()
+        return dest
+    t0 = time.monotonic()
+    progress(f"fetching wheels for python {recipe.python_version}: {recipe.pip_requirements}")
+    tmp = base / f"{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
+    run_host(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation=cp",
+            f"--python-version={recipe.python_version}",
+            *platforms,
+            "--dest",
+            tmp,
+            *recipe.pip_requirements,
+        ]
+    )
+    (tmp / "requirements.txt").write_text("".join(f"{r}\n" for r in recipe.pip_requirements))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    names = sorted(p.name for p in dest.glob("*.whl"))
+    progress(f"wheels fetched in {time.monotonic() - t0:.0f}s: {', '.join(names)}")
+    houses = sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in houses[KEEP_WHEELHOUSES:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _install_wheels(tree: Path, recipe: Recipe, log: Path) -> None:
+    """pip install the recipe's requirements in the chroot, offline, from fetched wheels."""
+    wheels = fetch_wheels(recipe)
+    staged = tree / "tmp/wheelhouse"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(wheels, staged)
+    try:
+        run_host(
+            [
+                "chroot",
+                tree,
+                "python3",
+                "-m",
+                "pip",
+                "install",
+                "--no-index",
+                "--find-links=/tmp/wheelhouse",
+                "--no-cache-dir",
+                "--break-system-packages",
+                "--root-user-action=ignore",
+                "--disable-pip-version-check",
+                *recipe.pip_requirements,
+            ],
+            log=log,
+            env=chroot_env(),
+        )
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _build(recipe: Recipe, dest: Path, log: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     remove_tree(tmp)
     t0 = time.monotonic()
-    progress(f"debootstrap {SUITE} (minbase, {len(DEBOOTSTRAP_PACKAGES)} extra packages) ...")
+    packages = recipe.debootstrap_packages
+    progress(f"debootstrap {recipe.suite} (minbase, {len(packages)} extra packages) ...")
     run_host(
         [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(DEBOOTSTRAP_PACKAGES)}",
+            f"--include={','.join(packages)}",
             "--components=main",
-            SUITE,
+            recipe.suite,
             tmp,
-            MIRROR,
+            recipe.mirror,
         ],
         log=log,
     )
     progress(f"debootstrap done in {time.monotonic() - t0:.0f}s")
     t1 = time.monotonic()
-    progress(f"installing {' '.join(CHROOT_PACKAGES)} inside the chroot ...")
+    progress(f"installing {' '.join(recipe.chroot_packages)} inside the chroot ...")
     policy = tmp / "usr/sbin/policy-rc.d"
     write_new_file(policy, "#!/bin/sh\nexit 101\n", 0o755)  # start no services in the chroot
     try:
@@ -254,12 +316,14 @@ def _build(dest: Path, log: Path) -> None:
                     "-y",
                     "-q",
                     "--no-install-recommends",
-                    *CHROOT_PACKAGES,
+                    *recipe.chroot_packages,
                 ],
                 log=log,
                 env=env,
             )
             run_host([*chroot, "apt-get", "clean"], log=log, env=env)
+            if recipe.pip_requirements:
+                _install_wheels(tmp, recipe, log)
     finally:
         policy.unlink(missing_ok=True)
         unmount_all_under(tmp)
@@ -271,9 +335,21 @@ def _build(dest: Path, log: Path) -> None:
     tmp.rename(dest)
 
 
-def _prune(keep: Path) -> None:
+def _suite_of(tree: Path) -> str | None:
+    try:
+        return str(json.loads(tree.with_suffix(".json").read_text())["suite"])
+    except (OSError, ValueError, KeyError):
+        return None  # unfinished: deleted with the others of any recipe
+
+
+def _prune(keep: Path, recipe: Recipe) -> None:
+    """Old base trees of this recipe's suite (the other recipes' trees are left alone)."""
     trees = sorted(
-        (p for p in cache_dir().glob("rootfs-*") if p.is_dir() and p != keep),
+        (
+            p
+            for p in cache_dir().glob("rootfs-*")
+            if p.is_dir() and p != keep and _suite_of(p) in (recipe.suite, None)
+        ),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
@@ -283,9 +359,9 @@ def _prune(keep: Path) -> None:
         old.with_suffix(".json").unlink(missing_ok=True)
 
 
-def ensure_rootfs() -> Rootfs:
-    """Return the cached base tree, building it first if the recipe changed."""
-    key = recipe_key()
+def ensure_rootfs(recipe: Recipe = TRIXIE) -> Rootfs:
+    """Return the recipe's cached base tree, building it first if the recipe changed."""
+    key = recipe_key(recipe)
     dest = cache_dir() / f"rootfs-{key}"
     manifest = dest.with_suffix(".json")
     with build_lock():
@@ -297,15 +373,17 @@ def ensure_rootfs() -> Rootfs:
             log.unlink(missing_ok=True)
             progress(f"building base tree {dest} (log: {log})")
             remove_tree(dest)
-            _build(dest, log)
+            _build(recipe, dest, log)
             kernel, initrd, version = _find_kernel(dest)
             manifest.write_text(
                 json.dumps(
                     {
                         "key": key,
-                        "suite": SUITE,
-                        "debootstrap_packages": DEBOOTSTRAP_PACKAGES,
-                        "chroot_packages": CHROOT_PACKAGES,
+                        "recipe": recipe.name,
+                        "suite": recipe.suite,
+                        "debootstrap_packages": recipe.debootstrap_packages,
+                        "chroot_packages": recipe.chroot_packages,
+                        "pip_requirements": recipe.pip_requirements,
                         "kernel_version": version,
                         "build_seconds": round(time.monotonic() - t0, 1),
                     },
@@ -313,9 +391,9 @@ def ensure_rootfs() -> Rootfs:
                 )
             )
             progress(f"base tree built in {time.monotonic() - t0:.0f}s (kernel {version})")
-            _prune(dest)
+            _prune(dest, recipe)
     kernel, initrd, version = _find_kernel(dest)
-    return Rootfs(path=dest, key=key, kernel=kernel, initrd=initrd, kernel_version=version)
+    return Rootfs(dest, key, kernel, initrd, version, recipe)
 
 
 def hardlink_copy(src: Path, dest: Path) -> None:
@@ -330,6 +408,7 @@ __all__ = [
     "chroot_env",
     "chroot_mounts",
     "ensure_rootfs",
+    "fetch_wheels",
     "hardlink_copy",
     "remove_tree",
 ]
