@@ -162,8 +162,9 @@ def journal(guest: VM, unit: str) -> str:
 
 class TestValidUserData:
     @pytest.fixture(scope="class")
+    @classmethod
     def boot(
-        self, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
+        cls, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
     ) -> Iterator[Booted]:
         yield from booted(deb_image, guest_run_dir, share_dirs, GOOD_USER_DATA, "ci-good")
 
@@ -232,8 +233,9 @@ class TestValidUserData:
 
 class TestBrokenUserData:
     @pytest.fixture(scope="class")
+    @classmethod
     def boot(
-        self, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
+        cls, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
     ) -> Iterator[Booted]:
         yield from booted(deb_image, guest_run_dir, share_dirs, BROKEN_USER_DATA, "ci-broken")
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import select
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.guestlib.common import HarnessError
+from tests.guestlib.common import HarnessError, connect_unix
 
 
 class ChannelError(HarnessError):
@@ -27,17 +26,7 @@ class Channel:
         self.path = path
         self._next_id = 0
         self._buffer = b""
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(str(path))
-                break
-            except OSError as exc:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise ChannelError(f"cannot connect to channel socket {path}: {exc}") from exc
-                time.sleep(0.05)
+        self.sock = connect_unix(path, connect_timeout, ChannelError, "channel socket")
 
     def close(self) -> None:
         self.sock.close()

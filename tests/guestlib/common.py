@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -100,3 +101,18 @@ def new_symlink(path: Path, target: str) -> None:
     if path.is_symlink() or path.exists():
         path.unlink()
     os.symlink(target, path)
+
+
+def connect_unix(path: Path, timeout: float, error: type[Exception], what: str) -> socket.socket:
+    """Connect to a unix socket that QEMU may not have created yet, retrying until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise error(f"cannot connect to {what} {path}: {exc}") from exc
+            time.sleep(0.05)

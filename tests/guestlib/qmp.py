@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.guestlib.common import HarnessError
+from tests.guestlib.common import HarnessError, connect_unix
 
 
 class QMPError(HarnessError):
@@ -24,17 +23,7 @@ class QMPClient:
         self.events: list[dict[str, Any]] = []
         self._next_id = 0
         self._buffer = b""
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(str(path))
-                break
-            except OSError as exc:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise QMPError(f"cannot connect to QMP socket {path}: {exc}") from exc
-                time.sleep(0.05)
+        self.sock = connect_unix(path, connect_timeout, QMPError, "QMP socket")
         greeting = self._read(time.monotonic() + connect_timeout)
         if "QMP" not in greeting:
             raise QMPError(f"unexpected QMP greeting: {greeting}")
