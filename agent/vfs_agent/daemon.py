@@ -56,7 +56,7 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT. Raises PolicyError if the policy is invalid at start."""
-        state = DaemonState(self.ctx.policy())
+        state = DaemonState(self.ctx.policy_to_apply())
         # Listen before the first reconcile so no event between the two is lost.
         source = self.events_factory()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -132,7 +132,7 @@ class Daemon:
         if signal.SIGHUP in pending:
             self.notifier.send("RELOADING=1")
             try:
-                state.policy = self.ctx.policy()
+                state.policy = self.ctx.policy_to_apply()
                 log.info("Reloaded the policy (%s).", ", ".join(state.policy.files) or "defaults")
                 self._reconcile(state, "policy reload")
             except PolicyError as e:

@@ -31,7 +31,7 @@ def _load_policy(sysroot: SysRoot) -> Policy:
     from vfs_agent.policy_load import load_policy  # slow path: YAML + pydantic
 
     # A generator writes nothing outside its output directories, so no cache refresh here.
-    return load_policy(sysroot, save_compiled=False)
+    return load_policy(sysroot)
 
 
 def generate(sysroot: SysRoot, normal_dir: Path) -> int:

@@ -46,6 +46,10 @@ class Context:
     def policy(self) -> Policy:
         return load_policy(self.sysroot, self.policy_path)
 
+    def policy_to_apply(self) -> Policy:
+        """The policy for a command that acts on it; also compiled for the generator."""
+        return load_policy(self.sysroot, self.policy_path, save_compiled=True)
+
     @contextlib.contextmanager
     def locked(self, dry_run: bool) -> Iterator[None]:
         if dry_run:
@@ -70,7 +74,8 @@ def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
 
 
 def mount_all(ctx: Context, *, dry_run: bool, mounter: Mounter | None = None) -> list[Outcome]:
-    policy = ctx.policy()  # an invalid policy stops here, before anything changes
+    # An invalid policy stops here, before anything changes.
+    policy = ctx.policy() if dry_run else ctx.policy_to_apply()
     return reconcile(ctx, policy, dry_run=dry_run, mounter=mounter)
 
 

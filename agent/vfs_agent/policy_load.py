@@ -46,10 +46,11 @@ class PolicyError(Exception):
 
 
 def load_policy(
-    sysroot: SysRoot, explicit: str | None = None, *, save_compiled: bool = True
+    sysroot: SysRoot, explicit: str | None = None, *, save_compiled: bool = False
 ) -> Policy:
     """Read, check and merge the policy. Raises PolicyError listing every problem found.
-    With `save_compiled`, the result is cached for the boot-time generator (policy_cache)."""
+    With `save_compiled`, the result is cached for the boot-time generator (policy_cache):
+    the commands that act on the policy do it (mount-all, the daemon); reports do not."""
     files = policy_files(sysroot, explicit)
     if not files:
         return empty_policy()

@@ -147,3 +147,13 @@ def test_mount_one_refuses_a_forbidden_path(tree: FakeTree):
 def test_umount_of_something_not_mounted_explains(tree: FakeTree):
     result = run(tree, "umount", "media_tag", code=1)
     assert "share 'media_tag' is not mounted" in result.stderr
+
+
+def test_reports_write_nothing_but_mount_all_compiles_the_policy(tmp_path: Path):
+    root = FakeTree(tmp_path / "root")  # no shares attached: mount-all mounts nothing
+    root.policy("version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media}\n")
+    for args in (["plan"], ["status"], ["mount-all", "--dry-run"], ["generate", "fstab"]):
+        run(root, *args)
+        assert not (root.root / "var").exists(), args
+    run(root, "mount-all")
+    assert (root.root / "var/lib/vfs-agent/policy.json").is_file()
