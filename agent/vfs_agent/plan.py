@@ -102,6 +102,10 @@ def plan(
         else:
             claimed[want.path].append(want)
 
+    mounted_at: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for entry in top.values():
+        mounted_at[(entry.fstype, entry.source)].append(entry.target)
+
     stale_done: set[str] = set()
     for path, group in claimed.items():
         if len({w.tag for w in group}) > 1:
@@ -110,6 +114,13 @@ def plan(
                 actions.append(_action(ActionKind.CONFLICT, want, f"{path} is claimed by {tags}"))
             continue
         want = group[0]
+        elsewhere = [t for t in mounted_at[(want.transport.value, want.tag)] if t != path]
+        if want.ref is None and elsewhere and want.present:
+            # Only the default rule would mount it; it is in use already (the root filesystem
+            # of a virtio-fs-root guest, an fstab line): do not mount it a second time.
+            why = f"already mounted at {', '.join(elsewhere)}; no rule names this tag"
+            actions.append(Action(ActionKind.IGNORE, want.tag, why, None, want.transport))
+            continue
         actions += _against_table(want, top.get(path), dead, stale_done)
 
     present = {(s.transport, s.tag) for s in discovery.shares}

@@ -187,3 +187,11 @@ mounts:
 
 def test_policy_file_model_rejects_unknown_keys():
     assert PolicyFile.model_fields.keys() == {"version", "defaults", "mounts"}
+
+
+def test_the_default_rule_leaves_a_share_mounted_elsewhere_alone_but_a_rule_does_not():
+    table = [mounted("virtiofs", "rootfs", "/"), mounted("virtiofs", "media_tag", "/data", 101)]
+    policy = pol(MEDIA + "defaults: {unknown: mount}\n")
+    actions = by_tag(plan(shares("rootfs", "media_tag"), policy, table))
+    assert "already mounted at /" in actions[("rootfs", ActionKind.IGNORE)].reason
+    assert actions[("media_tag", ActionKind.MOUNT)].path == "/mnt/media"  # named by a rule
