@@ -62,11 +62,8 @@ class FakeTree:
         self.write("proc/self/mountinfo", "\n".join(lines) + "\n")
 
     def policy(self, text: str, name: str = "policy.yaml") -> Path:
-        inner = f"etc/vfs-agent/{name}"
-        if "/" in name:
-            (self.root / inner).parent.mkdir(parents=True, exist_ok=True)
-            os.chmod((self.root / inner).parent, 0o755)
-        return self.write(inner, text)
+        """A policy file (or policy.d/NAME) with the modes the loader insists on."""
+        return write_policy(self.root / "etc/vfs-agent" / name, text)
 
     def kernel(
         self,
@@ -85,6 +82,15 @@ class FakeTree:
         self.write(f"lib/modules/{release}/modules.dep", dep)
         if config is not None:
             self.write(f"boot/config-{release}", config)
+
+
+def write_policy(path: Path, text: str, *, mode: int = 0o644, dir_mode: int = 0o755) -> Path:
+    """Write a policy file with sshd-style modes: not group/world-writable, nor its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, dir_mode)
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, mode)
+    return path
 
 
 def _esc(text: str) -> str:

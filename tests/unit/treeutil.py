@@ -10,22 +10,17 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from faketree import FakeTree, write_policy
+
+from vfs_agent.escape import tag_bytes
+
 MAIN_POLICY = "etc/vfs-agent/policy.yaml"
 DROPIN_DIR = "etc/vfs-agent/policy.d"
 
 
 def raw_tag(tag: str | bytes) -> bytes:
     """The bytes of a tag as the kernel holds them (str tags may carry surrogateescape bytes)."""
-    return tag if isinstance(tag, bytes) else tag.encode("utf-8", "surrogateescape")
-
-
-def write_policy(path: Path, text: str, *, mode: int = 0o644, dir_mode: int = 0o755) -> Path:
-    """Write a policy file with sshd-style modes: not group/world-writable, nor its directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, dir_mode)
-    path.write_text(text, encoding="utf-8")
-    os.chmod(path, mode)
-    return path
+    return tag if isinstance(tag, bytes) else tag_bytes(tag)
 
 
 def set_tags(root: Path, tags: Iterable[str | bytes]) -> None:
@@ -52,13 +47,8 @@ def make_tree(
 ) -> Path:
     """A fake system root under tmp_path/name with these virtio-fs tags, this main policy and
     these policy.d drop-ins (file name -> text). Returns the root."""
-    root = tmp_path / name
-    root.mkdir()
+    root = FakeTree(tmp_path / name).root  # empty mount table, /etc/vfs-agent 0755
     set_tags(root, tags)
-    (root / "proc/self").mkdir(parents=True)
-    (root / "proc/self/mountinfo").write_text("")
-    (root / "etc/vfs-agent").mkdir(parents=True)
-    os.chmod(root / "etc/vfs-agent", 0o755)
     if policy is not None:
         write_policy(root / MAIN_POLICY, policy)
     for file_name, text in (dropins or {}).items():
