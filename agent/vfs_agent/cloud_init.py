@@ -42,7 +42,13 @@ from pydantic import BaseModel
 from vfs_agent import ops, report
 from vfs_agent.apply import Outcome
 from vfs_agent.policy_files import DROPIN_DIR
-from vfs_agent.policy_load import PolicyError, PolicyProblem, parse_text
+from vfs_agent.policy_load import (
+    PolicyError,
+    PolicyProblem,
+    field_path,
+    node_positions,
+    parse_text,
+)
 from vfs_agent.policy_model import DefaultsSection, PolicyFile, RuleModel
 from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import systemd_running
@@ -60,9 +66,9 @@ HEADER = (
     "# cloud-config user-data. Change the user-data rather than this file, or add a file of\n"
     "# your own next to it (files are read in lexical order; later files win).\n"
 )
-MAX_NODES = 10_000  # bounds the walk over user-data nodes (aliases)
 
 log = logging.getLogger(__name__)
+MAX_NODES = 10_000  # bounds the walk over user-data nodes (aliases)
 Marks = dict[str, tuple[int, int]]
 MountAll = Callable[[ops.Context], list[Outcome]]
 Systemctl = Callable[[list[str]], str | None]  # None on success, else why it failed
@@ -199,33 +205,20 @@ def _user_data_marks(value: Any, userdata: str | None) -> tuple[Marks, Marks] | 
     if loaded.get(KEY) != value:  # merged from vendor-data or several parts: no positions
         return None
     node = next((v for k, v in root.value if getattr(k, "value", None) == KEY), None)
+    if node is None:
+        return None
+    try:
+        positions = node_positions(node, SOURCE, MAX_NODES)
+    except PolicyError:  # too large: no positions
+        return None
     marks: Marks = {}
     keys: Marks = {}
-    if node is None or not _walk(node, "", marks, keys, [0]):
-        return None
+    for loc, mark in positions.items():
+        if loc[-1:] == ("<key>",):
+            keys[field_path(loc[:-1])] = mark
+        else:
+            marks[field_path(loc)] = mark
     return marks, keys
-
-
-def _walk(node: yaml.Node, field: str, marks: Marks, keys: Marks, count: list[int]) -> bool:
-    count[0] += 1
-    if count[0] > MAX_NODES:
-        return False
-    marks.setdefault(field, _mark(node))
-    if isinstance(node, yaml.MappingNode):
-        for key, child in node.value:
-            name = f"{field}.{key.value}" if field else str(key.value)
-            keys.setdefault(name, _mark(key))
-            if not _walk(child, name, marks, keys, count):
-                return False
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            if not _walk(item, f"{field}[{index}]", marks, keys, count):
-                return False
-    return True
-
-
-def _mark(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def _place(problem: PolicyProblem, marks: tuple[Marks, Marks] | None) -> PolicyProblem:

@@ -183,16 +183,19 @@ class _Builder:
     rejecting duplicate keys (PyYAML silently keeps the last one). Merge keys (<<) work as in
     YAML: explicit keys override merged ones."""
 
-    def __init__(self, name: str, positions: dict[Loc, tuple[int, int]]) -> None:
+    def __init__(
+        self, name: str, positions: dict[Loc, tuple[int, int]], limit: int = MAX_NODES
+    ) -> None:
         self.name = name
         self.positions = positions
+        self.limit = limit
         self.problems: list[PolicyProblem] = []
         self.loader = yaml.SafeLoader(stream="")
         self.visited = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.visited += 1
-        if self.visited > MAX_NODES:
+        if self.visited > self.limit:
             raise PolicyError(
                 [PolicyProblem(self.name, 0, 0, "", "the policy is too large (aliases?)")]
             )
@@ -235,6 +238,21 @@ class _Builder:
             self.positions[(*loc, key, "<key>")] = _mark(key_node)
             out[key] = self.build(value_node, (*loc, key))
         return out
+
+
+def node_positions(
+    node: yaml.Node, name: str, limit: int = MAX_NODES
+) -> dict[Loc, tuple[int, int]]:
+    """(line, column) of every value in a YAML node tree by location, and of every key at
+    (*location, "<key>"). Raises PolicyError past `limit` nodes (alias expansion)."""
+    positions: dict[Loc, tuple[int, int]] = {}
+    _Builder(name, positions, limit).build(node, ())
+    return positions
+
+
+def field_path(loc: Loc) -> str:
+    """A location as error messages write it: mounts[0].path."""
+    return _field(loc)
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
