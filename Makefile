@@ -17,8 +17,12 @@ HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprog
 	python3-wheel python3-build python3-installer rpm genisoimage
 HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# A second environment with the lowest versions the .deb accepts (Debian 12's): pydantic 1.10.
+VENV1 ?= .venv-pydantic1
+FLOOR_PINS := pydantic==1.10.4 click==8.1.3 PyYAML==6.0 pyudev==0.24.0
+VENV1_STAMP := $(VENV1)/.stamp-$(shell echo '$(FLOOR_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot bench packages clean
+.PHONY: all setup host-deps venv venv1 lint unit guest test demo image bench-boot bench packages clean
 
 all: test
 
@@ -41,19 +45,31 @@ $(VENV_STAMP): pyproject.toml | $(HOST_STAMP)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+venv1: $(VENV1_STAMP)
+$(VENV1_STAMP): pyproject.toml | $(HOST_STAMP)
+	@echo ">>> creating the floor-version environment in $(VENV1): $(FLOOR_PINS)"
+	rm -rf $(VENV1)
+	$(PYTHON) -m venv $(VENV1)
+	$(VENV1)/bin/pip install -q --upgrade pip
+	$(VENV1)/bin/pip install -q -e '.[test]' $(FLOOR_PINS)
+	touch $@
+
 lint: venv
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
 
-unit: venv
-	$(VENV)/bin/pytest -q -m 'not guest' tests
+# The unit tests twice: pydantic 2.x (.venv) and the floor versions with pydantic 1.10 (.venv1).
+unit: venv venv1
+	VFS_AGENT_TEST_PYDANTIC=2 $(VENV)/bin/pytest -q -m 'not guest' tests
+	VFS_AGENT_TEST_PYDANTIC=1 $(VENV1)/bin/pytest -q -m 'not guest' tests
 
 guest: setup
 	$(VENV)/bin/pytest -q -m guest tests
 
-test: setup lint
-	$(VENV)/bin/pytest tests
+test: setup lint venv1
+	VFS_AGENT_TEST_PYDANTIC=1 $(VENV1)/bin/pytest -q -m 'not guest' tests
+	VFS_AGENT_TEST_PYDANTIC=2 $(VENV)/bin/pytest tests
 
 demo: setup
 	$(VENV)/bin/python -m tests.guestlib.demo
@@ -81,4 +97,4 @@ packages: host-deps
 	packaging/build-rpm.sh $(PKG_OUT)
 
 clean:
-	rm -rf $(VENV) build dist agent/*.egg-info
+	rm -rf $(VENV) $(VENV1) build dist agent/*.egg-info

@@ -22,6 +22,7 @@ from vfs_agent.log import setup_logging
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
 from vfs_agent.policy_load import PolicyError, load_file, load_policy
 from vfs_agent.policy_model import PolicyFile
+from vfs_agent.pydantic_compat import json_schema
 from vfs_agent.render_systemd import Skipped
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
@@ -306,7 +307,7 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
 @policy_group.command("schema")
 def policy_schema() -> None:
     """Print the JSON Schema of a policy file."""
-    emit_json(PolicyFile.model_json_schema())
+    emit_json(json_schema(PolicyFile))
 
 
 @main.command()

@@ -37,7 +37,6 @@ from typing import Any, Protocol
 
 import click
 import yaml
-from pydantic import BaseModel
 
 from vfs_agent import ops, report
 from vfs_agent.apply import Outcome
@@ -50,6 +49,7 @@ from vfs_agent.policy_load import (
     parse_text,
 )
 from vfs_agent.policy_model import DefaultsSection, PolicyFile, RuleModel
+from vfs_agent.pydantic_compat import BaseModel, field_names
 from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import systemd_running
 
@@ -187,7 +187,7 @@ def _ordered(value: Any) -> Any:
 
 
 def _by_fields(data: dict[Any, Any], model: type[BaseModel]) -> dict[Any, Any]:
-    order = list(model.model_fields)
+    order = field_names(model)
     return dict(sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
 
 

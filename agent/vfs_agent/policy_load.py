@@ -6,17 +6,24 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from vfs_agent import policy_cache
 from vfs_agent.policy import FileSection, Policy, empty_policy, merge
 from vfs_agent.policy_files import policy_files
 from vfs_agent.policy_model import PolicyFile, to_section
+from vfs_agent.pydantic_compat import (
+    BaseModel,
+    ValidationError,
+    error_details,
+    field_description,
+    field_model,
+    field_names,
+    validate,
+)
 from vfs_agent.sysroot import SysRoot
 
 Loc = tuple[str | int, ...]
@@ -143,9 +150,9 @@ def parse_text(text: str, name: str) -> PolicyFile:
         raise PolicyError([*duplicates, PolicyProblem(name, line, col, "", message)])
     problems = list(duplicates)  # keep going: report every problem of the file at once
     try:
-        parsed = PolicyFile.model_validate(data)
+        parsed = validate(PolicyFile, data)
     except ValidationError as e:
-        problems += [_problem(err, positions, name) for err in e.errors()]
+        problems += [_problem(err, positions, name) for err in error_details(PolicyFile, e, data)]
     else:
         problems += _duplicate_tags(parsed, positions, name)
     if problems:
@@ -259,10 +266,11 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _problem(err: Any, positions: dict[Loc, tuple[int, int]], name: str) -> PolicyProblem:
-    loc: Loc = tuple(err["loc"])
-    kind = err["type"]
-    if kind == "extra_forbidden":
+def _problem(
+    err: dict[str, Any], positions: dict[Loc, tuple[int, int]], name: str
+) -> PolicyProblem:
+    loc: Loc = err["loc"]
+    if err["type"] == "value_error.extra":
         line, col = positions.get((*loc, "<key>"), _nearest(loc, positions))
         return PolicyProblem(name, line, col, _field(loc), _unknown_key_message(loc))
     line, col = _nearest(loc, positions)
@@ -282,62 +290,58 @@ def _field(loc: Loc) -> str:
     return out
 
 
-def _message(err: Any, loc: Loc) -> str:
+def _message(err: dict[str, Any], loc: Loc) -> str:
+    """What is wrong and what to write, worded by vfs-agent (not pydantic) from the error's
+    type and context, so the text is the same whatever pydantic prints."""
     kind = err["type"]
-    given = err.get("input")
-    if kind in ("greater_than_equal", "less_than_equal", "int_type", "int_parsing"):
-        return f"{given!r} is not allowed: {err['msg'].lower()}; write whole seconds, e.g. 10"
-    if kind == "missing":
+    given = err["input"]
+    ctx = err["ctx"]
+    seconds = "write whole seconds, e.g. 10"
+    bounds = {"value_error.number.not_ge": "greater", "value_error.number.not_le": "less"}
+    if kind in bounds:
+        limit = f"{bounds[kind]} than or equal to {ctx['limit_value']}"
+        return f"{given!r} is not allowed: input should be {limit}; {seconds}"
+    if kind == "type_error.integer":
+        return f"{given!r} is not allowed: input should be a valid integer; {seconds}"
+    if kind == "value_error.missing":
         return f"this key is required; {_describe(loc)}"
-    if kind == "literal_error" and loc == ("version",):
+    if kind == "value_error.const" and loc == ("version",):
         return f"unsupported version {given!r}; write 'version: 1'"
-    if kind == "enum":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"{given!r} is not allowed; write one of {expected}"
-    if kind in ("bool_type", "bool_parsing"):
+    if kind == "type_error.enum":
+        expected = [f"'{v.value}'" for v in ctx.get("enum_values", [])]
+        choices = (
+            " or ".join(expected)
+            if len(expected) < 3
+            else (f"{', '.join(expected[:-1])} or {expected[-1]}")
+        )
+        return f"{given!r} is not allowed; write one of {choices}"
+    if kind in ("value_error.strictbool", "type_error.bool"):
         return f"{given!r} is not a boolean; write true or false"
-    if kind == "string_type":
+    if kind == "type_error.str":
         return f"expected text, got {type(given).__name__} {given!r}; quote it if needed"
-    if kind == "list_type":
+    if kind == "type_error.list":
         return f"expected a list, got {type(given).__name__}; write [a, b] or one '- item' per line"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
+    if kind == "type_error.dict":
         return f"expected a mapping of keys, got {type(given).__name__}; {_describe(loc)}"
-    if kind == "value_error":
-        return str(err["msg"]).removeprefix("Value error, ")
     return str(err["msg"])
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
     """The pydantic model that holds the keys at `loc` (for listing allowed keys)."""
-    model: Any = PolicyFile
+    model: type[BaseModel] | None = PolicyFile
     for part in loc:
         if isinstance(part, int):
             continue
-        field = (
-            model.model_fields.get(part)
-            if isinstance(model, type) and issubclass(model, BaseModel)
-            else None
-        )
-        if field is None:
+        if model is None:
             return None
-        model = _unwrap(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    for arg in (*typing.get_args(annotation), annotation):
-        inner = _unwrap(arg) if typing.get_args(arg) else arg
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            return inner
-    return annotation
+        model = field_model(model, part)
+    return model
 
 
 def _describe(loc: Loc) -> str:
     model = _model_at(loc[:-1]) if loc else PolicyFile
-    field = model.model_fields.get(str(loc[-1])) if model and loc else None
-    if field is not None and field.description:
-        return field.description
-    return "see 'vfs-agent policy schema'"
+    description = field_description(model, str(loc[-1])) if model and loc else None
+    return description or "see 'vfs-agent policy schema'"
 
 
 def _unknown_key_message(loc: Loc) -> str:
@@ -345,7 +349,7 @@ def _unknown_key_message(loc: Loc) -> str:
     key = str(loc[-1])
     if model is None:
         return f"unknown key {key!r}"
-    allowed = list(model.model_fields)
+    allowed = field_names(model)
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key {key!r}; {hint}allowed keys here: {', '.join(allowed)}"

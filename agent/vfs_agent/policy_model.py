@@ -1,20 +1,11 @@
 """The policy file format: pydantic models that validate one YAML document and turn it into
-plain policy data (policy.py). The JSON Schema of `vfs-agent policy schema` comes from here."""
+plain policy data (policy.py). The JSON Schema of `vfs-agent policy schema` comes from here.
+
+Written against the pydantic 1.10 API, which pydantic_compat provides on 1.10 and 2.x alike."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    model_validator,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from vfs_agent.escape import tag_bytes
 from vfs_agent.mount_options import option_problem
@@ -30,6 +21,16 @@ from vfs_agent.policy import (
     TransportChoice,
     UnknownTags,
     is_glob,
+)
+from vfs_agent.pydantic_compat import (
+    Field,
+    StrictBool,
+    StrictModel,
+    StrictStr,
+    conint,
+    fields_set,
+    root_validator,
+    validator,
 )
 
 
@@ -51,7 +52,10 @@ def _check_mount_root(path: str) -> str:
     return path
 
 
-def _check_rule_path(path: str) -> str:
+def _check_rule_path(path: str | None) -> str | None:
+    # pydantic 1.10 runs a field's validators on an explicit null too.
+    if path is None:
+        return None
     rest = path.replace(TAG_PLACEHOLDER, "x")
     if "{" in rest or "}" in rest:
         raise ValueError(f"path {path!r}: the only placeholder is {TAG_PLACEHOLDER}")
@@ -78,25 +82,19 @@ def _no_bool(value: object) -> object:
     return value
 
 
-MountOption = Annotated[str, AfterValidator(_check_option)]
-TagPattern = Annotated[str, AfterValidator(_check_tag_pattern)]
-RulePath = Annotated[str, AfterValidator(_check_rule_path)]
-MountRoot = Annotated[str, AfterValidator(_check_mount_root)]
-
-DeviceTimeout = Annotated[StrictInt, Field(ge=1, le=3600)]
-
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+if TYPE_CHECKING:
+    DeviceTimeout = int
+else:
+    DeviceTimeout = conint(strict=True, ge=1, le=3600)
 
 
-class DefaultsSection(BaseModel):
+class DefaultsSection(StrictModel):
     """`defaults:` of one file; a key left out keeps the value of earlier files."""
 
-    model_config = _STRICT
-
-    mount_root: MountRoot = Field(
+    mount_root: StrictStr = Field(
         DEFAULT_MOUNT_ROOT, description="Tags without an explicit path go to <mount_root>/<tag>."
     )
-    options: list[MountOption] = Field(
+    options: list[StrictStr] = Field(
         list(DEFAULT_OPTIONS), description="Mount options applied to every mount."
     )
     unknown: UnknownTags = Field(
@@ -107,17 +105,18 @@ class DefaultsSection(BaseModel):
         description="Seconds systemd waits at boot for a share's device before giving up.",
     )
 
+    _mount_root = validator("mount_root", allow_reuse=True)(_check_mount_root)
+    _options = validator("options", each_item=True, allow_reuse=True)(_check_option)
 
-class RuleModel(BaseModel):
+
+class RuleModel(StrictModel):
     """One entry of `mounts:`."""
 
-    model_config = _STRICT
-
-    tag: TagPattern = Field(description="Exact tag, or a glob such as 'data-*'.")
-    path: RulePath | None = Field(
+    tag: StrictStr = Field(description="Exact tag, or a glob such as 'data-*'.")
+    path: StrictStr | None = Field(
         None, description="Absolute mount path; '{tag}' stands for the (encoded) tag."
     )
-    options: list[MountOption] = Field(
+    options: list[StrictStr] = Field(
         [], description="Options added to (and overriding) the default options."
     )
     required: StrictBool = Field(
@@ -131,35 +130,38 @@ class RuleModel(BaseModel):
         None, description="Seconds systemd waits at boot for this share's device."
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> RuleModel:
-        if self.ignore and (self.path or self.options or self.required):
+    _tag = validator("tag", allow_reuse=True)(_check_tag_pattern)
+    _path = validator("path", allow_reuse=True)(_check_rule_path)
+    _options = validator("options", each_item=True, allow_reuse=True)(_check_option)
+
+    @root_validator(skip_on_failure=True)
+    def _consistent(cls, values: dict[str, Any]) -> dict[str, Any]:
+        tag, path = values["tag"], values["path"]
+        if values["ignore"] and (path or values["options"] or values["required"]):
             raise ValueError("a rule with 'ignore: true' takes no path, options or required")
-        if self.path and is_glob(self.tag) and TAG_PLACEHOLDER not in self.path:
+        if path and is_glob(tag) and TAG_PLACEHOLDER not in path:
             raise ValueError(
-                f"tag {self.tag!r} is a glob, so its path must contain {TAG_PLACEHOLDER} "
+                f"tag {tag!r} is a glob, so its path must contain {TAG_PLACEHOLDER} "
                 "(otherwise every matching tag would go to one path)"
             )
-        return self
+        return values
 
 
-class PolicyFile(BaseModel):
+class PolicyFile(StrictModel):
     """One policy file."""
 
-    model_config = _STRICT
-
-    version: Annotated[Literal[1], BeforeValidator(_no_bool)] = Field(
-        description="Policy format version; must be 1."
-    )
+    version: Literal[1] = Field(description="Policy format version; must be 1.")
     defaults: DefaultsSection | None = None
-    mounts: list[RuleModel] = []
+    mounts: list[RuleModel] = Field([])
+
+    _version = validator("version", pre=True, allow_reuse=True)(_no_bool)
 
 
 def to_section(name: str, parsed: PolicyFile) -> FileSection:
     """Plain data from a validated file; only the defaults keys the file wrote are kept."""
     written: dict[str, object] = {}
     if parsed.defaults is not None:
-        for key in parsed.defaults.model_fields_set:
+        for key in fields_set(parsed.defaults):
             value = getattr(parsed.defaults, key)
             written[key] = tuple(value) if isinstance(value, list) else value
     defaults = DefaultsPatch(**written)  # type: ignore[arg-type]

@@ -29,9 +29,18 @@ def tree(tmp_path: Path) -> FakeTree:
     return root
 
 
+def cli_runner() -> CliRunner:
+    """A runner that keeps stderr apart: click 8.1 (Debian 12) needs mix_stderr=False, click
+    8.2 dropped the argument and always keeps it apart."""
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
 def run(tree: FakeTree, *args: str, code: int = 0):
-    result = CliRunner().invoke(main, ["--root", str(tree.root), *args])
-    assert result.exit_code == code, result.output
+    result = cli_runner().invoke(main, ["--root", str(tree.root), *args])
+    assert result.exit_code == code, result.output + result.stderr
     return result
 
 

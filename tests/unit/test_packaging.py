@@ -125,11 +125,11 @@ def test_deb_metadata_depends_and_conffiles(deb: Path) -> None:
     assert fields["Architecture"] == "all"
     depends = {d.strip() for d in fields["Depends"].split(",")}
     for needed in (
-        "python3-pydantic (>= 2.10)",
-        "python3-click",
-        "python3-yaml",
-        "python3-pyudev",
-        "python3-systemd",
+        "python3-pydantic (>= 1.10.4)",
+        "python3-click (>= 8.1.3)",
+        "python3-yaml (>= 6.0)",
+        "python3-pyudev (>= 0.24.0)",
+        "python3-systemd (>= 235)",
         "kmod",
         "systemd",
         "udev",
@@ -192,11 +192,11 @@ def test_rpm_metadata(rpm: Path) -> None:
     assert version == f"{_version()} noarch"
     requires = _run("rpm", "-qp", "--requires", str(rpm)).splitlines()
     for needed in (
-        "python3-pydantic >= 2.10",
-        "python3-click",
-        "python3-pyyaml",
-        "python3-pyudev",
-        "python3-systemd",
+        "python3-pydantic >= 1.10.4",
+        "python3-click >= 8.1.3",
+        "python3-pyyaml >= 6.0",
+        "python3-pyudev >= 0.24.0",
+        "python3-systemd >= 235",
         "systemd",
         "kmod",
     ):
