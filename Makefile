@@ -14,7 +14,8 @@ export VFS_AGENT_CACHE := $(CACHE)
 HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprogs \
 	libsystemd-dev pkg-config gcc python3-dev python3-venv util-linux systemd socat \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	python3-wheel python3-build python3-installer rpm genisoimage
+	python3-wheel python3-build python3-installer rpm genisoimage lintian rpmlint \
+	python3-click python3-pydantic python3-yaml
 HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # A second environment with the lowest versions the .deb accepts (Debian 12's): pydantic 1.10.

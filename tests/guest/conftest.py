@@ -19,6 +19,7 @@ from tests.guestlib.common import HarnessError
 from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.image import GuestImage, ensure_bookworm_image, ensure_image
 from tests.guestlib.processes import live_processes, stop_all
+from tests.guestlib.recipes import BOOKWORM, TRIXIE, Recipe
 from tests.guestlib.virtiofsd import virtiofsd_binary
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
@@ -102,16 +103,38 @@ def bookworm_image() -> GuestImage:
 
 
 @pytest.fixture(scope="session")
-def deb_image(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
-    """The image with the project's .deb installed (built from this tree). guest_image first:
-    its preflight says why this machine cannot boot guests, if so."""
+def deb_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's .deb, built once per session from this tree (packaging/build-deb.sh)."""
+    try:
+        return build_deb(tmp_path_factory.mktemp("deb"))
+    except (HarnessError, OSError) as exc:
+        pytest.fail(f"building the .deb failed:\n{exc}", pytrace=False)
+
+
+def _deb_image(deb: Path, recipe: Recipe) -> GuestImage:
     started = time.monotonic()
     try:
-        image = ensure_deb_image(build_deb(tmp_path_factory.mktemp("deb")))
+        image = ensure_deb_image(deb, recipe)
     except (HarnessError, OSError) as exc:
-        pytest.fail(f"building the image with the .deb failed:\n{exc}", pytrace=False)
-    _SUMMARY.append(f"deb image {image.key}: ready in {time.monotonic() - started:.1f}s")
+        pytest.fail(f"building the {recipe.name} image with the .deb failed:\n{exc}", pytrace=False)
+    _SUMMARY.append(
+        f"deb image {recipe.name} {image.key}: ready in {time.monotonic() - started:.1f}s"
+    )
     return image
+
+
+@pytest.fixture(scope="session")
+def deb_image(guest_image: GuestImage, deb_package: Path) -> GuestImage:
+    """The Debian 13 image with the project's .deb installed by apt (built from this tree).
+    guest_image first: its preflight says why this machine cannot boot guests, if so."""
+    return _deb_image(deb_package, TRIXIE)
+
+
+@pytest.fixture(scope="session")
+def deb_bookworm_image(bookworm_image: GuestImage, deb_package: Path) -> GuestImage:
+    """The Debian 12 base tree (Debian 12's own packages, pydantic 1.10.4) with the .deb
+    installed by apt. bookworm_image first, for its preflight."""
+    return _deb_image(deb_package, BOOKWORM)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""A guest image with the project installed from its .deb (dpkg, offline) instead of pip.
+"""A guest image with the project installed from its .deb by apt instead of pip.
 
-The systemd and cloud-init tests run against it, as users of the package would: the cached
-Debian 13 base tree already holds every dependency, so dpkg needs no network.
+The systemd and cloud-init tests run against it, as users of the package would: `apt-get
+install ./vfs-agent_*.deb` in the chroot of a recipe's base tree (Debian 13, or Debian 12 with
+its own pydantic 1.10). The base trees already hold the packages the .deb depends on, so apt
+downloads nothing, but it checks every Depends: a floor the release does not meet fails here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.guestlib.common import (
     write_new_file,
 )
 from tests.guestlib.image import CHANNEL_UNIT, PROJECT_ROOT, GuestImage, make_ext4, plumbing_files
+from tests.guestlib.recipes import TRIXIE, Recipe
 from tests.guestlib.rootfs import (
     build_lock,
     chroot_env,
@@ -54,20 +57,23 @@ def _break_hardlinks(directory: Path) -> None:
             os.replace(copy, path)
 
 
-def _install_deb(tree: Path, deb: Path, log: Path) -> None:
-    """dpkg -i in the tree, offline; then the harness's command channel, as image.py does."""
-    for directory in ("var/lib/dpkg", "var/log", "var/lib/systemd"):
+def _install_deb(tree: Path, deb: Path, recipe: Recipe, log: Path) -> None:
+    """apt-get install of the .deb in the tree, with no download allowed (the base tree holds
+    the dependencies, apt checks their versions); then the harness's command channel, as
+    image.py does."""
+    for directory in ("var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/log", "var/lib/systemd"):
         _break_hardlinks(tree / directory)
     staged = tree / "tmp" / deb.name
     shutil.copy2(deb, staged)
+    apt = ["apt-get", "install", "-y", "--no-install-recommends", "--no-download"]
     try:
         with chroot_mounts(tree):
             chroot = ["chroot", str(tree)]
-            run_host([*chroot, "dpkg", "-i", f"/tmp/{deb.name}"], log=log, env=chroot_env())
+            run_host([*chroot, *apt, f"/tmp/{deb.name}"], log=log, env=chroot_env())
             run_host([*chroot, "vfs-agent", "--version"], log=log, env=chroot_env())
     finally:
         staged.unlink(missing_ok=True)
-    for rel, (content, mode) in plumbing_files().items():
+    for rel, (content, mode) in plumbing_files(recipe).items():
         write_new_file(tree / rel, content, mode)
     new_symlink(
         tree / "etc/systemd/system/multi-user.target.wants" / CHANNEL_UNIT,
@@ -75,15 +81,16 @@ def _install_deb(tree: Path, deb: Path, log: Path) -> None:
     )
 
 
-def ensure_deb_image(deb: Path) -> GuestImage:
-    """The base tree + this .deb (dpkg) + the plumbing, as a raw ext4 image; cached by the
-    base recipe, the .deb's bytes (its build is reproducible) and this recipe."""
-    base = ensure_rootfs()
+def ensure_deb_image(deb: Path, recipe: Recipe = TRIXIE) -> GuestImage:
+    """The recipe's base tree + this .deb (apt) + the plumbing, as a raw ext4 image; cached by
+    the base recipe, the .deb's bytes (its build is reproducible) and this recipe."""
+    base = ensure_rootfs(recipe)
     parts: list[bytes | str] = [base.key, deb.read_bytes(), inspect.getsource(_install_deb)]
-    for path, (content, mode) in sorted(plumbing_files().items()):
+    for path, (content, mode) in sorted(plumbing_files(recipe).items()):
         parts += [path, content, str(mode)]
     key = sha256_parts(parts)[:16]
-    dest = cache_dir() / f"image-deb-{key}"
+    kind = "image-deb" if recipe == TRIXIE else f"image-deb-{recipe.name}"
+    dest = cache_dir() / f"{kind}-{key}"
     with build_lock():
         if not (dest / "manifest.json").exists():
             t0 = time.monotonic()
@@ -95,13 +102,18 @@ def ensure_deb_image(deb: Path) -> GuestImage:
             log = tmp / "build.log"
             try:
                 hardlink_copy(base.path, tree)
-                _install_deb(tree, deb, log)
+                _install_deb(tree, deb, recipe, log)
                 make_ext4(tree, tmp / "root.img", log)
             finally:
                 remove_tree(tree)
             shutil.copy2(base.kernel, tmp / "vmlinuz")
             shutil.copy2(base.initrd, tmp / "initrd.img")
-            manifest = {"key": key, "deb": deb.name, "kernel_version": base.kernel_version}
+            manifest = {
+                "key": key,
+                "deb": deb.name,
+                "recipe": recipe.name,
+                "kernel_version": base.kernel_version,
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             tmp.rename(dest)
             progress(f"image with the .deb built in {time.monotonic() - t0:.0f}s")
@@ -113,4 +125,5 @@ def ensure_deb_image(deb: Path) -> GuestImage:
         key=key,
         kernel_version=base.kernel_version,
         wheel=f"(deb) {deb.name}",
+        recipe=recipe.name,
     )

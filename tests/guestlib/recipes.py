@@ -66,20 +66,13 @@ TRIXIE = Recipe(
 )
 
 # Debian 12, kernel 6.1: no /sys/fs/virtiofs; virtiofs, fuse, virtio_pci and virtio_console
-# are modules. Its python3-pydantic is 1.10, so pydantic 2 comes from PyPI wheels; the pins
-# are the floor the project supports (Debian 13's pydantic 2.10) and their dependencies.
+# are modules. Everything from Debian 12's own archive, pydantic 1.10.4 included: no PyPI
+# wheel, as on a Debian 12 VM that installs the .deb with apt.
 BOOKWORM = Recipe(
     name="bookworm",
     suite="bookworm",
-    debootstrap_packages=_COMMON,
+    debootstrap_packages=(*_COMMON, "python3-pydantic"),
     chroot_packages=("linux-image-amd64", "initramfs-tools", "zstd"),
-    pip_requirements=(
-        "pydantic==2.10.6",
-        "pydantic-core==2.27.2",
-        "typing-extensions==4.12.2",
-        "annotated-types==0.7.0",
-    ),
-    python_version="3.11",
     fast_modules=("virtio_pci", "virtio_blk", "virtio_console"),
     fast_noload=("virtiofs", "fuse"),
 )

@@ -4,12 +4,14 @@ tests are never skipped (the Makefile's HOST_DEBS installs the tools)."""
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+from test_manpage import plain, walk_help
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,10 +24,22 @@ SYSTEM_FILES = {
     "/usr/lib/systemd/system/vfs-agent.service": 0o644,
     "/usr/lib/systemd/system/vfs-agent-cloud-init.service": 0o644,
     "/etc/vfs-agent/policy.yaml": 0o644,
+    "/usr/share/man/man1/vfs-agent.1.gz": 0o644,
+    "/usr/share/man/man5/vfs-agent.policy.5.gz": 0o644,
+    "/usr/share/bash-completion/completions/vfs-agent": 0o644,
+    "/usr/share/zsh/vendor-completions/_vfs-agent": 0o644,
+}
+# Where the RPM puts a file the .deb has elsewhere (each distribution's zsh directory).
+RPM_PATHS = {
+    "/usr/share/zsh/site-functions/_vfs-agent": "/usr/share/zsh/vendor-completions/_vfs-agent"
 }
 OWN_DIRS = {"/etc/vfs-agent", "/etc/vfs-agent/policy.d", "/usr/lib/vfs-agent"}
 # Debian policy puts these in every .deb; an RPM has no counterpart.
-DEBIAN_ONLY = {"/usr/share/doc/vfs-agent/copyright", "/usr/share/doc/vfs-agent/changelog.gz"}
+DEBIAN_ONLY = {
+    "/usr/share/doc/vfs-agent/copyright",
+    "/usr/share/doc/vfs-agent/changelog.gz",
+    "/usr/share/lintian/overrides/vfs-agent",
+}
 PYTHON_DIR = re.compile(r"^/usr/lib/python3[^/]*/(dist|site)-packages/")
 # What a build left in a checkout would look like.
 DROPPINGS = re.compile(r"(^|/)(debian|\.pybuild|rpmbuild|dist)/|\.(deb|rpm|buildinfo|changes)$")
@@ -89,6 +103,7 @@ def rpm_entries(rpm: Path) -> dict[str, Entry]:
     for line in _run("rpm", "-qp", "--qf", fmt, str(rpm)).splitlines():
         perms, user, path = line.split(" ", 2)
         assert user == "root", line
+        path = RPM_PATHS.get(path, path)
         entries[path] = (path, _perms(perms), perms[0])
     return entries
 
@@ -159,6 +174,8 @@ def test_deb_maintainer_scripts(deb: Path) -> None:
 def test_deb_units_are_rendered_for_usr(deb: Path, tmp_path: Path) -> None:
     _run("dpkg-deb", "-x", str(deb), str(tmp_path))
     for path in SYSTEM_FILES:
+        if path.endswith(".gz"):
+            continue
         text = (tmp_path / path.lstrip("/")).read_text()
         assert not re.search(r"@(PYTHON|BINDIR|LIBEXECDIR)@", text), path
     unit = (tmp_path / "usr/lib/systemd/system/vfs-agent-cloud-init.service").read_text()
@@ -204,3 +221,44 @@ def test_rpm_metadata(rpm: Path) -> None:
     assert _run("rpm", "-qp", "--configfiles", str(rpm)).split() == ["/etc/vfs-agent/policy.yaml"]
     scripts = _run("rpm", "-qp", "--scripts", str(rpm))
     assert "udevadm control --reload" in scripts and "daemon-reload" in scripts
+
+
+def test_lintian_finds_no_error_and_no_warning(deb: Path) -> None:
+    """Overrides only with a reason, in packaging/debian/vfs-agent.lintian-overrides."""
+    done = subprocess.run(
+        ["lintian", "--pedantic", "--display-info", str(deb)], capture_output=True, text=True
+    )
+    tags = [line for line in done.stdout.splitlines() if re.match(r"^[EW]: ", line)]
+    assert done.returncode == 0 and not tags, done.stdout + done.stderr
+    overrides = (REPO / "packaging/debian/vfs-agent.lintian-overrides").read_text()
+    for block in overrides.strip().split("\n\n"):
+        lines = block.splitlines()
+        assert lines[0].startswith("#") and not lines[-1].startswith("#"), block  # a reason
+
+
+def test_rpmlint_finds_no_error_and_no_warning(rpm: Path) -> None:
+    rc = REPO / "packaging/rpm/vfs-agent.rpmlintrc"
+    done = subprocess.run(["rpmlint", "-r", str(rc), str(rpm)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 errors, 0 warnings" in done.stdout, done.stdout
+
+
+def test_the_packaged_man_pages_and_completions(deb: Path, tmp_path: Path) -> None:
+    """The pages in the .deb were generated from this tree's commands and policy keys."""
+    _run("dpkg-deb", "-x", str(deb), str(tmp_path))
+    man1 = plain(gzip.decompress((tmp_path / "usr/share/man/man1/vfs-agent.1.gz").read_bytes()))
+    for path, options in walk_help():
+        assert not path or re.search(rf"^vfs-agent {' '.join(path)} ", man1, re.M), path
+        for option in options:
+            assert option in man1, (path, option)
+    man5 = gzip.decompress((tmp_path / "usr/share/man/man5/vfs-agent.policy.5.gz").read_bytes())
+    assert b".B mounts[].device_timeout" in man5.replace(b"\\-", b"-")
+    man = subprocess.run(
+        ["man", "--warnings", "-l", str(tmp_path / "usr/share/man/man1/vfs-agent.1.gz")],
+        capture_output=True,
+        text=True,
+        env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"},
+    )
+    assert man.returncode == 0 and not man.stderr, man.stderr
+    zsh = (tmp_path / "usr/share/zsh/vendor-completions/_vfs-agent").read_text()
+    assert zsh.startswith("#compdef vfs-agent")

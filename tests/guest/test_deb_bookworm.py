@@ -1,0 +1,184 @@
+"""The .deb on Debian 12, from Debian 12's own packages: a real full systemd boot.
+
+The image is the harness's Debian 12 base tree (debootstrap from the Debian 12 archive, with
+its python3-pydantic 1.10.4 and no PyPI wheel) with the project's .deb installed by `apt-get
+install ./vfs-agent_*.deb`: apt checks every Depends against Debian 12's versions, so a floor
+Debian 12 does not meet fails the image build. One QEMU, two boots (the second after the
+policy is written): the first shows what the package does on its own and that `vfs-agent
+kernel` sees virtiofs as a module, the second that the generator's units mount the share
+before multi-user.target, then a hot-plugged share is mounted by systemd.
+
+Run as root, alone (one guest at a time; about 2 minutes, plus 2-3 minutes the first time for
+the Debian 12 base tree):
+
+    .venv/bin/pytest -v tests/guest/test_deb_bookworm.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.guestlib.image import GuestImage
+from tests.guestlib.vm import VM, VMConfig
+
+pytestmark = pytest.mark.guest
+
+BOOT_TAG = "deb12_media"
+HOT_TAG = "deb12 hot#1"  # a hostile tag: space and '#'
+POLICY = f"""\
+version: 1
+mounts:
+  - tag: {BOOT_TAG}
+    path: /srv/media
+    options: [ro]
+    required: true
+  - tag: "{HOT_TAG}"
+    path: /srv/hot
+"""
+BROKEN = "version: 1\nmounts:\n  - tag: x\n    path: relative/oops\n"
+
+
+def vfs(guest: VM, *args: str) -> tuple[int, Any]:
+    r = guest.run(["vfs-agent", *args, "--json"], timeout=120)
+    return r.rc, json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def findmnt(guest: VM) -> dict[str, str]:
+    """target -> source of every virtiofs mount (util-linux's view)."""
+    r = guest.run(["findmnt", "--json", "--list", "-t", "virtiofs", "-o", "SOURCE,TARGET"])
+    data = json.loads(r.stdout) if r.stdout.strip() else {"filesystems": []}
+    return {f["target"]: f["source"] for f in data["filesystems"]}
+
+
+def prop(guest: VM, unit: str, name: str) -> str:
+    return guest.run(["systemctl", "show", "--value", "-p", name, unit], check=True).stdout.strip()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def share_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("deb12-shares")
+    dirs = {BOOT_TAG: root / "media", HOT_TAG: root / "hot"}
+    for tag, path in dirs.items():
+        path.mkdir()
+        (path / "tag.txt").write_text(f"{tag}\n")
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def guest(
+    boot_guest: Callable[..., VM], deb_bookworm_image: GuestImage, share_dirs: dict[str, Path]
+) -> Iterator[VM]:
+    config = VMConfig(mode="systemd", name="deb12", shares=[(BOOT_TAG, share_dirs[BOOT_TAG])])
+    vm = boot_guest(config, deb_bookworm_image)
+    yield vm
+    vm.shutdown()
+
+
+# -- first boot: the package as installed --------------------------------------------------------
+
+
+def test_installed_by_apt_from_debian_12_packages_only(guest: VM) -> None:
+    status = guest.run(["dpkg-query", "-W", "-f=${Status} ${Version}", "vfs-agent"])
+    assert status.stdout.startswith("install ok installed "), str(status)
+    assert guest.run("command -v vfs-agent").stdout.strip() == "/usr/bin/vfs-agent"
+    probe = guest.run(
+        [
+            "python3",
+            "-c",
+            "import pydantic, vfs_agent; print(pydantic.VERSION); print(pydantic.__file__); "
+            "print(vfs_agent.__file__)",
+        ],
+        check=True,
+    ).stdout.split()
+    assert probe[0] == "1.10.4"  # Debian 12's python3-pydantic
+    assert probe[1].startswith("/usr/lib/python3/dist-packages/pydantic/")
+    assert probe[2].startswith("/usr/lib/python3/dist-packages/vfs_agent/")
+    # No pip install anywhere: nothing under /usr/local's Python directories.
+    local = guest.run("ls /usr/local/lib/python3*/dist-packages 2>/dev/null | wc -l")
+    assert local.stdout.strip() == "0", str(local)
+    owner = guest.run(["dpkg", "-S", probe[1]], check=True).stdout
+    assert owner.startswith("python3-pydantic:")
+
+
+def test_units_enabled_and_the_daemon_runs(guest: VM) -> None:
+    state = guest.wait_system_running()
+    assert state in ("running", "degraded"), state
+    enabled = guest.run(["systemctl", "is-enabled", "vfs-agent.service"]).stdout.strip()
+    assert enabled == "enabled"
+    assert prop(guest, "vfs-agent.service", "ActiveState") == "active"
+    failed = guest.run(["systemctl", "--failed", "--plain", "--no-legend"]).stdout
+    assert "vfs-agent" not in failed, failed
+
+
+def test_kernel_says_virtiofs_is_a_module(guest: VM) -> None:
+    """Nothing is mounted yet (the default policy ignores unnamed tags), so the module udev
+    loaded at coldplug can be removed: then `kernel` must say `module`, and `loaded` again
+    once it is back."""
+    assert findmnt(guest) == {}
+    guest.run(["modprobe", "-r", "virtiofs"], check=True)
+    rc, report = vfs(guest, "kernel")
+    assert report["virtiofs"] == "module", report
+    assert report["release"].startswith("6.1.")
+    assert guest.run(["modinfo", "-F", "filename", "virtiofs"]).stdout.strip().endswith(".ko")
+    guest.run(["modprobe", "virtiofs"], check=True)
+    rc, report = vfs(guest, "kernel")
+    assert rc == 0 and report["virtiofs"] == "loaded", report
+
+
+def test_a_broken_policy_is_reported_with_its_position_on_pydantic_1(guest: VM) -> None:
+    guest.put_file("/root/broken.yaml", BROKEN)
+    r = guest.run(["vfs-agent", "policy", "check", "/root/broken.yaml"])
+    assert r.rc == 2, str(r)
+    assert "/root/broken.yaml:4:11: mounts[0].path: path 'relative/oops' is not absolute" in (
+        r.stderr
+    )
+
+
+# -- second boot: the policy names the share ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rebooted(guest: VM) -> VM:
+    guest.put_file("/etc/vfs-agent/policy.yaml", POLICY)
+    guest.run(["vfs-agent", "policy", "check"], check=True)
+    guest.reboot()
+    state = guest.wait_system_running()
+    assert state in ("running", "degraded"), state
+    return guest
+
+
+def test_the_share_was_mounted_before_multi_user_target(rebooted: VM) -> None:
+    assert findmnt(rebooted).get("/srv/media") == BOOT_TAG
+    assert rebooted.run("cat /srv/media/tag.txt", check=True).stdout == f"{BOOT_TAG}\n"
+    unit = "srv-media.mount"
+    assert prop(rebooted, unit, "FragmentPath").startswith("/run/systemd/generator")
+    mounted = int(prop(rebooted, unit, "ActiveEnterTimestampMonotonic"))
+    multi_user = int(prop(rebooted, "multi-user.target", "ActiveEnterTimestampMonotonic"))
+    assert 0 < mounted <= multi_user, (mounted, multi_user)
+    assert "ro" in rebooted.run(["findmnt", "-no", "OPTIONS", "/srv/media"]).stdout.split(",")
+
+
+def test_a_share_hot_plugged_after_boot_is_mounted(
+    rebooted: VM, share_dirs: dict[str, Path]
+) -> None:
+    rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
+    wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)
+    assert rebooted.run("cat /srv/hot/tag.txt", check=True).stdout == f"{HOT_TAG}\n"
+    rebooted.unplug_share(HOT_TAG)
+    wait_until(f"{HOT_TAG!r} unmounted", lambda: "/srv/hot" not in findmnt(rebooted))
+    failed = rebooted.run(["systemctl", "--failed", "--plain", "--no-legend"]).stdout
+    assert "vfs-agent" not in failed and ".mount" not in failed, failed
