@@ -168,7 +168,9 @@ def _keys(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> Iterator
     for key, prop in node.get("properties", {}).items():
         choices = prop.get("anyOf", [prop])
         ref = next((c["$ref"] for c in choices if "$ref" in c), None)
-        items = next((c.get("items", {}) for c in choices if c.get("type") == "array"), {})
+        items: dict[str, Any] = next(
+            (c.get("items", {}) for c in choices if c.get("type") == "array"), {}
+        )
         target = ref or items.get("$ref")
         sub = schema["$defs"][target.rsplit("/", 1)[1]] if target else None
         kinds = sorted({c.get("type", "") for c in choices} - {"", "null"})
