@@ -340,7 +340,8 @@ def daemon(ctx: ops.Context, unmount_on_exit: bool) -> None:
 @pass_ops
 @handle_errors
 def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
-    """Install the generator, the udev rule and its helper, and vfs-agent.service.
+    """Install the generator, the udev rule and its helper, the services, the manual pages and
+    the bash and zsh completions.
 
     For a wheel-only install (packages install them themselves). Then run:
     systemctl daemon-reload; udevadm control --reload; udevadm trigger -s virtio;

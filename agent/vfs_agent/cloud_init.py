@@ -14,7 +14,10 @@ Decisions, so that neither a reboot nor bad user-data makes things worse:
 - a valid key: the drop-in is written atomically (root, 0644) at every boot - cloud-init's
   data owns it, as cloud-init owns its netplan 50-cloud-init.yaml - and then mount-all;
 - no key: a drop-in left by an earlier boot (an earlier instance, or user-data changed since)
-  is removed, so the drop-in always mirrors the current user-data;
+  is removed, so the drop-in always mirrors the current user-data; then the policy files are
+  applied as they are. This is the schema-clean way: cloud-init's own write_files puts a
+  policy file into policy.d (its init stage runs before this unit), no key cloud-init does not
+  know, so `cloud-init schema --system` stays clean and `cloud-init status --wait` exits 0;
 - an invalid key: every problem is reported with the messages of `policy check` and nothing is
   changed (as for any invalid policy; a drop-in from an earlier boot stays); exit 0, boot goes on;
 - cloud-init cannot be queried: reported, nothing changed, exit 0.
@@ -38,13 +41,14 @@ from typing import Any, Protocol
 import click
 import yaml
 
-from vfs_agent import ops, report
+from vfs_agent import ops, policy_cache, report
 from vfs_agent.apply import Outcome
 from vfs_agent.policy_files import DROPIN_DIR
 from vfs_agent.policy_load import (
     PolicyError,
     PolicyProblem,
     field_path,
+    load_policy,
     node_positions,
     parse_text,
 )
@@ -323,13 +327,10 @@ def _apply_config(
     out: Reporter,
 ) -> int:
     if KEY not in config:
-        if remove_dropin(ctx.sysroot):
+        removed = remove_dropin(ctx.sysroot)
+        if removed:
             out.info(f"removed {DROPIN}: the cloud-config has no {KEY} key (any more)")
-            _reload(systemctl, out, ["daemon-reload"])
-            _reload(systemctl, out, RELOAD_DAEMON)
-        else:
-            out.info(f"the cloud-config has no {KEY} key; nothing to do")
-        return 0
+        return _apply_files(ctx, removed, systemctl, mount_all, out)
     text, problems = validate(config[KEY], userdata)
     if text is None:
         for problem in problems:
@@ -356,6 +357,34 @@ def _apply_config(
         changed = False
     code = _mount(ctx, mount_all, out)
     if changed:  # the daemon, if it runs already, holds the policy it read at start
+        _reload(systemctl, out, RELOAD_DAEMON)
+    return code
+
+
+def _apply_files(
+    ctx: ops.Context, removed: bool, systemctl: Systemctl, mount_all: MountAll, out: Reporter
+) -> int:
+    """No vfs_agent key: the policy files as they are, which cloud-init's write_files may have
+    just written (its init stage runs before this unit). When they changed since the policy was
+    last compiled, the generator reruns (daemon-reload) so systemd owns the new mounts, and the
+    daemon rereads them. An invalid policy is reported, nothing is mounted, exit 0."""
+    changed = removed or policy_cache.load(ctx.sysroot) is None
+    try:
+        policy = load_policy(ctx.sysroot, save_compiled=True)
+    except PolicyError as e:
+        for problem in e.problems:
+            out.error(str(problem))
+        out.error(f"invalid policy in {DROPIN_DIR} or its main file: no share was mounted")
+        return 0
+    if not policy.files and not removed:
+        out.info(f"the cloud-config has no {KEY} key and there is no policy; nothing to do")
+        return 0
+    if changed:
+        if policy.files:
+            out.info(f"applying the policy files: {', '.join(policy.files)}")
+        _reload(systemctl, out, ["daemon-reload"])
+    code = _mount(ctx, mount_all, out) if policy.files else 0
+    if changed:
         _reload(systemctl, out, RELOAD_DAEMON)
     return code
 
@@ -397,9 +426,10 @@ def apply_command(ctx: ops.Context) -> None:
     """Write the vfs_agent key of the cloud-config to policy.d/50-cloud-init.yaml and mount.
 
     Run at boot by vfs-agent-cloud-init.service, after cloud-init's config stage and before its
-    final stage (runcmd). No key: a drop-in from an earlier boot is removed. An invalid key is
-    reported and changes nothing; the exit status is still 0 so the boot goes on. Exit 1 only
-    when a required share could not be mounted.
+    final stage (runcmd). No key: a drop-in from an earlier boot is removed and the policy
+    files are applied as they are (for example a file that cloud-init's write_files put into
+    policy.d). An invalid key or policy is reported and changes nothing; the exit status is
+    still 0 so the boot goes on. Exit 1 only when a required share could not be mounted.
     """
     if ctx.policy_path is not None:
         raise click.UsageError("cloud-init apply works on the default policy files; drop --policy")

@@ -65,6 +65,33 @@ BROKEN_USER_DATA = (
 # `cloud-init apply`'s message for BROKEN_USER_DATA: line 6, column 13 of the user-data.
 BROKEN_MESSAGE = "cloud-config vfs_agent:6:13: mounts[0].path: path 'relative/oops' is not absolute"
 DROPIN = "/etc/vfs-agent/policy.d/50-cloud-init.yaml"
+# The schema-clean way: cloud-init's own write_files puts the policy into policy.d.
+WRITTEN = "/etc/vfs-agent/policy.d/60-shares.yaml"
+
+
+def write_files_user_data(policy: str) -> str:
+    content = "".join(f"      {line}\n" for line in policy.splitlines())
+    return (
+        "#cloud-config\n"
+        "write_files:\n"
+        f"  - path: {WRITTEN}\n"
+        "    owner: root:root\n"
+        "    permissions: '0644'\n"
+        "    content: |\n" + content + RUNCMD
+    )
+
+
+WRITE_FILES_POLICY = """\
+version: 1
+mounts:
+  - tag: ci_media
+    path: /mnt/ci-media
+    options: [ro]
+  - tag: ci_data
+    path: /srv/ci-data
+    required: true
+"""
+WRITE_FILES_BROKEN = "version: 1\nmounts:\n  - tag: ci_media\n    path: relative/oops\n"
 
 
 # -- the image with the .deb installed -------------------------------------------------------------
@@ -122,6 +149,7 @@ def boot_with_seed(
 class Booted(NamedTuple):
     vm: VM
     state: str  # what `systemctl is-system-running --wait` said
+    cloud_init_rc: int  # exit status of `cloud-init status --wait`
 
 
 def booted(
@@ -131,8 +159,8 @@ def booted(
     guest = boot_with_seed(image, run_dir, shares, user_data, name)
     try:
         state = guest.wait_system_running(timeout=300)
-        guest.run(["cloud-init", "status", "--wait"], timeout=300)
-        yield Booted(guest, state)
+        status = guest.run(["cloud-init", "status", "--wait", "--long"], timeout=300)
+        yield Booted(guest, state, status.rc)
     finally:
         guest.shutdown()
 
@@ -270,3 +298,70 @@ def test_the_seed_user_data_positions_match_the_message() -> None:
     """BROKEN_MESSAGE's line and column point at the bad value in BROKEN_USER_DATA."""
     line = BROKEN_USER_DATA.splitlines()[5]
     assert line.index("relative/oops") + 1 == 13 and line.strip().startswith("path:")
+
+
+# -- the policy from write_files (no vfs_agent key) -----------------------------------------------
+
+
+class TestWriteFiles:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def boot(
+        cls, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
+    ) -> Iterator[Booted]:
+        user_data = write_files_user_data(WRITE_FILES_POLICY)
+        yield from booted(deb_image, guest_run_dir, share_dirs, user_data, "ci-write-files")
+
+    @pytest.fixture
+    def guest(self, boot: Booted) -> VM:
+        return boot.vm
+
+    def test_cloud_init_is_clean(self, boot: Booted, guest: VM) -> None:
+        """No key cloud-init does not know: status exits 0 (not 2, "degraded") and the schema
+        check of the system's cloud-config finds nothing."""
+        assert boot.cloud_init_rc == 0, guest.run(["cloud-init", "status", "--long"]).stdout
+        schema = guest.run(["cloud-init", "schema", "--system"], timeout=120)
+        assert schema.rc == 0, str(schema)
+        assert "Valid schema" in schema.stdout and "Invalid" not in schema.stdout, str(schema)
+
+    def test_the_shares_were_mounted_when_runcmd_ran(self, guest: VM) -> None:
+        seen = runcmd_mounts(guest)
+        assert set(seen) == {"ci_media", "ci_data"}
+        assert seen["ci_media"][0] == "/mnt/ci-media"
+        assert "ro" in seen["ci_media"][1].split(",")
+        assert seen["ci_data"][0] == "/srv/ci-data"
+        assert guest.run(["test", "-e", DROPIN]).rc == 1  # no key, no drop-in of the hook
+
+    def test_the_hook_applied_the_file_and_systemd_owns_the_mounts(self, guest: VM) -> None:
+        assert unit_property(guest, "vfs-agent-cloud-init.service", "Result") == "success"
+        text = journal(guest, "vfs-agent-cloud-init.service")
+        assert f"applying the policy files: /etc/vfs-agent/policy.yaml, {WRITTEN}" in text, text
+        for unit in ("mnt-ci\\x2dmedia.mount", "srv-ci\\x2ddata.mount"):
+            assert unit_property(guest, unit, "ActiveState") == "active", unit
+            assert unit_property(guest, unit, "FragmentPath").startswith("/run/systemd/generator")
+
+    def test_the_boot_finished(self, boot: Booted) -> None:
+        assert boot.state in ("running", "degraded")
+        no_failed_units_of_ours(boot.vm)
+
+
+class TestWriteFilesBroken:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def boot(
+        cls, deb_image: GuestImage, guest_run_dir: Path, share_dirs: dict[str, Path]
+    ) -> Iterator[Booted]:
+        user_data = write_files_user_data(WRITE_FILES_BROKEN)
+        yield from booted(deb_image, guest_run_dir, share_dirs, user_data, "ci-wf-broken")
+
+    def test_reported_with_its_line_and_the_boot_goes_on(self, boot: Booted) -> None:
+        guest = boot.vm
+        assert boot.cloud_init_rc == 0
+        assert boot.state in ("running", "degraded")
+        no_failed_units_of_ours(guest)
+        assert unit_property(guest, "cloud-final.service", "Result") == "success"
+        assert runcmd_mounts(guest) == {}  # runcmd ran; nothing was mounted
+        message = f"{WRITTEN}:4:11: mounts[0].path: path 'relative/oops' is not absolute"
+        assert message in journal(guest, "vfs-agent-cloud-init.service")
+        output_log = guest.get_file("/var/log/cloud-init-output.log").decode(errors="replace")
+        assert f"vfs-agent: error: {message}" in output_log

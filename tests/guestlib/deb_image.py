@@ -3,7 +3,8 @@
 The systemd and cloud-init tests run against it, as users of the package would: `apt-get
 install ./vfs-agent_*.deb` in the chroot of a recipe's base tree (Debian 13, or Debian 12 with
 its own pydantic 1.10). The base trees already hold the packages the .deb depends on, so apt
-downloads nothing, but it checks every Depends: a floor the release does not meet fails here.
+has nothing to download, but it checks every Depends: a floor the release does not meet fails
+here (apt would look for a newer package in the release's archive and find none).
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ def _break_hardlinks(directory: Path) -> None:
 
 
 def _install_deb(tree: Path, deb: Path, recipe: Recipe, log: Path) -> None:
-    """apt-get install of the .deb in the tree, with no download allowed (the base tree holds
-    the dependencies, apt checks their versions); then the harness's command channel, as
-    image.py does."""
+    """`apt-get install ./the.deb` in the tree (the base tree holds the dependencies, so apt
+    only checks their versions; with `--no-download` apt 2.6 refuses a local .deb); then the
+    harness's command channel, as image.py does."""
     for directory in ("var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/log", "var/lib/systemd"):
         _break_hardlinks(tree / directory)
     staged = tree / "tmp" / deb.name
     shutil.copy2(deb, staged)
-    apt = ["apt-get", "install", "-y", "--no-install-recommends", "--no-download"]
+    apt = ["apt-get", "install", "-y", "--no-install-recommends"]
     try:
         with chroot_mounts(tree):
             chroot = ["chroot", str(tree)]

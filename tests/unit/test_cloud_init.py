@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from faketree import FakeTree
+from faketree import FakeTree, write_policy
 from test_apply import RecordingMounter
 
 from vfs_agent import cloud_init, ops
@@ -205,7 +205,43 @@ def test_absent_key_removes_the_dropin_of_an_earlier_boot(boot: Harness) -> None
     ]
     assert boot.mounter.mounts[1:] == []  # mounted once, at the first boot only
     assert boot.run(query_json(None, {})) == 0
-    assert boot.out.infos == ["the cloud-config has no vfs_agent key; nothing to do"]
+    assert boot.out.infos == [
+        "the cloud-config has no vfs_agent key and there is no policy; nothing to do"
+    ]
+    assert boot.systemctl == []
+
+
+WRITE_FILES_POLICY = "version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media}\n"
+
+
+def test_a_policy_from_write_files_is_applied_without_a_key(boot: Harness) -> None:
+    """cloud-init's write_files put a file into policy.d before this runs: the generator reruns
+    (daemon-reload), the share is mounted, the daemon rereads the policy; at the next boot,
+    with the same files, only mount-all runs (idempotent)."""
+    write_policy(boot.tree.root / "etc/vfs-agent/policy.d/60-shares.yaml", WRITE_FILES_POLICY)
+    assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
+    assert [m[1] for m in boot.mounter.mounts] == [str(boot.tree.root / "mnt/media")]
+    assert boot.systemctl == [
+        ["daemon-reload"],
+        ["try-reload-or-restart", "--no-block", "vfs-agent.service"],
+    ]
+    assert not boot.out.errors
+    assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
+    assert boot.systemctl == []
+
+
+def test_a_broken_policy_from_write_files_is_reported_and_the_boot_goes_on(
+    boot: Harness,
+) -> None:
+    broken = "version: 1\nmounts:\n  - tag: media_tag\n    path: relative/oops\n"
+    name = "/etc/vfs-agent/policy.d/60-shares.yaml"
+    write_policy(boot.tree.root / name.lstrip("/"), broken)
+    assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
+    assert (
+        boot.out.errors[0] == f"{name}:4:11: mounts[0].path: path 'relative/oops' is not absolute"
+    )
+    assert "no share was mounted" in boot.out.errors[-1]
+    assert boot.mounter.mounts == [] and boot.systemctl == []
 
 
 def test_cloud_init_query_failure_changes_nothing(boot: Harness) -> None:
@@ -320,5 +356,13 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
 def test_shipped_examples_are_valid(example: Path) -> None:
     user_data = example.read_text()
     assert user_data.startswith("#cloud-config\n")
-    text, problems = cloud_init.validate(yaml.safe_load(user_data)["vfs_agent"], user_data)
-    assert problems == [] and text is not None
+    config = yaml.safe_load(user_data)
+    if "vfs_agent" in config:
+        text, problems = cloud_init.validate(config["vfs_agent"], user_data)
+        assert problems == [] and text is not None
+        return
+    policies = [f for f in config["write_files"] if f["path"].startswith("/etc/vfs-agent/")]
+    assert policies
+    for entry in policies:
+        assert entry["path"].endswith(".yaml") and entry["permissions"] == "0644"
+        parse_text(entry["content"], entry["path"])
