@@ -6,8 +6,14 @@ through its bundled `pydantic.v1` (the same 1.10 code, shipped by pydantic 2 for
 So there is one validator, one set of error types and one JSON Schema on both: the error texts
 of `policy check` and the output of `policy schema` cannot drift between distributions.
 
-Everything else imports the pydantic names it needs from here, plus three helpers that hide the
-remaining API surface: `validate`, `error_details` and `json_schema`.
+Everything else imports the pydantic names it needs from here, plus the helpers that hide the
+remaining API surface (`validate`, `error_details`, `json_schema`, `field_*`, `fields_set`).
+
+Limit, for maintainers: pydantic 3 will drop `pydantic.v1`, and pydantic 2.12 does not support
+`pydantic.v1` on Python 3.14. pyproject pins pydantic < 3; when a release vfs-agent supports
+ships Python 3.14, this module is where a native 2.x path goes (the rest of the code only
+sees the names and helpers above, and tests/policies/ plus tests/policies/schema.json say
+what must stay the same).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ __all__ = [
     "conint",
     "error_details",
     "field_description",
+    "field_model",
     "field_names",
     "fields_set",
     "json_schema",
