@@ -114,6 +114,21 @@ def test_installed_by_apt_from_debian_12_packages_only(guest: VM) -> None:
     assert owner.startswith("python3-pydantic:")
 
 
+def test_man_pages_and_completion_are_installed(guest: VM) -> None:
+    for path in (
+        "/usr/share/man/man1/vfs-agent.1.gz",
+        "/usr/share/man/man5/vfs-agent.policy.5.gz",
+        "/usr/share/bash-completion/completions/vfs-agent",
+        "/usr/share/zsh/vendor-completions/_vfs-agent",
+    ):
+        owner = guest.run(["dpkg", "-S", path])
+        assert owner.stdout.startswith("vfs-agent: "), str(owner)
+    # What the installed bash script asks the program, answered by click 8.1 (Debian 12's).
+    env = "_VFS_AGENT_COMPLETE=bash_complete COMP_WORDS='vfs-agent mou' COMP_CWORD=1"
+    answer = guest.run(f"env {env} vfs-agent", check=True).stdout.split()
+    assert {"plain,mount", "plain,mount-all"} <= set(answer), answer
+
+
 def test_units_enabled_and_the_daemon_runs(guest: VM) -> None:
     state = guest.wait_system_running()
     assert state in ("running", "degraded"), state
