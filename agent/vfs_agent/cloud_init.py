@@ -41,9 +41,9 @@ from typing import Any, Protocol
 import click
 import yaml
 
-from vfs_agent import ops, policy_cache, report
+from vfs_agent import ops, report
 from vfs_agent.apply import Outcome
-from vfs_agent.policy_files import DROPIN_DIR
+from vfs_agent.policy_files import DROPIN_DIR, policy_files
 from vfs_agent.policy_load import (
     PolicyError,
     PolicyProblem,
@@ -60,6 +60,7 @@ from vfs_agent.systemd_units import systemd_running
 KEY = "vfs_agent"
 SOURCE = "cloud-config vfs_agent"  # the "file name" in error messages
 DROPIN = f"{DROPIN_DIR}/50-cloud-init.yaml"
+GENERATOR_DIR = "/run/systemd/generator"
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 QUERY = ["cloud-init", "query", "--all"]
 # --no-block: never wait on a job from inside the boot; a daemon not (yet) running reads the
@@ -365,10 +366,10 @@ def _apply_files(
     ctx: ops.Context, removed: bool, systemctl: Systemctl, mount_all: MountAll, out: Reporter
 ) -> int:
     """No vfs_agent key: the policy files as they are, which cloud-init's write_files may have
-    just written (its init stage runs before this unit). When they changed since the policy was
-    last compiled, the generator reruns (daemon-reload) so systemd owns the new mounts, and the
-    daemon rereads them. An invalid policy is reported, nothing is mounted, exit 0."""
-    changed = removed or policy_cache.load(ctx.sysroot) is None
+    just written (its init stage runs before this unit). When they changed after the generator
+    last ran, it reruns (daemon-reload) so systemd owns the new mounts, and the daemon rereads
+    them. An invalid policy is reported, nothing is mounted, exit 0."""
+    changed = removed or _newer_than_generator(ctx.sysroot)
     try:
         policy = load_policy(ctx.sysroot, save_compiled=True)
     except PolicyError as e:
@@ -387,6 +388,23 @@ def _apply_files(
     if changed:
         _reload(systemctl, out, RELOAD_DAEMON)
     return code
+
+
+def _newer_than_generator(sysroot: SysRoot) -> bool:
+    """Whether a policy file (or the drop-in directory: a removed file) changed after systemd
+    last ran its generators. systemd recreates GENERATOR_DIR at each run; both times come from
+    the same clock in the same boot. No such directory (no systemd, --root): True."""
+    try:
+        generated = os.stat(sysroot.path(GENERATOR_DIR)).st_mtime
+    except OSError:
+        return True
+    paths = [sysroot.path(name) for name in policy_files(sysroot, None)]
+    paths.append(sysroot.path(DROPIN_DIR))
+    times = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            times.append(os.stat(path).st_mtime)
+    return any(t >= generated for t in times)
 
 
 def _mount(ctx: ops.Context, mount_all: MountAll, out: Reporter) -> int:

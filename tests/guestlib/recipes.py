@@ -56,11 +56,20 @@ _COMMON = (
 
 # Debian 13, kernel 6.12: virtiofs, fuse, virtio_pci and virtio_console are built in.
 # python3-cffi-backend: cloud-init pulls a virtual package that debootstrap cannot resolve on
-# its own (DESIGN.md section 6).
+# its own (DESIGN.md section 6). iproute2 and openssh-client: what every cloud image has and
+# cloud-init uses (network report, host keys); without them cloud-init warns and
+# `cloud-init status --wait` exits 2, so a test could not see vfs-agent keep it at 0.
 TRIXIE = Recipe(
     name="trixie",
     suite="trixie",
-    debootstrap_packages=(*_COMMON, "python3-pydantic", "cloud-init", "python3-cffi-backend"),
+    debootstrap_packages=(
+        *_COMMON,
+        "python3-pydantic",
+        "cloud-init",
+        "python3-cffi-backend",
+        "iproute2",
+        "openssh-client",
+    ),
     # Installed afterwards inside the chroot: the kernel's postinst needs /proc and a sane /dev.
     chroot_packages=("linux-image-amd64", "initramfs-tools", "zstd"),
 )

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,18 @@ def test_a_policy_from_write_files_is_applied_without_a_key(boot: Harness) -> No
         ["try-reload-or-restart", "--no-block", "vfs-agent.service"],
     ]
     assert not boot.out.errors
+    # The next boot: the generator ran after the files were written, so no reload.
+    generator = boot.tree.root / "run/systemd/generator"
+    generator.mkdir(parents=True)
+    later = time.time() + 10
+    os.utime(generator, (later, later))
     assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
     assert boot.systemctl == []
+    # A file written after the generator ran (write_files in this boot): reload again.
+    policy = boot.tree.root / "etc/vfs-agent/policy.d/60-shares.yaml"
+    os.utime(policy, (later + 1, later + 1))
+    assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
+    assert boot.systemctl[0] == ["daemon-reload"]
 
 
 def test_a_broken_policy_from_write_files_is_reported_and_the_boot_goes_on(
