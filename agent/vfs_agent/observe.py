@@ -1,12 +1,14 @@
-"""One look at the system: shares, mount table, dead mounts. Everything plan() needs."""
+"""One look at the system: shares, mount table, liveness of share mounts. Everything plan()
+needs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from vfs_agent.discovery import Discovery, discover
+from vfs_agent.liveness import Liveness, probe
 from vfs_agent.model import Mounted, Transport
-from vfs_agent.mounttable import probe_dead, read_mount_table
+from vfs_agent.mounttable import read_mount_table, top_mounts
 from vfs_agent.sysroot import SysRoot
 
 SHARE_FSTYPES = frozenset(t.value for t in Transport)
@@ -16,9 +18,17 @@ SHARE_FSTYPES = frozenset(t.value for t in Transport)
 class Observed:
     discovery: Discovery
     table: list[Mounted]
-    dead: frozenset[str]
+    dead: frozenset[str]  # share mounts that answer ENOTCONN (device gone)
+    unresponsive: frozenset[str]  # share mounts that did not answer at all (daemon gone)
 
 
 def observe(sysroot: SysRoot) -> Observed:
     table = read_mount_table(sysroot)
-    return Observed(discover(sysroot), table, probe_dead(sysroot, table, SHARE_FSTYPES))
+    targets = [e.target for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
+    liveness = probe(sysroot, targets)
+    return Observed(
+        discover(sysroot),
+        table,
+        frozenset(t for t, v in liveness.items() if v is Liveness.DEAD),
+        frozenset(t for t, v in liveness.items() if v is Liveness.UNRESPONSIVE),
+    )

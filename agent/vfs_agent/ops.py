@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.fuse_abort import abort_connection
 from vfs_agent.installed import udev_rule_installed
 from vfs_agent.lock import mount_lock
-from vfs_agent.model import Transport
+from vfs_agent.model import Mounted, Transport
 from vfs_agent.modules import ensure_filesystem
-from vfs_agent.mounttable import top_mounts
+from vfs_agent.mounttable import read_mount_table, top_mounts
 from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import WANTED, Action, ActionKind, plan
@@ -25,6 +27,8 @@ from vfs_agent.render_fstab import fstab_problem, render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
 from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import managed_unit, start_unit
+
+log = logging.getLogger(__name__)
 
 
 class OperationError(Exception):
@@ -69,7 +73,7 @@ class Planned:
 def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
     policy = policy or ctx.policy()
     observed = observe(ctx.sysroot)
-    actions = plan(observed.discovery, policy, observed.table, observed.dead)
+    actions = plan(observed.discovery, policy, observed.table, observed.dead, observed.unresponsive)
     return Planned(policy, observed, actions)
 
 
@@ -120,12 +124,23 @@ def mount_one(
 
 
 def umount(
-    ctx: Context, target: str, *, lazy: bool, dry_run: bool, mounter: Mounter | None = None
+    ctx: Context,
+    target: str,
+    *,
+    lazy: bool,
+    dry_run: bool,
+    abort: bool = False,
+    mounter: Mounter | None = None,
 ) -> list[str]:
-    """Unmount a share by mount path or by tag (every mount of it). Returns the paths."""
+    """Unmount a share by mount path or by tag (every mount of it). Returns the paths.
+
+    With `abort`, the FUSE connection of each virtio-fs mount is aborted first (processes stuck
+    in it get an error), then the mount is detached: the way out of a mount whose virtiofsd
+    died. The mount table is read, never the mounts themselves, so a hung mount cannot hang this.
+    """
     mounter = mounter or KernelMounter()
     with ctx.locked(dry_run):
-        table = observe(ctx.sysroot).table
+        table = read_mount_table(ctx.sysroot)
         shares = [e for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
         if target.startswith("/"):
             chosen = [e for e in shares if e.target == target.rstrip("/") or e.target == target]
@@ -135,16 +150,44 @@ def umount(
             chosen = [e for e in shares if e.source == target]
             if not chosen:
                 raise OperationError(f"share {target!r} is not mounted")
-        paths = sorted((e.target for e in chosen), key=lambda p: -p.count("/"))
-        for path in paths:
+        if abort:
+            not_fuse = [e.target for e in chosen if e.fstype != Transport.VIRTIOFS.value]
+            if not_fuse:
+                raise OperationError(
+                    f"{', '.join(not_fuse)}: --abort applies to virtio-fs mounts only "
+                    "(9p has no FUSE connection); use --lazy"
+                )
+        chosen.sort(key=lambda e: -e.target.count("/"))
+        for entry in chosen:
             if dry_run:
                 continue
+            if abort:
+                _abort(ctx, entry)
             try:
-                mounter.umount(str(ctx.sysroot.path(path)), lazy=lazy)
+                mounter.umount(str(ctx.sysroot.path(entry.target)), lazy=lazy or abort)
             except OSError as e:
                 hint = "; retry with --lazy" if e.errno == errno.EBUSY and not lazy else ""
-                raise OperationError(f"Failed to unmount {path}: {e.strerror}{hint}") from None
-        return paths
+                raise OperationError(
+                    f"Failed to unmount {entry.target}: {e.strerror}{hint}"
+                ) from None
+        return [e.target for e in chosen]
+
+
+def _abort(ctx: Context, entry: Mounted) -> None:
+    try:
+        abort_connection(ctx.sysroot, entry.device, live=ctx.sysroot.root == Path("/"))
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OperationError(
+            f"Failed to abort the FUSE connection of {entry.target} (device {entry.device}): "
+            f"{why}; is fusectl mounted on /sys/fs/fuse/connections?"
+        ) from None
+    log.warning(
+        "Aborted the FUSE connection of share %r on %s.",
+        entry.source,
+        entry.target,
+        extra={"TAG": entry.source, "MOUNT_PATH": entry.target},
+    )
 
 
 def _apply(

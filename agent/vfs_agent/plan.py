@@ -1,7 +1,9 @@
 """plan(discovery, policy, mount table) -> actions: what mount-all would do, and why.
 
-Pure and deterministic: no I/O. Liveness of existing mounts (ENOTCONN) is probed at the edge and
-passed in as `dead`.
+Pure and deterministic: no I/O. Liveness of existing mounts is probed at the edge (liveness.py)
+and passed in: `dead` (ENOTCONN, the device is gone) and `unresponsive` (no answer: the host's
+daemon is gone while the device stays). Nothing is planned that would touch an unresponsive
+mount or a path below it, so no executor can hang on one.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ class ActionKind(StrEnum):
     ABSENT = "absent"  # a rule names the tag, but no such share is attached
     CONFLICT = "conflict"  # two tags for one path, or the path holds another filesystem
     REFUSE = "refuse"  # unsafe path or unusable options
+    UNRESPONSIVE = "unresponsive"  # the mount at (or above) the path does not answer: left alone
 
 
 # Kinds that describe a mount the policy wants (generators write units/lines for these).
-WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT})
+WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT, ActionKind.UNRESPONSIVE})
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ def plan(
     policy: Policy,
     table: list[Mounted],
     dead: frozenset[str] = frozenset(),
+    unresponsive: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """Decide, for every share and every rule, what to do. See ActionKind."""
     actions: list[Action] = []
@@ -114,6 +118,10 @@ def plan(
                 actions.append(_action(ActionKind.CONFLICT, want, f"{path} is claimed by {tags}"))
             continue
         want = group[0]
+        hung = _hung_mount(path, unresponsive) if want.present else None
+        if hung is not None:
+            actions.append(_action(ActionKind.UNRESPONSIVE, want, _hung_reason(hung)))
+            continue
         elsewhere = [t for t in mounted_at[(want.transport.value, want.tag)] if t != path]
         if want.ref is None and elsewhere and want.present:
             # Only the default rule would mount it; it is in use already (the root filesystem
@@ -131,6 +139,8 @@ def plan(
         gone = (transport, entry.source) not in present and (
             discovery.complete or transport is Transport.NINEP
         )
+        if entry.target in unresponsive and not gone:
+            continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
             actions.append(
@@ -232,6 +242,20 @@ def _against_table(
         ]
     holder = f"{entry.fstype} {entry.source!r}"
     return [_action(ActionKind.CONFLICT, want, f"{want.path} already holds {holder}")]
+
+
+def _hung_mount(path: str, unresponsive: frozenset[str]) -> str | None:
+    """The unresponsive mount at `path` or at one of its parents, if any."""
+    return next(
+        (m for m in unresponsive if path == m or path.startswith(m.rstrip("/") + "/")), None
+    )
+
+
+def _hung_reason(hung: str) -> str:
+    return (
+        f"the mount at {hung} does not answer (has the host's virtio-fs daemon died?); "
+        f"left alone; 'vfs-agent umount --abort {hung}' recovers it"
+    )
 
 
 def _action(kind: ActionKind, want: _Want, reason: str) -> Action:

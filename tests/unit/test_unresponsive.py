@@ -1,0 +1,186 @@
+"""A share whose host daemon died: the probe never hangs the agent, the planner leaves the mount
+alone, status says `unresponsive`, and `umount --abort` aborts its FUSE connection first.
+
+A real hung FUSE mount needs a guest (tests/guest/test_host_faults.py); here a stat that blocks
+stands in for it inside the forked probe, which exercises the same deadline, kill and reaping."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from faketree import FakeTree
+from test_apply import RecordingMounter
+
+from vfs_agent import liveness, ops
+from vfs_agent.cli import main
+from vfs_agent.discovery import Discovery
+from vfs_agent.fuse_abort import connection_id
+from vfs_agent.liveness import Liveness, probe
+from vfs_agent.model import Mounted, Share, Transport
+from vfs_agent.plan import ActionKind, plan
+from vfs_agent.policy import merge
+from vfs_agent.policy_load import parse_text
+from vfs_agent.policy_model import to_section
+from vfs_agent.sysroot import SysRoot
+
+V = Transport.VIRTIOFS
+POLICY = """\
+version: 1
+mounts:
+  - {tag: media_tag, path: /mnt/media}
+  - {tag: inner, path: /mnt/media/inner}
+  - {tag: other, path: /mnt/other}
+"""
+
+
+@pytest.fixture
+def hanging_stat(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Paths whose stat(2) blocks (as on a FUSE mount whose daemon died) or fails ENOTCONN."""
+    hang: set[str] = set()
+    real_stat = os.stat
+
+    def fake_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith("/dead"):
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        if str(path) in hang:
+            time.sleep(3600)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(liveness.os, "stat", fake_stat)
+    return hang
+
+
+def test_probe_sorts_alive_dead_and_unresponsive_within_the_deadline(
+    tmp_path: Path, hanging_stat: set[str]
+) -> None:
+    for name in ("ok", "dead", "hung"):
+        (tmp_path / name).mkdir()
+    hanging_stat.add(str(tmp_path / "hung"))
+    started = time.monotonic()
+    result = probe(SysRoot(tmp_path), ["/ok", "/dead", "/hung"], timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    assert result == {
+        "/ok": Liveness.ALIVE,
+        "/dead": Liveness.DEAD,
+        "/hung": Liveness.UNRESPONSIVE,
+    }
+    # The hung child was killed; it is reaped by the next look, leaving no zombie behind.
+    deadline = time.monotonic() + 5
+    while liveness._UNREAPED and time.monotonic() < deadline:
+        liveness.reap()
+        time.sleep(0.05)
+    assert not liveness._UNREAPED
+
+
+def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> None:
+    """`vfs-agent status | ...` must end when vfs-agent ends, even if a probe child hangs."""
+    script = (
+        "import os, sys, time\n"
+        "from vfs_agent import liveness\n"
+        "from pathlib import Path\nfrom vfs_agent.sysroot import SysRoot\n"
+        "os.stat = lambda *a, **k: time.sleep(3600)\n"
+        "liveness.signal.SIGKILL = liveness.signal.SIGCONT  # the child must outlive us\n"
+        f"print(liveness.probe(SysRoot(Path({str(tmp_path)!r})), ['/x'], timeout=0.2))\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert "UNRESPONSIVE" in done.stdout
+    assert time.monotonic() - started < 10
+
+
+def shares(*tags: str) -> Discovery:
+    return Discovery(tuple(Share(t, V, f"virtio{i}") for i, t in enumerate(tags)), True)
+
+
+def pol() -> object:
+    return merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+
+
+def test_plan_leaves_an_unresponsive_mount_and_everything_below_it_alone() -> None:
+    table = [Mounted(100, 1, "/mnt/media", "virtiofs", "media_tag", device="0:100")]
+    actions = plan(
+        shares("media_tag", "inner", "other"),
+        pol(),  # type: ignore[arg-type]
+        table,
+        unresponsive=frozenset({"/mnt/media"}),
+    )
+    kinds = {a.tag: a.kind for a in actions}
+    assert kinds == {
+        "media_tag": ActionKind.UNRESPONSIVE,
+        "inner": ActionKind.UNRESPONSIVE,
+        "other": ActionKind.MOUNT,
+    }
+    inner = next(a for a in actions if a.tag == "inner")
+    assert "umount --abort /mnt/media" in inner.reason
+
+
+def test_an_unresponsive_mount_whose_share_is_gone_is_detached() -> None:
+    table = [Mounted(100, 1, "/mnt/media", "virtiofs", "media_tag", device="0:100")]
+    actions = plan(
+        shares("other"),
+        pol(),  # type: ignore[arg-type]
+        table,
+        unresponsive=frozenset({"/mnt/media"}),
+    )
+    stale = [a for a in actions if a.kind is ActionKind.UNMOUNT_STALE]
+    assert [a.path for a in stale] == ["/mnt/media"]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> FakeTree:
+    root = FakeTree(tmp_path / "root")
+    for tag in ("media_tag", "other"):
+        root.virtiofs(tag)
+    root.policy(POLICY)
+    root.mounted(("virtiofs", "media_tag", "/mnt/media"), ("virtiofs", "other", "/mnt/other"))
+    return root
+
+
+def test_status_reports_unresponsive_and_keeps_the_others(
+    tree: FakeTree, hanging_stat: set[str]
+) -> None:
+    hanging_stat.add(str(tree.root / "mnt/media"))
+    (tree.root / "mnt/other").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["--root", str(tree.root), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    health = {s["tag"]: s["health"] for s in json.loads(result.stdout)["shares"]}
+    assert health == {"media_tag": "unresponsive", "other": "mounted", "inner": "absent"}
+
+
+def test_connection_id_is_the_kernels_dev_t_encoding() -> None:
+    assert connection_id("0:53") == 53
+    assert connection_id("259:3") == (259 << 20) | 3
+
+
+def test_umount_abort_writes_the_connection_abort_then_detaches(tree: FakeTree) -> None:
+    abort = tree.write("sys/fs/fuse/connections/100/abort", "")
+    mounter = RecordingMounter()
+    paths = ops.umount(
+        ops.Context(SysRoot(tree.root)),
+        "media_tag",
+        lazy=False,
+        abort=True,
+        dry_run=False,
+        mounter=mounter,
+    )
+    assert paths == ["/mnt/media"]
+    assert abort.read_text() == "1\n"
+    assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
+
+
+def test_umount_abort_without_fusectl_says_what_to_do(tree: FakeTree) -> None:
+    result = CliRunner().invoke(main, ["--root", str(tree.root), "umount", "--abort", "/mnt/media"])
+    assert result.exit_code == 1
+    assert "Failed to abort the FUSE connection of /mnt/media (device 0:100)" in result.stderr
+    assert "fusectl" in result.stderr
