@@ -192,8 +192,9 @@ def mount(ctx: ops.Context, tag: str, path: str | None, dry_run: bool, as_json: 
 @click.option(
     "--abort",
     is_flag=True,
-    help="For a virtio-fs mount whose host daemon died: abort its FUSE connection (processes "
-    "stuck in it get an error), then detach it.",
+    help="For a mount whose host daemon died: abort its FUSE connection where the kernel "
+    "allows it, then detach it at once. The kernel cannot abort virtio-fs connections: "
+    "requests already sent wait until the host answers or removes the device.",
 )
 @dry_run_option
 @json_option

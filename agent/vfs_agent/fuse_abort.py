@@ -1,17 +1,20 @@
-"""Abort a FUSE connection (virtio-fs is FUSE underneath) through the fusectl filesystem.
+"""Abort a FUSE connection through the fusectl filesystem, where the kernel lists it.
 
 Writing to /sys/fs/fuse/connections/N/abort ends every request of the connection with an error,
-so processes blocked on a mount whose virtiofsd died are freed, and later accesses fail at once
-instead of hanging. N is the mount's device number as the kernel encodes it (major << 20 |
-minor), the third field of /proc/self/mountinfo. Documented in the kernel's
-Documentation/filesystems/fuse.rst ("Aborting a filesystem connection").
+so processes blocked on a dead FUSE mount are freed. N is the mount's device number as the
+kernel encodes it (major << 20 | minor), the third field of /proc/self/mountinfo (the kernel's
+Documentation/filesystems/fuse.rst, "Aborting a filesystem connection").
+
+virtio-fs is FUSE underneath, but the kernel does not list its connections there (the virtio-fs
+driver marks them `no_control`) and refuses MNT_FORCE for it (`no_force_umount`): a request that
+reached a virtio-fs device can only end when the device answers. For those mounts this module
+says so, and the caller detaches the mount so no new process walks into it.
 """
 
 from __future__ import annotations
 
 import os
 
-from vfs_agent import syscalls
 from vfs_agent.sysroot import SysRoot
 
 CONNECTIONS = "/sys/fs/fuse/connections"
@@ -23,14 +26,15 @@ def connection_id(device: str) -> int:
     return (major << 20) | minor
 
 
-def abort_connection(sysroot: SysRoot, device: str, *, live: bool) -> None:
-    """Abort the FUSE connection of the mount with `device`. On the live system fusectl is
-    mounted first when nobody did (systemd normally has); raises OSError with what failed."""
+def abort_connection(sysroot: SysRoot, device: str) -> bool:
+    """Abort the FUSE connection of the mount with `device`. False when the kernel does not list
+    it (virtio-fs, or fusectl not mounted); raises OSError when the abort itself fails."""
     abort = f"{CONNECTIONS}/{connection_id(device)}/abort"
-    if not sysroot.exists(abort) and live and not sysroot.listdir(CONNECTIONS):
-        syscalls.mount("fusectl", str(sysroot.path(CONNECTIONS)), "fusectl", 0, "")
+    if not sysroot.exists(abort):
+        return False
     fd = os.open(sysroot.path(abort), os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, b"1\n")
     finally:
         os.close(fd)
+    return True

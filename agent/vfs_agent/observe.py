@@ -24,10 +24,16 @@ class Observed:
 
 def observe(sysroot: SysRoot) -> Observed:
     table = read_mount_table(sysroot)
-    targets = [e.target for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
-    liveness = probe(sysroot, targets)
+    discovery = discover(sysroot)
+    mounts = [(e.target, e.device) for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
+    devices = " ".join(
+        sorted(
+            f"{s.device}={s.tag.encode('utf-8', 'surrogateescape').hex()}" for s in discovery.shares
+        )
+    )
+    liveness = probe(sysroot, mounts, devices)
     return Observed(
-        discover(sysroot),
+        discovery,
         table,
         frozenset(t for t, v in liveness.items() if v is Liveness.DEAD),
         frozenset(t for t, v in liveness.items() if v is Liveness.UNRESPONSIVE),

@@ -134,9 +134,9 @@ def umount(
 ) -> list[str]:
     """Unmount a share by mount path or by tag (every mount of it). Returns the paths.
 
-    With `abort`, the FUSE connection of each virtio-fs mount is aborted first (processes stuck
-    in it get an error), then the mount is detached: the way out of a mount whose virtiofsd
-    died. The mount table is read, never the mounts themselves, so a hung mount cannot hang this.
+    With `abort`, the FUSE connection of each mount is aborted first where the kernel allows it
+    (fuse_abort.py), then the mount is detached: the way out of a mount whose virtiofsd died.
+    The mount table is read, never the mounts themselves, so a hung mount cannot hang this.
     """
     mounter = mounter or KernelMounter()
     with ctx.locked(dry_run):
@@ -174,20 +174,30 @@ def umount(
 
 
 def _abort(ctx: Context, entry: Mounted) -> None:
+    fields = {"TAG": entry.source, "MOUNT_PATH": entry.target}
     try:
-        abort_connection(ctx.sysroot, entry.device, live=ctx.sysroot.root == Path("/"))
+        aborted = abort_connection(ctx.sysroot, entry.device)
     except (OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise OperationError(
-            f"Failed to abort the FUSE connection of {entry.target} (device {entry.device}): "
-            f"{why}; is fusectl mounted on /sys/fs/fuse/connections?"
+            f"Failed to abort the FUSE connection of {entry.target} (device {entry.device}): {why}"
         ) from None
-    log.warning(
-        "Aborted the FUSE connection of share %r on %s.",
-        entry.source,
-        entry.target,
-        extra={"TAG": entry.source, "MOUNT_PATH": entry.target},
-    )
+    if aborted:
+        log.warning(
+            "Aborted the FUSE connection of share %r on %s.",
+            entry.source,
+            entry.target,
+            extra=fields,
+        )
+    else:
+        log.warning(
+            "The kernel offers no abort for the virtio-fs mount of %r on %s; detaching it so "
+            "nothing new enters it. Requests already sent to its device wait until the host "
+            "answers or removes the device.",
+            entry.source,
+            entry.target,
+            extra=fields,
+        )
 
 
 def _apply(

@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -584,6 +585,32 @@ class VM:
         qmp.wait_event("DEVICE_DELETED", timeout, lambda d: d.get("device") == handle.ident)
         qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
         self._drop_share(handle)
+
+    def unplug_shares(self, tags: Sequence[str], timeout: float = 120.0) -> None:
+        """device_del every share at once (a burst), then wait for every DEVICE_DELETED."""
+        handles = []
+        for tag in tags:
+            handle = self.shares.get(tag)
+            if handle is None:
+                raise HarnessError(f"{self.config.name} has no share tagged {tag!r}")
+            handles.append(handle)
+        qmp = self._qmp()
+        for handle in handles:
+            qmp.execute("device_del", {"id": handle.ident})
+        deadline = time.monotonic() + timeout
+        for handle in handles:
+            left = max(1.0, deadline - time.monotonic())
+            qmp.wait_event("DEVICE_DELETED", left, lambda d, i=handle.ident: d.get("device") == i)
+            qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
+            self._drop_share(handle)
+
+    def kill_share_daemon(self, tag: str) -> None:
+        """SIGKILL the virtiofsd of a share, as a crash would; the device stays attached."""
+        handle = self.shares.get(tag)
+        if handle is None or handle.daemon is None:
+            raise HarnessError(f"{self.config.name} has no running daemon for {tag!r}")
+        os.killpg(handle.daemon.pid, signal.SIGKILL)
+        handle.daemon.wait(10.0)
 
     def _drop_share(self, handle: ShareHandle) -> None:
         if handle.daemon is not None and not handle.daemon.wait(3.0):

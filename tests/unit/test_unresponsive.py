@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,18 @@ mounts:
 """
 
 
+@pytest.fixture(autouse=True)
+def no_probe_left_behind() -> Iterator[None]:
+    """Stuck probe children of one test must not be seen by the next."""
+    yield
+    for pid in liveness._CHILDREN:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while liveness._CHILDREN and time.monotonic() < deadline:
+        liveness.reap()
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def hanging_stat(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Paths whose stat(2) blocks (as on a FUSE mount whose daemon died) or fails ENOTCONN."""
@@ -65,19 +79,30 @@ def test_probe_sorts_alive_dead_and_unresponsive_within_the_deadline(
         (tmp_path / name).mkdir()
     hanging_stat.add(str(tmp_path / "hung"))
     started = time.monotonic()
-    result = probe(SysRoot(tmp_path), ["/ok", "/dead", "/hung"], timeout=0.5)
+    mounts = [("/ok", "0:1"), ("/dead", "0:2"), ("/hung", "0:3")]
+    result = probe(SysRoot(tmp_path), mounts, "virtio1=61", timeout=0.5)
     assert time.monotonic() - started < 2.0
     assert result == {
         "/ok": Liveness.ALIVE,
         "/dead": Liveness.DEAD,
         "/hung": Liveness.UNRESPONSIVE,
     }
-    # The hung child was killed; it is reaped by the next look, leaving no zombie behind.
+    # The stuck child is remembered: the next look at the same devices sends no second probe.
+    [stuck] = liveness._CHILDREN
+    assert (tmp_path / "run/vfs-agent/probes/0_3").read_text().startswith(f"{stuck}\n")
+    again = probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio1=61", timeout=0.5)
+    assert again == {"/hung": Liveness.UNRESPONSIVE}
+    assert {stuck} == liveness._CHILDREN
+    # Once the devices change (the host removed the dead one), the mount is probed afresh.
+    probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio2=61", timeout=0.2)
+    assert len(liveness._CHILDREN) == 2
+    for pid in liveness._CHILDREN:
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while liveness._UNREAPED and time.monotonic() < deadline:
+    while liveness._CHILDREN and time.monotonic() < deadline:
         liveness.reap()
         time.sleep(0.05)
-    assert not liveness._UNREAPED
+    assert not liveness._CHILDREN, "probe children must be reaped once they end"
 
 
 def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> None:
@@ -86,9 +111,14 @@ def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> N
         "import os, sys, time\n"
         "from vfs_agent import liveness\n"
         "from pathlib import Path\nfrom vfs_agent.sysroot import SysRoot\n"
-        "os.stat = lambda *a, **k: time.sleep(3600)\n"
-        "liveness.signal.SIGKILL = liveness.signal.SIGCONT  # the child must outlive us\n"
-        f"print(liveness.probe(SysRoot(Path({str(tmp_path)!r})), ['/x'], timeout=0.2))\n"
+        "real_stat = os.stat\n"
+        "def hang(p, *a, **k):\n"
+        "    return time.sleep(3600) if str(p).endswith('/x') else real_stat(p, *a, **k)\n"
+        "os.stat = hang\n"
+        f"root = SysRoot(Path({str(tmp_path)!r}))\n"
+        "print(liveness.probe(root, [('/x', '0:9')], '', timeout=0.2))\n"
+        "for pid in liveness._CHILDREN:\n"
+        "    print('child', pid, flush=True)\n"
     )
     started = time.monotonic()
     done = subprocess.run(
@@ -97,6 +127,10 @@ def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "UNRESPONSIVE" in done.stdout
     assert time.monotonic() - started < 10
+    [child] = [
+        int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("child")
+    ]
+    os.kill(child, signal.SIGKILL)
 
 
 def shares(*tags: str) -> Discovery:
@@ -179,8 +213,30 @@ def test_umount_abort_writes_the_connection_abort_then_detaches(tree: FakeTree) 
     assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
 
 
-def test_umount_abort_without_fusectl_says_what_to_do(tree: FakeTree) -> None:
-    result = CliRunner().invoke(main, ["--root", str(tree.root), "umount", "--abort", "/mnt/media"])
+def test_umount_abort_of_virtiofs_detaches_and_says_the_kernel_cannot_abort(
+    tree: FakeTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """virtio-fs connections are not in fusectl (the kernel marks them no_control)."""
+    mounter = RecordingMounter()
+    with caplog.at_level("WARNING"):
+        paths = ops.umount(
+            ops.Context(SysRoot(tree.root)),
+            "/mnt/media",
+            lazy=False,
+            abort=True,
+            dry_run=False,
+            mounter=mounter,
+        )
+    assert paths == ["/mnt/media"]
+    assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
+    assert "The kernel offers no abort for the virtio-fs mount of 'media_tag'" in caplog.text
+
+
+def test_umount_abort_refuses_9p(tmp_path: Path) -> None:
+    root = FakeTree(tmp_path / "root")
+    root.ninep("p9")
+    root.policy("version: 1\n")
+    root.mounted(("9p", "p9", "/mnt/p9"))
+    result = CliRunner().invoke(main, ["--root", str(root.root), "umount", "--abort", "p9"])
     assert result.exit_code == 1
-    assert "Failed to abort the FUSE connection of /mnt/media (device 0:100)" in result.stderr
-    assert "fusectl" in result.stderr
+    assert "--abort applies to virtio-fs mounts only" in result.stderr
