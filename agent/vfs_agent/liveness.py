@@ -70,7 +70,8 @@ def probe(
                 target, _, pid = children.pop(fd)
                 result[target] = _verdict(os.read(fd, 16))
                 os.close(fd)
-                _reap_one(pid)
+                os.waitpid(pid, 0)  # it answered, so it is exiting: nothing left to block on
+                _CHILDREN.discard(pid)
     finally:
         for fd, (target, device, pid) in children.items():
             os.close(fd)
