@@ -604,6 +604,15 @@ class VM:
             qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
             self._drop_share(handle)
 
+    def request_unplug(self, tag: str) -> None:
+        """device_del without waiting for the guest's ack: a guest cannot finish removing a
+        virtio-fs device while requests to a dead virtiofsd are in flight. The device keeps
+        its slot until QEMU stops; its tag is free for a new share at once."""
+        handle = self.shares.pop(tag, None)
+        if handle is None:
+            raise HarnessError(f"{self.config.name} has no share tagged {tag!r}")
+        self._qmp().execute("device_del", {"id": handle.ident})
+
     def kill_share_daemon(self, tag: str) -> None:
         """SIGKILL the virtiofsd of a share, as a crash would; the device stays attached."""
         handle = self.shares.get(tag)
