@@ -11,6 +11,8 @@ through all of it and clean up what it can.
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +32,13 @@ mounts:
   - {tag: victim, path: /mnt/victim}
   - {tag: victim2, path: /mnt/victim2}
   - {tag: "burst-*", path: "/srv/burst/{tag}"}
+  - {tag: "race-*", path: "/srv/race/{tag}"}
 """
 LOG = "/var/log/vfs-agent-daemon.log"
 START = f"setsid -f sh -c 'exec vfs-agent -v daemon >>{LOG} 2>&1 </dev/null'"
 BURST = 16
+RACE_OPS = 200
+RACE_TAGS = [f"race-{i}" for i in range(5)]
 # A process of the guest's user that walks into the dead mount and hangs there.
 USER_HANGS_ON = "setsid -f sh -c 'exec ls -l {path}/ >/dev/null 2>&1 </dev/null'"
 
@@ -169,3 +174,65 @@ def test_burst_of_sixteen_plugged_and_unplugged_at_once(guest: VM, host_dirs) ->
     assert after["fds"] == before["fds"], (before, after)
     assert after["threads"] == before["threads"] == 1, (before, after)
     print(f"daemon: {before} -> {after}")
+
+
+def race_mounts(guest: VM) -> list[tuple[str, str]]:
+    return sorted((s, t) for s, t in share_mounts(guest) if s.startswith("race-"))
+
+
+def test_two_hundred_racing_plugs_and_unplugs_leave_exactly_the_wanted_mounts(
+    guest: VM, host_dirs
+) -> None:
+    """Random order, random gaps (often none): a plug of a tag whose previous unplug is still in
+    flight, an unplug while the daemon is mounting it. Then the mount table must be exactly what
+    the policy wants for the shares attached, and the daemon must not have grown."""
+    seed = int(os.environ.get("VFS_AGENT_RACE_SEED", time.time()))
+    rng = random.Random(seed)
+    pid = daemon_pid(guest)
+    assert pid is not None
+    before = resources(guest, pid)
+    counts = {"plug": 0, "unplug": 0, "plug-while-unplugging": 0, "unplug-right-after-plug": 0}
+    just_plugged: str | None = None
+    for _ in range(RACE_OPS):
+        guest.collect_unplugged()
+        attached = [t for t in RACE_TAGS if t in guest.shares]
+        free = [t for t in RACE_TAGS if t not in guest.shares]
+        while not guest.free_slots() and not attached:
+            time.sleep(0.2)
+            guest.collect_unplugged()
+        if free and guest.free_slots() and (not attached or rng.random() < 0.5):
+            tag = rng.choice(free)
+            counts["plug-while-unplugging"] += tag in guest.unplugs_pending()
+            guest.hotplug_share(tag, host_dirs["burst"])
+            counts["plug"] += 1
+            just_plugged = tag
+        else:
+            tag = rng.choice(attached)
+            counts["unplug-right-after-plug"] += tag == just_plugged
+            guest.request_unplug(tag)
+            counts["unplug"] += 1
+            just_plugged = None
+        time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.8)]))
+
+    def settled() -> bool:
+        guest.collect_unplugged()
+        wanted = sorted((t, f"/srv/race/{t}") for t in RACE_TAGS if t in guest.shares)
+        return not guest.unplugs_pending() and race_mounts(guest) == wanted
+
+    wait_until("the mounts to match the attached shares", settled, 180)
+    table = guest.run("awk '$5 ~ "^/(srv|mnt)/" {print $5}' /proc/self/mountinfo", check=True).stdout.split()
+    stacked = len(table) - len(set(table))
+    dead = guest.run("ls /srv/race/ /srv/race/* 2>&1 | grep -c 'not connected'").stdout.strip()
+    after = resources(guest, pid)
+    print(
+        f"race (seed {seed}): {counts}; attached at the end: "
+        f"{sorted(t for t in RACE_TAGS if t in guest.shares)}; stacked mounts {stacked}, "
+        f"dead mounts {dead}; daemon {before} -> {after}"
+    )
+    assert stacked == 0
+    assert dead == "0"
+    assert daemon_pid(guest) == pid
+    assert after["fds"] == before["fds"], (before, after)
+    assert after["threads"] == before["threads"] == 1, (before, after)
+    assert after["rss_kb"] - before["rss_kb"] < 5 * 1024, (before, after)
+    assert counts["plug-while-unplugging"] > 0 and counts["unplug-right-after-plug"] > 0

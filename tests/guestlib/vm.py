@@ -205,6 +205,7 @@ class VM:
         self.channel: Channel | None = None
         self.shares: dict[str, ShareHandle] = {}
         self._free_ports: list[str] = []
+        self._unplugging: dict[str, ShareHandle] = {}  # device id -> share being removed
         self._counter = 0
         self.started_at = 0.0  # time.monotonic() when QEMU was started
         self._locked = False
@@ -612,6 +613,31 @@ class VM:
         if handle is None:
             raise HarnessError(f"{self.config.name} has no share tagged {tag!r}")
         self._qmp().execute("device_del", {"id": handle.ident})
+        self._unplugging[handle.ident] = handle
+
+    def free_slots(self) -> int:
+        """Hot-plug slots (PCIe root ports) with no device on them."""
+        return len(self._free_ports)
+
+    def unplugs_pending(self) -> list[str]:
+        """Tags whose request_unplug() the guest has not acknowledged yet."""
+        return [handle.tag for handle in self._unplugging.values()]
+
+    def collect_unplugged(self) -> list[str]:
+        """Finish the request_unplug()s the guest has acknowledged since; returns their tags."""
+        qmp = self._qmp()
+        qmp.execute("query-status")  # reads what QEMU sent so far, events included
+        done = []
+        for event in list(qmp.events):
+            ident = event.get("data", {}).get("device")
+            if event["event"] != "DEVICE_DELETED" or ident not in self._unplugging:
+                continue
+            qmp.events.remove(event)
+            handle = self._unplugging.pop(ident)
+            qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
+            self._drop_share(handle)
+            done.append(handle.tag)
+        return done
 
     def kill_share_daemon(self, tag: str) -> None:
         """SIGKILL the virtiofsd of a share, as a crash would; the device stays attached."""
@@ -624,7 +650,8 @@ class VM:
     def _drop_share(self, handle: ShareHandle) -> None:
         if handle.daemon is not None and not handle.daemon.wait(3.0):
             handle.daemon.stop()
-        self.shares.pop(handle.tag, None)
+        if self.shares.get(handle.tag) is handle:
+            del self.shares[handle.tag]
         self._free_ports.append(handle.bus)
         self._socket(handle).unlink(missing_ok=True)
 
