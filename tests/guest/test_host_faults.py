@@ -220,7 +220,9 @@ def test_two_hundred_racing_plugs_and_unplugs_leave_exactly_the_wanted_mounts(
         return not guest.unplugs_pending() and race_mounts(guest) == wanted
 
     wait_until("the mounts to match the attached shares", settled, 180)
-    table = guest.run("awk '$5 ~ "^/(srv|mnt)/" {print $5}' /proc/self/mountinfo", check=True).stdout.split()
+    table = guest.run(
+        "awk '$5 ~ /^[/](srv|mnt)[/]/ {print $5}' /proc/self/mountinfo", check=True
+    ).stdout.split()
     stacked = len(table) - len(set(table))
     dead = guest.run("ls /srv/race/ /srv/race/* 2>&1 | grep -c 'not connected'").stdout.strip()
     after = resources(guest, pid)
