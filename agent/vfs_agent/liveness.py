@@ -3,7 +3,7 @@
 A virtio-fs mount whose virtiofsd died while the device stays attached does not fail: a request
 that reached the device waits for an answer that never comes. The kernel offers no way out for
 virtio-fs (its FUSE connections are not listed under /sys/fs/fuse/connections and it refuses
-MNT_FORCE), so a stat(2) from the agent itself would hang the agent for good.
+MNT_FORCE), so a statfs(2) from the agent itself would hang the agent for good.
 
 So every probe runs in a forked child that holds nothing but one pipe (no stdout, no lock file,
 no socket), and the parent waits for all children together with one deadline. A child that
@@ -156,7 +156,7 @@ def _spawn(path: str) -> tuple[int, int]:
             with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
                 comm.write(PROBE_COMM)
             try:
-                os.stat(path)
+                os.statvfs(path)  # FUSE_STATFS: never answered from a cache
             except OSError as e:
                 code = e.errno or 0
             os.write(write_end, str(code).encode())

@@ -1,8 +1,9 @@
 """A share whose host daemon died: the probe never hangs the agent, the planner leaves the mount
-alone, status says `unresponsive`, and `umount --abort` aborts its FUSE connection first.
+alone, status says `unresponsive`, and `umount --abort` aborts its FUSE connection where the
+kernel lists it (never for virtio-fs) and detaches the mount.
 
-A real hung FUSE mount needs a guest (tests/guest/test_host_faults.py); here a stat that blocks
-stands in for it inside the forked probe, which exercises the same deadline, kill and reaping."""
+A real hung FUSE mount needs a guest (tests/guest/test_host_faults.py); here a statfs that blocks
+stands in for it inside the forked probe, which exercises the same deadline, memory and reaping."""
 
 from __future__ import annotations
 
@@ -57,18 +58,18 @@ def no_probe_left_behind() -> Iterator[None]:
 
 @pytest.fixture
 def hanging_stat(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Paths whose stat(2) blocks (as on a FUSE mount whose daemon died) or fails ENOTCONN."""
+    """Paths whose statfs(2) blocks (as on a FUSE mount whose daemon died) or fails ENOTCONN."""
     hang: set[str] = set()
-    real_stat = os.stat
+    real_statvfs = os.statvfs
 
-    def fake_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+    def fake_statvfs(path: str) -> os.statvfs_result:
         if str(path).endswith("/dead"):
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
         if str(path) in hang:
             time.sleep(3600)
-        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        return real_statvfs(path)
 
-    monkeypatch.setattr(liveness.os, "stat", fake_stat)
+    monkeypatch.setattr(liveness.os, "statvfs", fake_statvfs)
     return hang
 
 
@@ -111,10 +112,7 @@ def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> N
         "import os, sys, time\n"
         "from vfs_agent import liveness\n"
         "from pathlib import Path\nfrom vfs_agent.sysroot import SysRoot\n"
-        "real_stat = os.stat\n"
-        "def hang(p, *a, **k):\n"
-        "    return time.sleep(3600) if str(p).endswith('/x') else real_stat(p, *a, **k)\n"
-        "os.stat = hang\n"
+        "os.statvfs = lambda p: time.sleep(3600)\n"
         f"root = SysRoot(Path({str(tmp_path)!r}))\n"
         "print(liveness.probe(root, [('/x', '0:9')], '', timeout=0.2))\n"
         "for pid in liveness._CHILDREN:\n"
