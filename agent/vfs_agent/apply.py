@@ -1,14 +1,16 @@
-"""Carry out a plan with mount(2)/umount2(2). The only module that changes mounts."""
+"""Carry out a plan with mount(2)/umount2(2)."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vfs_agent import syscalls
+from vfs_agent import bounded, syscalls
 from vfs_agent.model import Transport
 from vfs_agent.mount_options import to_mount_args
 from vfs_agent.plan import Action, ActionKind
@@ -22,11 +24,21 @@ class Mounter(Protocol):
     def umount(self, target: str, *, lazy: bool = False) -> None: ...
 
 
+MOUNT_TIMEOUT = 30.0  # seconds; a virtio-fs mount(2) takes well under one even under emulation
+
+
 class KernelMounter:
-    """The real thing."""
+    """The real thing. mount(2) runs in a child with a deadline (bounded.py): while the kernel
+    is stuck removing a virtio-fs device, every virtio-fs mount(2) waits for it for good."""
 
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
-        syscalls.mount(source, target, fstype, flags, data)
+        keep = [int(target.rsplit("/", 1)[1])] if target.startswith("/proc/self/fd/") else []
+        call = functools.partial(syscalls.mount, source, target, fstype, flags, data)
+        code = bounded.run(lambda: call() or 0, MOUNT_TIMEOUT, keep=keep)
+        if code == bounded.TIMED_OUT:
+            raise OSError(errno.ETIMEDOUT, f"mount(2) did not return within {MOUNT_TIMEOUT:.0f}s")
+        if code:
+            raise OSError(code, os.strerror(code))
 
     def umount(self, target: str, *, lazy: bool = False) -> None:
         syscalls.umount(target, lazy=lazy)

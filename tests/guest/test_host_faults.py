@@ -36,6 +36,7 @@ mounts:
 """
 LOG = "/var/log/vfs-agent-daemon.log"
 START = f"setsid -f sh -c 'exec vfs-agent -v daemon >>{LOG} 2>&1 </dev/null'"
+BOOT_TAGS = ("good", "victim", "victim2")
 BURST = 16
 RACE_OPS = 200
 RACE_TAGS = [f"race-{i}" for i in range(5)]
@@ -56,14 +57,14 @@ def host_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def guest(boot_guest: BootGuest, host_dirs: dict[str, Path]) -> Iterator[VM]:
-    shares = [(tag, host_dirs[tag]) for tag in ("good", "victim", "victim2")]
+    shares = [(tag, host_dirs[tag]) for tag in BOOT_TAGS]
     vm = boot_guest(
         VMConfig(mode="fast", name="faults-fast", shares=shares, hotplug_slots=BURST + 2)
     )
     vm.put_file("/etc/vfs-agent/policy.yaml", POLICY)
     vm.run("chmod 755 /etc/vfs-agent", check=True)
     vm.run(START, check=True)
-    wait_until("the daemon's first reconcile", lambda: len(share_mounts(vm)) == 3)
+    wait_until("the daemon's first reconcile", lambda: len(share_mounts(vm)) == len(BOOT_TAGS))
     yield vm
     vm.kill()  # processes stuck on a dead device would stall a clean shutdown
 
@@ -74,81 +75,15 @@ def timed(guest: VM, command: str, timeout: float = 120) -> tuple[float, str, in
 
 
 def health(guest: VM) -> tuple[float, dict[str, str]]:
+    """The health of the three boot-time shares, and how long `status` took."""
     seconds, out, rc = timed(guest, "vfs-agent status --json")
     assert rc == 0, out
-    return seconds, {s["tag"]: s["health"] for s in json.loads(out)["shares"]}
+    shares = json.loads(out)["shares"]
+    return seconds, {s["tag"]: s["health"] for s in shares if s["tag"] in BOOT_TAGS}
 
 
 def probes(guest: VM) -> int:
     return len(guest.run("pgrep -x vfs-agent-probe").stdout.split())
-
-
-def test_dead_virtiofsd_is_reported_unresponsive_and_never_blocks(guest: VM) -> None:
-    healthy_seconds, before = health(guest)
-    assert before == {"good": "mounted", "victim": "mounted", "victim2": "mounted"}
-
-    guest.kill_share_daemon("victim")
-    guest.run(USER_HANGS_ON.format(path="/mnt/victim"), check=True)
-    seconds, after = health(guest)
-    print(f"status: {healthy_seconds:.1f}s healthy, {seconds:.1f}s with a dead virtiofsd")
-    assert after == {"good": "mounted", "victim": "unresponsive", "victim2": "mounted"}
-    assert seconds - healthy_seconds < 3.0, (healthy_seconds, seconds)
-
-    text_seconds, text, rc = timed(guest, "vfs-agent status")
-    assert rc == 0 and "unresponsive" in text and "umount --abort /mnt/victim" in text
-    assert text_seconds - healthy_seconds < 3.0
-
-    plan_seconds, out, rc = timed(guest, "vfs-agent plan --json")
-    assert rc == 0
-    kinds = {a["tag"]: a["action"] for a in json.loads(out)["actions"]}
-    assert kinds["victim"] == "unresponsive" and kinds["good"] == "keep"
-    mount_all_seconds, out, rc = timed(guest, "vfs-agent mount-all")
-    assert rc == 0, out  # victim is not required: a warning, not a failure
-    assert "unresponsive" in out
-    print(f"plan {plan_seconds:.1f}s, mount-all {mount_all_seconds:.1f}s")
-    # One stuck probe for the dead mount, however often it was looked at.
-    assert probes(guest) == 1
-
-
-def test_umount_abort_detaches_the_dead_mount_at_once(guest: VM) -> None:
-    seconds, out, rc = timed(guest, "vfs-agent umount --abort /mnt/victim 2>&1")
-    assert rc == 0, out
-    assert "offers no abort for the virtio-fs mount of 'victim'" in out
-    assert seconds < 30
-    assert ("victim", "/mnt/victim") not in share_mounts(guest)
-    _, after = health(guest)
-    assert after["victim"] == "not-mounted"  # the device is still attached, its mount gone
-
-
-def test_replugged_share_is_mounted_at_the_same_path(guest: VM, host_dirs) -> None:
-    """The host replaces the dead device with a new one with the same tag: the daemon mounts the
-    new share where the old one was, and nothing stale stays below it."""
-    guest.request_unplug("victim")
-    guest.hotplug_share("victim", host_dirs["fresh"])
-    wait_until(
-        "the new victim share readable",
-        lambda: guest.run(["cat", "/mnt/victim/fresh.txt"]).stdout == "fresh\n",
-    )
-    assert [t for s, t in share_mounts(guest) if s == "victim"] == ["/mnt/victim"]
-
-
-def test_replug_without_abort_replaces_the_dead_mount(guest: VM, host_dirs) -> None:
-    """The same with nobody calling umount --abort: the daemon itself detaches the dead mount
-    when its device goes, and mounts the new one on the same path, not on top of it."""
-    guest.kill_share_daemon("victim2")
-    guest.run(USER_HANGS_ON.format(path="/mnt/victim2"), check=True)
-    _, seen = health(guest)
-    assert seen["victim2"] == "unresponsive"
-    guest.request_unplug("victim2")
-    guest.hotplug_share("victim2", host_dirs["victim"])
-    wait_until(
-        "the new victim2 share readable",
-        lambda: guest.run(["cat", "/mnt/victim2/victim.txt"]).stdout == "victim\n",
-    )
-    table = guest.run("grep ' /mnt/victim2 ' /proc/self/mountinfo", check=True).stdout
-    assert len(table.splitlines()) == 1, table  # no stacked mount, no dead one below
-    _, after = health(guest)
-    assert after["victim2"] == "mounted" and after["good"] == "mounted"
 
 
 def test_burst_of_sixteen_plugged_and_unplugged_at_once(guest: VM, host_dirs) -> None:
@@ -238,3 +173,75 @@ def test_two_hundred_racing_plugs_and_unplugs_leave_exactly_the_wanted_mounts(
     assert after["threads"] == before["threads"] == 1, (before, after)
     assert after["rss_kb"] - before["rss_kb"] < 5 * 1024, (before, after)
     assert counts["plug-while-unplugging"] > 0 and counts["unplug-right-after-plug"] > 0
+
+
+def test_dead_virtiofsd_is_reported_unresponsive_and_never_blocks(guest: VM) -> None:
+    healthy_seconds, before = health(guest)
+    assert before == {"good": "mounted", "victim": "mounted", "victim2": "mounted"}
+
+    guest.kill_share_daemon("victim")
+    guest.run(USER_HANGS_ON.format(path="/mnt/victim"), check=True)
+    seconds, after = health(guest)
+    print(f"status: {healthy_seconds:.1f}s healthy, {seconds:.1f}s with a dead virtiofsd")
+    assert after == {"good": "mounted", "victim": "unresponsive", "victim2": "mounted"}
+    assert seconds - healthy_seconds < 3.0, (healthy_seconds, seconds)
+
+    text_seconds, text, rc = timed(guest, "vfs-agent status")
+    assert rc == 0 and "unresponsive" in text and "umount --abort /mnt/victim" in text
+    assert text_seconds - healthy_seconds < 3.0
+
+    plan_seconds, out, rc = timed(guest, "vfs-agent plan --json")
+    assert rc == 0
+    kinds = {a["tag"]: a["action"] for a in json.loads(out)["actions"]}
+    assert kinds["victim"] == "unresponsive" and kinds["good"] == "keep"
+    mount_all_seconds, out, rc = timed(guest, "vfs-agent mount-all")
+    assert rc == 0, out  # victim is not required: a warning, not a failure
+    assert "unresponsive" in out
+    print(f"plan {plan_seconds:.1f}s, mount-all {mount_all_seconds:.1f}s")
+    # One stuck probe for the dead mount, however often it was looked at.
+    assert probes(guest) == 1
+
+
+def test_umount_abort_detaches_the_dead_mount_at_once(guest: VM) -> None:
+    seconds, out, rc = timed(guest, "vfs-agent umount --abort /mnt/victim 2>&1")
+    assert rc == 0, out
+    assert "offers no abort for the virtio-fs mount of 'victim'" in out
+    assert seconds < 30
+    assert ("victim", "/mnt/victim") not in share_mounts(guest)
+    _, after = health(guest)
+    assert after["victim"] == "not-mounted"  # the device is still attached, its mount gone
+
+
+def test_removal_of_a_dead_device_detaches_its_mount_and_nothing_hangs(guest: VM) -> None:
+    """The host removes a device whose virtiofsd died while a request is in flight. The kernel
+    cannot finish that removal (it waits for the request while holding virtio-fs's global lock),
+    so no new virtio-fs device or mount can come until the guest reboots. The daemon still
+    detaches the dead mount, status says what happened, and a mount(2) that would wait for the
+    lock for good fails after its deadline instead of hanging the agent."""
+    guest.kill_share_daemon("victim2")
+    guest.run(USER_HANGS_ON.format(path="/mnt/victim2"), check=True)
+    _, seen = health(guest)
+    assert seen["victim2"] == "unresponsive"
+    guest.request_unplug("victim2")
+    wait_until(
+        "the daemon to detach /mnt/victim2",
+        lambda: ("victim2", "/mnt/victim2") not in share_mounts(guest),
+    )
+    seconds, out, rc = timed(guest, "vfs-agent status --json")
+    assert rc == 0, out
+    status = json.loads(out)
+    assert "victim2" not in {s["tag"] for s in status["shares"]}
+    [problem] = status["discovery_problems"]
+    assert "is being removed" in problem and "guest reboot" in problem
+    print(f"status with a removal stuck in the kernel: {seconds:.1f}s")
+
+    guest.hotplug_share("victim2", guest.shares["good"].source)  # cannot come while it lasts
+    seconds, out, rc = timed(guest, "vfs-agent mount good /mnt/extra 2>&1")
+    print(f"mount while virtio-fs is stuck: {seconds:.1f}s, exit {rc}: {out.strip()}")
+    assert rc == 1, out
+    assert "did not return within 30s" in out and "stuck removing a virtio-fs device" in out
+    pid = daemon_pid(guest)
+    assert pid is not None
+    guest.run(f"kill -HUP {pid}", check=True)
+    wait_until("the daemon's reload", lambda: b"Reloaded the policy" in guest.get_file(LOG))
+    assert daemon_pid(guest) == pid

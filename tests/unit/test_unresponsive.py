@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from faketree import FakeTree
 from test_apply import RecordingMounter
 
-from vfs_agent import liveness, ops
+from vfs_agent import bounded, liveness, ops
 from vfs_agent.cli import main
-from vfs_agent.discovery import Discovery
+from vfs_agent.discovery import Discovery, discover
 from vfs_agent.fuse_abort import connection_id
 from vfs_agent.liveness import Liveness, probe
 from vfs_agent.model import Mounted, Share, Transport
@@ -48,11 +48,11 @@ mounts:
 def no_probe_left_behind() -> Iterator[None]:
     """Stuck probe children of one test must not be seen by the next."""
     yield
-    for pid in liveness._CHILDREN:
+    for pid in bounded.unreaped():
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while liveness._CHILDREN and time.monotonic() < deadline:
-        liveness.reap()
+    while bounded.unreaped() and time.monotonic() < deadline:
+        bounded.reap()
         time.sleep(0.02)
 
 
@@ -89,21 +89,21 @@ def test_probe_sorts_alive_dead_and_unresponsive_within_the_deadline(
         "/hung": Liveness.UNRESPONSIVE,
     }
     # The stuck child is remembered: the next look at the same devices sends no second probe.
-    [stuck] = liveness._CHILDREN
+    [stuck] = bounded.unreaped()
     assert (tmp_path / "run/vfs-agent/probes/0_3").read_text().startswith(f"{stuck}\n")
     again = probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio1=61", timeout=0.5)
     assert again == {"/hung": Liveness.UNRESPONSIVE}
-    assert {stuck} == liveness._CHILDREN
+    assert bounded.unreaped() == {stuck}
     # Once the devices change (the host removed the dead one), the mount is probed afresh.
     probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio2=61", timeout=0.2)
-    assert len(liveness._CHILDREN) == 2
-    for pid in liveness._CHILDREN:
+    assert len(bounded.unreaped()) == 2
+    for pid in bounded.unreaped():
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while liveness._CHILDREN and time.monotonic() < deadline:
-        liveness.reap()
+    while bounded.unreaped() and time.monotonic() < deadline:
+        bounded.reap()
         time.sleep(0.05)
-    assert not liveness._CHILDREN, "probe children must be reaped once they end"
+    assert not bounded.unreaped(), "probe children must be reaped once they end"
 
 
 def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> N
         "os.statvfs = lambda p: time.sleep(3600)\n"
         f"root = SysRoot(Path({str(tmp_path)!r}))\n"
         "print(liveness.probe(root, [('/x', '0:9')], '', timeout=0.2))\n"
-        "for pid in liveness._CHILDREN:\n"
+        "for pid in liveness.bounded.unreaped():\n"
         "    print('child', pid, flush=True)\n"
     )
     started = time.monotonic()
@@ -238,3 +238,50 @@ def test_umount_abort_refuses_9p(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--root", str(root.root), "umount", "--abort", "p9"])
     assert result.exit_code == 1
     assert "--abort applies to virtio-fs mounts only" in result.stderr
+
+
+def test_bounded_run_returns_the_errno_or_times_out_without_waiting_for_the_child() -> None:
+    def fails() -> int:
+        raise OSError(errno.EBUSY, "busy")
+
+    assert bounded.run(lambda: 0, 5) == 0
+    assert bounded.run(fails, 5) == errno.EBUSY
+    started = time.monotonic()
+    assert bounded.run(lambda: time.sleep(3600) or 0, 0.3) == bounded.TIMED_OUT
+    assert time.monotonic() - started < 2
+
+
+def test_bounded_child_keeps_only_the_descriptors_it_is_given(tmp_path: Path) -> None:
+    kept = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    dropped = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+
+        def check() -> int:
+            os.fstat(kept)
+            try:
+                os.fstat(dropped)
+            except OSError:
+                return 0
+            return errno.EEXIST  # the child still had it
+
+        assert bounded.run(check, 5, keep=[kept]) == 0
+    finally:
+        os.close(kept)
+        os.close(dropped)
+
+
+def test_a_device_stuck_in_removal_is_reported_and_not_looked_up_elsewhere(tmp_path: Path) -> None:
+    """The virtiofs driver still holds the device, its /sys/fs/virtiofs entry is gone: the
+    kernel is removing it. Its share is gone (a mount of it is stale), and the PCI window is
+    not asked for a tag the kernel no longer offers."""
+    root = FakeTree(tmp_path / "root")
+    root.virtiofs("alive")
+    removing = root.virtiofs("victim", sysfs=False)
+    (root.root / f"sys/bus/virtio/devices/{removing}/driver").symlink_to(
+        "../../../../bus/virtio/drivers/virtiofs"
+    )
+    found = discover(SysRoot(root.root))
+    assert [s.tag for s in found.shares] == ["alive"]
+    assert found.complete
+    [problem] = found.problems
+    assert problem.startswith(f"virtio-fs device {removing} is being removed;")
