@@ -74,7 +74,7 @@ class _Want:
     ref: RuleRef | None
     present: bool
     why: str
-    device_timeout: int
+    device_timeout: int | None
 
 
 def plan(

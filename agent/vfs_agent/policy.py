@@ -21,7 +21,6 @@ MAX_TAG_BYTES = 36
 GLOB_CHARS = frozenset("*?[")
 DEFAULT_MOUNT_ROOT = "/mnt/virtiofs"
 DEFAULT_OPTIONS = ("nosuid", "nodev")
-DEFAULT_DEVICE_TIMEOUT = 10
 
 
 class UnknownTags(StrEnum):
@@ -70,7 +69,7 @@ class Defaults:
     mount_root: str = DEFAULT_MOUNT_ROOT
     options: tuple[str, ...] = DEFAULT_OPTIONS
     unknown: UnknownTags = UnknownTags.IGNORE
-    device_timeout: int = DEFAULT_DEVICE_TIMEOUT
+    device_timeout: int | None = None  # None: systemd's DefaultDeviceTimeoutSec (90 s)
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ class Policy:
     def options_for(self, rule: Rule | None) -> tuple[str, ...]:
         return merge_options(self.defaults.options, rule.options if rule else ())
 
-    def device_timeout_for(self, rule: Rule | None) -> int:
+    def device_timeout_for(self, rule: Rule | None) -> int | None:
         if rule is not None and rule.device_timeout is not None:
             return rule.device_timeout
         return self.defaults.device_timeout

@@ -45,7 +45,10 @@ def to_json(policy: Policy, print_: str) -> str:
 def from_json(data: dict[str, Any]) -> Policy:
     d = data["defaults"]
     defaults = Defaults(
-        d["mount_root"], tuple(d["options"]), UnknownTags(d["unknown"]), int(d["device_timeout"])
+        d["mount_root"],
+        tuple(d["options"]),
+        UnknownTags(d["unknown"]),
+        None if d["device_timeout"] is None else int(d["device_timeout"]),
     )
     rules = []
     for r in data["rules"]:

@@ -20,7 +20,6 @@ from vfs_agent.escape import tag_bytes
 from vfs_agent.mount_options import option_problem
 from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy import (
-    DEFAULT_DEVICE_TIMEOUT,
     DEFAULT_MOUNT_ROOT,
     DEFAULT_OPTIONS,
     MAX_TAG_BYTES,
@@ -102,9 +101,10 @@ class DefaultsSection(BaseModel):
     unknown: UnknownTags = Field(
         UnknownTags.IGNORE, description="What to do with tags that no rule names."
     )
-    device_timeout: DeviceTimeout = Field(
-        DEFAULT_DEVICE_TIMEOUT,
-        description="Seconds systemd waits at boot for a share's device before giving up.",
+    device_timeout: DeviceTimeout | None = Field(
+        None,
+        description="Seconds systemd waits at boot for a required share's device before giving "
+        "up; unset: systemd's own DefaultDeviceTimeoutSec (90 s).",
     )
 
 
