@@ -140,7 +140,8 @@ def _mount(
         return Outcome(
             action, False, False, f"Failed to mount share {action.tag!r} on {where}: {message}"
         )
-    return Outcome(action, True, True, f"Mounted share {action.tag!r} on {where}.")
+    note = f" Warning: {action.warning}." if action.warning else ""
+    return Outcome(action, True, True, f"Mounted share {action.tag!r} on {where}.{note}")
 
 
 def _unmount_stale(action: Action, sysroot: SysRoot, mounter: Mounter, dry_run: bool) -> Outcome:

@@ -3,6 +3,9 @@ needs."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vfs_agent.discovery import Discovery, discover
@@ -38,3 +41,18 @@ def observe(sysroot: SysRoot) -> Observed:
         frozenset(t for t, v in liveness.items() if v is Liveness.DEAD),
         frozenset(t for t, v in liveness.items() if v is Liveness.UNRESPONSIVE),
     )
+
+
+def nonempty_dirs(sysroot: SysRoot, paths: Iterable[str]) -> frozenset[str]:
+    """Those of `paths` that are directories holding at least one entry. Reached without
+    following symlinks (a path through one is refused when mounting anyway)."""
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError), sysroot.open_dir_nofollow(path, create=False) as fd:
+            listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                if os.listdir(listing):
+                    found.add(path)
+            finally:
+                os.close(listing)
+    return frozenset(found)

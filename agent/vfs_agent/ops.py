@@ -18,7 +18,7 @@ from vfs_agent.lock import mount_lock
 from vfs_agent.model import Mounted, Transport
 from vfs_agent.modules import ensure_filesystem
 from vfs_agent.mounttable import read_mount_table, top_mounts
-from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
+from vfs_agent.observe import SHARE_FSTYPES, Observed, nonempty_dirs, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
@@ -70,10 +70,21 @@ class Planned:
     actions: list[Action]
 
 
-def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
+def current_plan(
+    ctx: Context, policy: Policy | None = None, *, mountpoints: bool = True
+) -> Planned:
+    """The plan for what is attached and mounted now. With `mountpoints`, the directories the
+    plan would mount on are looked at too (a non-empty one warns or is refused); generated
+    units and fstab lines leave that to the mount itself (systemd warns the same way)."""
     policy = policy or ctx.policy()
     observed = observe(ctx.sysroot)
-    actions = plan(observed.discovery, policy, observed.table, observed.dead, observed.unresponsive)
+    args = (observed.discovery, policy, observed.table, observed.dead, observed.unresponsive)
+    actions = plan(*args)
+    if mountpoints:
+        paths = [a.path for a in actions if a.kind is ActionKind.MOUNT and a.path]
+        nonempty = nonempty_dirs(ctx.sysroot, paths)
+        if nonempty:
+            actions = plan(*args, nonempty)
     return Planned(policy, observed, actions)
 
 
@@ -241,7 +252,7 @@ def generated_units(
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """Units for the current plan. `bind_device` None: bind to the share's device unit when
     vfs-agent's udev rule is installed (without it those device units never appear)."""
-    planned = current_plan(ctx)
+    planned = current_plan(ctx, mountpoints=False)
     origin = ", ".join(planned.policy.files) or "the built-in default policy"
     if bind_device is None:
         bind_device = udev_rule_installed(ctx.sysroot)
@@ -258,7 +269,7 @@ def write_units(
 
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
     """The fstab block, and the wanted shares fstab cannot express."""
-    actions = current_plan(ctx).actions
+    actions = current_plan(ctx, mountpoints=False).actions
     skipped = [
         Skipped(a.tag, a.path, why)
         for a in actions

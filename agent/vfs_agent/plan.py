@@ -9,7 +9,7 @@ mount or a path below it, so no executor can hang on one.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -18,7 +18,7 @@ from vfs_agent.model import Mounted, Share, Transport
 from vfs_agent.mount_options import kernel_options, transport_problem
 from vfs_agent.mounttable import top_mounts
 from vfs_agent.paths import derived_path, expand_path, path_problem
-from vfs_agent.policy import Policy, RuleRef, TransportChoice, UnknownTags
+from vfs_agent.policy import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
 
 
 class ActionKind(StrEnum):
@@ -48,6 +48,7 @@ class Action:
     rule: str | None = None  # which rule decided, for humans
     source_file: str | None = None  # the policy file of that rule
     device_timeout: int | None = None  # seconds the boot waits for the share's device
+    warning: str | None = None  # something a person should know, though the action goes on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class Action:
             "required": self.required,
             "rule": self.rule,
             "reason": self.reason,
+            "warning": self.warning,
         }
 
 
@@ -75,6 +77,7 @@ class _Want:
     present: bool
     why: str
     device_timeout: int | None
+    on_nonempty: NonEmpty
 
 
 def plan(
@@ -83,8 +86,10 @@ def plan(
     table: list[Mounted],
     dead: frozenset[str] = frozenset(),
     unresponsive: frozenset[str] = frozenset(),
+    nonempty: frozenset[str] = frozenset(),
 ) -> list[Action]:
-    """Decide, for every share and every rule, what to do. See ActionKind."""
+    """Decide, for every share and every rule, what to do. See ActionKind. `nonempty`: paths
+    that are directories holding files (the edge looks at the paths of a first plan's mounts)."""
     actions: list[Action] = []
     wants: list[_Want] = []
     by_tag: dict[str, list[Share]] = defaultdict(list)
@@ -129,7 +134,7 @@ def plan(
             why = f"already mounted at {', '.join(elsewhere)}; no rule names this tag"
             actions.append(Action(ActionKind.IGNORE, want.tag, why, None, want.transport))
             continue
-        actions += _against_table(want, top.get(path), dead, stale_done)
+        actions += _against_table(want, top.get(path), dead, stale_done, path in nonempty)
 
     present = {(s.transport, s.tag) for s in discovery.shares}
     for entry in top.values():
@@ -205,7 +210,8 @@ def _want(
     options = kernel_options(policy.options_for(rule), transport)
     required = rule.required if rule else False
     timeout = policy.device_timeout_for(rule)
-    return _Want(tag, transport, path, options, required, ref, present, why, timeout)
+    nonempty = policy.on_nonempty_for(rule)
+    return _Want(tag, transport, path, options, required, ref, present, why, timeout, nonempty)
 
 
 def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
@@ -217,13 +223,19 @@ def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
 
 
 def _against_table(
-    want: _Want, entry: Mounted | None, dead: frozenset[str], stale_done: set[str]
+    want: _Want, entry: Mounted | None, dead: frozenset[str], stale_done: set[str], nonempty: bool
 ) -> list[Action]:
     if not want.present:
         named = want.ref.describe() if want.ref else "the policy"
         return [
             _action(ActionKind.ABSENT, want, f"named by {named}, but no such share is attached")
         ]
+    if entry is None and nonempty:
+        if want.on_nonempty is NonEmpty.REFUSE:
+            why = f"refusing {want.path}: the directory is not empty (on_nonempty: refuse)"
+            return [_action(ActionKind.REFUSE, want, why)]
+        warning = f"{want.path} is not empty: its files are hidden while the share is mounted"
+        return [replace(_action(ActionKind.MOUNT, want, want.why), warning=warning)]
     if entry is None:
         return [_action(ActionKind.MOUNT, want, want.why)]
     if entry.fstype == want.transport.value and entry.source == want.tag:

@@ -25,6 +25,7 @@ from vfs_agent.policy import (
     MAX_TAG_BYTES,
     DefaultsPatch,
     FileSection,
+    NonEmpty,
     Rule,
     TransportChoice,
     UnknownTags,
@@ -106,6 +107,11 @@ class DefaultsSection(BaseModel):
         description="Seconds systemd waits at boot for a required share's device before giving "
         "up; unset: systemd's own DefaultDeviceTimeoutSec (90 s).",
     )
+    on_nonempty: NonEmpty = Field(
+        NonEmpty.WARN,
+        description="A mountpoint that already holds files: warn (mount; its files are hidden "
+        "while mounted) or refuse (do not mount there).",
+    )
 
 
 class RuleModel(BaseModel):
@@ -129,6 +135,9 @@ class RuleModel(BaseModel):
     )
     device_timeout: DeviceTimeout | None = Field(
         None, description="Seconds systemd waits at boot for this share's device."
+    )
+    on_nonempty: NonEmpty | None = Field(
+        None, description="warn or refuse: a mountpoint that already holds files."
     )
 
     @model_validator(mode="after")
@@ -172,6 +181,7 @@ def to_section(name: str, parsed: PolicyFile) -> FileSection:
             ignore=m.ignore,
             transport=m.transport,
             device_timeout=m.device_timeout,
+            on_nonempty=m.on_nonempty,
         )
         for m in parsed.mounts
     )

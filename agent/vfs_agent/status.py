@@ -126,4 +126,7 @@ def _health(
         return Health.MOUNTED, "mounted as planned"
     if where:
         return Health.ELSEWHERE, f"the policy wants it at {action.path}"
-    return Health.NOT_MOUNTED, f"the policy wants it at {action.path}; run 'vfs-agent mount-all'"
+    detail = f"the policy wants it at {action.path}; run 'vfs-agent mount-all'"
+    if action.warning:
+        detail += f" (warning: {action.warning})"
+    return Health.NOT_MOUNTED, detail

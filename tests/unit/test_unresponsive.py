@@ -285,3 +285,40 @@ def test_a_device_stuck_in_removal_is_reported_and_not_looked_up_elsewhere(tmp_p
     assert found.complete
     [problem] = found.problems
     assert problem.startswith(f"virtio-fs device {removing} is being removed;")
+
+
+NONEMPTY = """\
+version: 1
+mounts:
+  - {tag: media_tag, path: /mnt/media}
+  - {tag: other, path: /mnt/other, on_nonempty: refuse}
+"""
+
+
+def test_a_mountpoint_holding_files_warns_or_is_refused(tmp_path: Path) -> None:
+    root = FakeTree(tmp_path / "root")
+    for tag in ("media_tag", "other"):
+        root.virtiofs(tag)
+    root.policy(NONEMPTY)
+    root.write("mnt/media/old-file", "hidden by the mount\n")
+    root.write("mnt/other/old-file", "hidden by the mount\n")
+    result = CliRunner().invoke(main, ["--root", str(root.root), "plan", "--json"])
+    assert result.exit_code == 0, result.output
+    actions = {a["tag"]: a for a in json.loads(result.stdout)["actions"]}
+    assert actions["media_tag"]["action"] == "mount"
+    assert actions["media_tag"]["warning"] == (
+        "/mnt/media is not empty: its files are hidden while the share is mounted"
+    )
+    assert actions["other"]["action"] == "refuse"
+    assert "not empty (on_nonempty: refuse)" in actions["other"]["reason"]
+    status = CliRunner().invoke(main, ["--root", str(root.root), "status", "--json"])
+    health = {s["tag"]: s for s in json.loads(status.stdout)["shares"]}
+    assert "warning: /mnt/media is not empty" in health["media_tag"]["detail"]
+    assert health["other"]["health"] == "blocked"
+    # An empty directory, or none at all, is no reason to warn.
+    (root.root / "mnt/media/old-file").unlink()
+    result = CliRunner().invoke(main, ["--root", str(root.root), "plan", "--json"])
+    assert {a["tag"]: a["warning"] for a in json.loads(result.stdout)["actions"]} == {
+        "media_tag": None,
+        "other": None,
+    }
