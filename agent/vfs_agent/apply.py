@@ -25,11 +25,12 @@ class Mounter(Protocol):
 
 
 MOUNT_TIMEOUT = 30.0  # seconds; a virtio-fs mount(2) takes well under one even under emulation
+UMOUNT_TIMEOUT = 10.0
 
 
 class KernelMounter:
-    """The real thing. mount(2) runs in a child with a deadline (bounded.py): while the kernel
-    is stuck removing a virtio-fs device, every virtio-fs mount(2) waits for it for good."""
+    """The real thing, each call in a child with a deadline (bounded.py): while the kernel is
+    stuck removing a virtio-fs device, every virtio-fs mount(2) waits for it for good."""
 
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         keep = [int(target.rsplit("/", 1)[1])] if target.startswith("/proc/self/fd/") else []
@@ -41,7 +42,20 @@ class KernelMounter:
             raise OSError(code, os.strerror(code))
 
     def umount(self, target: str, *, lazy: bool = False) -> None:
-        syscalls.umount(target, lazy=lazy)
+        """umount2(2) in a child too: when the last user of a virtio-fs mount lets go, the
+        kernel says goodbye to the host's daemon (FUSE_DESTROY) and waits for its answer, in
+        the task that let go. With MNT_DETACH the mount is gone from the tree before that."""
+        call = functools.partial(syscalls.umount, target, lazy=lazy)
+        code = bounded.run(lambda: call() or 0, UMOUNT_TIMEOUT)
+        if code == bounded.TIMED_OUT:
+            if lazy:
+                log.warning(
+                    "Detached %s; the kernel's clean-up of it waits for its host daemon.", target
+                )
+                return
+            raise OSError(errno.ETIMEDOUT, f"umount(2) did not return within {UMOUNT_TIMEOUT:.0f}s")
+        if code:
+            raise OSError(code, os.strerror(code))
 
 
 @dataclass(frozen=True)
