@@ -16,7 +16,7 @@ from vfs_agent.fuse_abort import abort_connection
 from vfs_agent.installed import udev_rule_installed
 from vfs_agent.lock import mount_lock
 from vfs_agent.model import Mounted, Transport
-from vfs_agent.modules import ensure_filesystem
+from vfs_agent.modules import bind_unbound, ensure_filesystem
 from vfs_agent.mounttable import read_mount_table, top_mounts
 from vfs_agent.observe import SHARE_FSTYPES, Observed, nonempty_dirs, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
@@ -104,6 +104,8 @@ def reconcile(
 ) -> list[Outcome]:
     """Discover, plan and apply under the mount lock: mount-all, and every daemon event."""
     with ctx.locked(dry_run):
+        if not dry_run:
+            _bind_unbound(ctx)
         planned = current_plan(ctx, policy)
         return _apply(ctx, planned.actions, dry_run, mounter, systemd)
 
@@ -182,6 +184,16 @@ def umount(
                     f"Failed to unmount {entry.target}: {e.strerror}{hint}"
                 ) from None
         return [e.target for e in chosen]
+
+
+def _bind_unbound(ctx: Context) -> None:
+    """Share devices the driver refused while an older device with their tag was going away
+    (a quick re-plug) can bind once it is gone; nothing else retries them."""
+    bound = [name for t in Transport for name in bind_unbound(ctx.sysroot, t)]
+    if bound:
+        log.info(
+            "Bound %s, refused while a device with the same tag was going away.", ", ".join(bound)
+        )
 
 
 def _abort(ctx: Context, entry: Mounted) -> None:
