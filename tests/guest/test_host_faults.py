@@ -95,14 +95,19 @@ def test_burst_of_sixteen_plugged_and_unplugged_at_once(guest: VM, host_dirs) ->
     for tag in tags:
         guest.hotplug_share(tag, host_dirs["burst"])
     wanted = {(tag, f"/srv/burst/{tag}") for tag in tags}
-    all_up = wait_until("16 shares mounted", lambda: wanted <= set(share_mounts(guest)), 240)
+    wait_until("16 shares mounted", lambda: wanted <= set(share_mounts(guest)), 240)
+    all_up = time.monotonic() - started
     readable = guest.run("cat /srv/burst/burst-*/burst.txt | grep -c burst", check=True).stdout
     assert int(readable) == BURST
     print(f"burst: {BURST} shares mounted {all_up:.1f}s after the first device_add")
     started = time.monotonic()
     guest.unplug_shares(tags)
-    gone = wait_until("16 shares unmounted", lambda: not (wanted & set(share_mounts(guest))), 120)
-    print(f"burst: all unplugged and unmounted {time.monotonic() - started:.1f}s ({gone:.1f}s)")
+    acked = time.monotonic() - started
+    wait_until("16 shares unmounted", lambda: not (wanted & set(share_mounts(guest))), 120)
+    print(
+        f"burst: the guest acknowledged 16 device_del {acked:.1f}s after the first, "
+        f"and no mount was left {time.monotonic() - started:.1f}s after it"
+    )
     assert "not connected" not in guest.run("ls /srv/burst/ 2>&1").stdout
     after = resources(guest, pid)
     assert daemon_pid(guest) == pid

@@ -598,11 +598,17 @@ class VM:
         qmp = self._qmp()
         for handle in handles:
             qmp.execute("device_del", {"id": handle.ident})
+        # Each chardev goes the moment its device does: QEMU 7.2 crashed (SIGSEGV) when a
+        # virtiofsd hung up on a deleted device whose chardev was still there.
+        pending = {handle.ident: handle for handle in handles}
         deadline = time.monotonic() + timeout
-        for handle in handles:
+        while pending:
             left = max(1.0, deadline - time.monotonic())
-            qmp.wait_event("DEVICE_DELETED", left, lambda d, i=handle.ident: d.get("device") == i)
-            qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
+            event = qmp.wait_event("DEVICE_DELETED", left, lambda d: d.get("device") in pending)
+            ident = event["data"]["device"]
+            qmp.execute("chardev-remove", {"id": f"chr-{ident}"})
+            pending.pop(ident)
+        for handle in handles:
             self._drop_share(handle)
 
     def request_unplug(self, tag: str) -> None:
