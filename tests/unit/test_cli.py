@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from clirunner import cli_runner
 from faketree import FakeTree
 
 from vfs_agent.cli import main
@@ -27,15 +27,6 @@ def tree(tmp_path: Path) -> FakeTree:
         root.virtiofs(tag)
     root.policy(POLICY)
     return root
-
-
-def cli_runner() -> CliRunner:
-    """A runner that keeps stderr apart: click 8.1 (Debian 12) needs mix_stderr=False, click
-    8.2 dropped the argument and always keeps it apart."""
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
 
 
 def run(tree: FakeTree, *args: str, code: int = 0):

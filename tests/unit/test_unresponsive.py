@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from clirunner import cli_runner
 from faketree import FakeTree
 from test_apply import RecordingMounter
 
@@ -235,7 +236,7 @@ def test_umount_abort_refuses_9p(tmp_path: Path) -> None:
     root.ninep("p9")
     root.policy("version: 1\n")
     root.mounted(("9p", "p9", "/mnt/p9"))
-    result = CliRunner().invoke(main, ["--root", str(root.root), "umount", "--abort", "p9"])
+    result = cli_runner().invoke(main, ["--root", str(root.root), "umount", "--abort", "p9"])
     assert result.exit_code == 1
     assert "--abort applies to virtio-fs mounts only" in result.stderr
 
