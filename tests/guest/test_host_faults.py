@@ -261,7 +261,10 @@ def test_removal_of_a_dead_device_then_a_new_one_with_its_tag(guest: VM, host_di
         )
         script = "cat /mnt/victim2/fresh.txt > /tmp/fresh.out 2>&1"
         guest.run(f"setsid -f sh -c '{script}' </dev/null >/dev/null 2>&1", check=True)
-        wait_until("the new share readable", lambda: guest.get_file("/tmp/fresh.out") == b"fresh\n")
+        wait_until(
+            "the new share readable",
+            lambda: guest.run("cat /tmp/fresh.out").stdout == "fresh\n",
+        )
         table = guest.run("grep -c ' /mnt/victim2 ' /proc/self/mountinfo").stdout.strip()
         assert table == "1", table  # nothing stacked, nothing dead below it
         return
