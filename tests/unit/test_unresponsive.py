@@ -271,21 +271,26 @@ def test_bounded_child_keeps_only_the_descriptors_it_is_given(tmp_path: Path) ->
         os.close(dropped)
 
 
-def test_a_device_stuck_in_removal_is_reported_and_not_looked_up_elsewhere(tmp_path: Path) -> None:
-    """The virtiofs driver still holds the device, its /sys/fs/virtiofs entry is gone: the
-    kernel is removing it. Its share is gone (a mount of it is stale), and the PCI window is
-    not asked for a tag the kernel no longer offers."""
+def test_a_device_stuck_in_removal_is_reported(tmp_path: Path) -> None:
+    """The PCI function has let go of its driver, its virtio device is still below it and
+    already gone from /sys/bus/virtio and /sys/fs/virtiofs: the kernel is removing it."""
     root = FakeTree(tmp_path / "root")
     root.virtiofs("alive")
-    removing = root.virtiofs("victim", sysfs=False)
-    (root.root / f"sys/bus/virtio/devices/{removing}/driver").symlink_to(
-        "../../../../bus/virtio/drivers/virtiofs"
-    )
+    pci = root.root / "sys/devices/pci0000:00/0000:00:09.0"
+    (pci / "virtio7").mkdir(parents=True)
+    (pci / "vendor").write_text("0x1af4\n")
+    (pci / "device").write_text("0x105a\n")
+    (root.root / "sys/bus/pci/devices").mkdir(parents=True, exist_ok=True)
+    (root.root / "sys/bus/pci/devices/0000:00:09.0").symlink_to(pci)
     found = discover(SysRoot(root.root))
     assert [s.tag for s in found.shares] == ["alive"]
     assert found.complete
     [problem] = found.problems
-    assert problem.startswith(f"virtio-fs device {removing} is being removed;")
+    assert problem.startswith("virtio-fs device 0000:00:09.0 (virtio7) is being removed;")
+    # Bound again (or never in removal): nothing to report.
+    (pci / "driver").symlink_to(root.root / "sys/bus/pci/drivers/virtio-pci")
+    (root.root / "sys/bus/pci/drivers/virtio-pci").mkdir(parents=True)
+    assert discover(SysRoot(root.root)).problems == ()
 
 
 NONEMPTY = """\
