@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from vfs_agent import policy_cache
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
 from vfs_agent.installed import udev_rule_installed
 from vfs_agent.lock import mount_lock
@@ -20,7 +21,6 @@ from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
-from vfs_agent.policy_load import load_policy
 from vfs_agent.render_fstab import fstab_problem, render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
 from vfs_agent.sysroot import SysRoot
@@ -44,11 +44,23 @@ class Context:
     policy_path: str | None = None  # None: the default files
 
     def policy(self) -> Policy:
-        return load_policy(self.sysroot, self.policy_path)
+        """The policy: the compiled one while it matches the files exactly (no YAML or pydantic
+        to import: the compiled policy is what the loader returned for these very files), else
+        read and validated in full."""
+        return self._policy(save_compiled=False)
 
     def policy_to_apply(self) -> Policy:
         """The policy for a command that acts on it; also compiled for the generator."""
-        return load_policy(self.sysroot, self.policy_path, save_compiled=True)
+        return self._policy(save_compiled=True)
+
+    def _policy(self, *, save_compiled: bool) -> Policy:
+        if self.policy_path is None:
+            compiled = policy_cache.load(self.sysroot)
+            if compiled is not None:
+                return compiled
+        from vfs_agent.policy_load import load_policy
+
+        return load_policy(self.sysroot, self.policy_path, save_compiled=save_compiled)
 
     @contextlib.contextmanager
     def locked(self, dry_run: bool) -> Iterator[None]:
