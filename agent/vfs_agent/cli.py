@@ -43,7 +43,7 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vfs_agent.ops import OperationError
+        from vfs_agent.context import OperationError
         from vfs_agent.policy_errors import PolicyError
 
         try:
@@ -94,15 +94,15 @@ def main(ctx: click.Context, policy_path: str | None, root: Path, verbose: int) 
     Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing
     changed).
     """
+    from vfs_agent.context import Context
     from vfs_agent.log import setup_logging
-    from vfs_agent.ops import Context
     from vfs_agent.sysroot import SysRoot
 
     setup_logging(verbose)
     ctx.obj = Context(SysRoot(root), policy_path)
 
 
-pass_ops = click.pass_obj  # the ops.Context made by main()
+pass_ops = click.pass_obj  # the context.Context made by main()
 
 
 @main.command()

@@ -3,17 +3,15 @@ mount syscalls, output files) around the pure core. The CLI and the daemon call 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from vfs_agent import policy_cache
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.context import Context as Context  # re-exported: ops.Context
+from vfs_agent.context import OperationError as OperationError
 from vfs_agent.installed import udev_rule_installed
-from vfs_agent.lock import mount_lock
 from vfs_agent.model import Transport
 from vfs_agent.modules import ensure_filesystem
 from vfs_agent.mounttable import top_mounts
@@ -23,12 +21,7 @@ from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.render_fstab import fstab_problem, render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
-from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import managed_unit, start_unit
-
-
-class OperationError(Exception):
-    """A command could not do what was asked (exit 1), with a message for a person."""
 
 
 class SystemdMode(StrEnum):
@@ -36,39 +29,6 @@ class SystemdMode(StrEnum):
 
     START = "start"  # systemctl start the unit (commands run by hand)
     LEAVE = "leave"  # leave it to systemd (the daemon: the unit follows its device itself)
-
-
-@dataclass(frozen=True)
-class Context:
-    sysroot: SysRoot
-    policy_path: str | None = None  # None: the default files
-
-    def policy(self) -> Policy:
-        """The policy: the compiled one while it matches the files exactly (no YAML or pydantic
-        to import: the compiled policy is what the loader returned for these very files), else
-        read and validated in full."""
-        return self._policy(save_compiled=False)
-
-    def policy_to_apply(self) -> Policy:
-        """The policy for a command that acts on it; also compiled for the generator."""
-        return self._policy(save_compiled=True)
-
-    def _policy(self, *, save_compiled: bool) -> Policy:
-        if self.policy_path is None:
-            compiled = policy_cache.load(self.sysroot)
-            if compiled is not None:
-                return compiled
-        from vfs_agent.policy_load import load_policy
-
-        return load_policy(self.sysroot, self.policy_path, save_compiled=save_compiled)
-
-    @contextlib.contextmanager
-    def locked(self, dry_run: bool) -> Iterator[None]:
-        if dry_run:
-            yield
-        else:
-            with mount_lock(self.sysroot):
-                yield
 
 
 @dataclass(frozen=True)
