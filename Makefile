@@ -18,7 +18,7 @@ HOST_DEBS := qemu-system-x86 qemu-utils debootstrap busybox-static cpio e2fsprog
 HOST_STAMP := $(CACHE)/host-debs.$(shell echo '$(HOST_DEBS)' | sha256sum | cut -c1-12).stamp
 VENV_STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot bench packages clean
+.PHONY: all setup host-deps venv lint unit guest test demo image bench-boot bench-host bench packages clean
 
 all: test
 
@@ -68,9 +68,15 @@ FULL ?= 3
 bench-boot: setup
 	$(VENV)/bin/python bench/boot_reliability.py --fast $(FAST) --full $(FULL)
 
-# Every benchmark (guests, one at a time): boot reliability, hotplug latency against busybox
-# uevent, boot with the policy against hand-written fstab, generator run time.
-bench: bench-boot
+# Benchmarks without a guest: start-up of each command and of the generator against
+# `python3 -I -c pass`, and plan() over thousands of shares and rules.
+bench-host: venv
+	$(VENV)/bin/python bench/startup.py
+	$(VENV)/bin/python bench/plan_scale.py
+
+# Every benchmark (guests, one at a time): the host ones, boot reliability, hotplug latency
+# against busybox uevent, boot with the policy against hand-written fstab, generator run time.
+bench: bench-host bench-boot
 	$(VENV)/bin/python bench/hotplug_latency.py
 	$(VENV)/bin/python bench/boot_policy_vs_fstab.py
 
