@@ -10,7 +10,9 @@ and the ratio of medians to the floor, with the goal of each line.
 The commands run against a fake system root (8 virtio-fs tags, a policy naming 4 of them and a
 glob) through `--root`; the generator runs as systemd runs it (`python3 -I` script, one output
 directory) with VFS_AGENT_ROOT pointing at that tree, once with a fresh compiled policy and once
-without one (the first boot of an image).
+without one (the first boot of an image). The udev helper runs as udev runs it, in its shell
+form and in the Python form it had before (which the shell one still uses on kernels without
+/sys/fs/virtiofs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.unit.faketree import FakeTree
 
+from vfs_agent.install_files import Layout
+
 TAGS = [f"share-{i}" for i in range(6)] + ["data-a", "weird tag#1"]
 POLICY = """version: 1
 defaults: {mount_root: /mnt/virtiofs, unknown: mount}
@@ -40,6 +44,10 @@ mounts:
   - {tag: share-2, ignore: true}
   - {tag: "data-*", path: "/srv/data/{tag}"}
   - {tag: absent-one, path: /srv/absent}
+"""
+UDEV_HELPER_PY = """import sys
+from vfs_agent.udev_tag import main
+sys.exit(main(sys.argv[1:]))
 """
 GENERATOR = """import sys
 from vfs_agent.generator import main
@@ -91,8 +99,19 @@ def cases(work: Path) -> list[Case]:
     cli = cli_path()
     base = dict(os.environ)
     out_warm, out_cold = work / "out-warm", work / "out-cold"
+    helper = work / "vfs-agent-tag-id"
+    helper.write_text(Layout("/usr", python, "/usr/bin").render("vfs-agent-tag-id.in"))
+    helper.chmod(0o755)
+    old_helper = work / "vfs-agent-tag-id.py"
+    old_helper.write_text(f"#!{python} -I\n{UDEV_HELPER_PY}")
+    old_helper.chmod(0o755)
+    devpath = os.readlink(warm / "sys/fs/virtiofs/1/device").removeprefix("../../..")
+    (warm / f"sys{devpath}").mkdir(parents=True, exist_ok=True)
+    udev_env = {"VFS_AGENT_ROOT": str(warm)}  # udev passes the event's properties only
     return [
         Case("python3 -I -c pass (floor)", [python, "-I", "-c", "pass"], base, None),
+        Case("udev helper (shell)", [str(helper), devpath], udev_env, None),
+        Case("udev helper (Python, before)", [str(old_helper), devpath], udev_env, None),
         Case("vfs-agent --version", [*cli, "--version"], base, 3.0),
         Case("vfs-agent --help", [*cli, "--help"], base, 3.0),
         Case("vfs-agent status --json", [*cli, "--root", str(warm), "status", "--json"], base, 3.0),
