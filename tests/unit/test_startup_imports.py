@@ -166,3 +166,12 @@ def test_compile_refuses_an_explicit_policy_file(tree: FakeTree):
     policy = str(tree.root / "etc/vfs-agent/policy.yaml")
     done = vfs_agent("--root", str(tree.root), "--policy", policy, "policy", "compile")
     assert done.returncode == 2 and "drop --policy" in done.stderr
+
+
+def test_the_daemon_module_imports_no_validator():
+    """With a fresh compiled policy the daemon never loads YAML or pydantic (about 12 MB of its
+    resident memory); only a stale one brings in the loader."""
+    code = "import sys, vfs_agent.daemon; print(sorted({'pydantic', 'yaml'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
