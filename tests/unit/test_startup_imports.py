@@ -175,3 +175,14 @@ def test_the_daemon_module_imports_no_validator():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_another_vfs_agent_version_does_not_trust_the_cache(tree: FakeTree, monkeypatch):
+    """A newer vfs-agent may validate differently: its reports read the files again."""
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    assert policy_cache.load(SysRoot(tree.root)) is not None
+    monkeypatch.setattr(policy_cache, "__version__", "99.0")
+    assert policy_cache.load(SysRoot(tree.root)) is None
