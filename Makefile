@@ -75,11 +75,13 @@ bench-host: venv
 	$(VENV)/bin/python bench/plan_scale.py
 
 # Every benchmark (guests, one at a time): the host ones, boot reliability, hotplug latency
-# against busybox uevent, hotplug through systemd units against the daemon, boot with the
-# policy against hand-written fstab, generator run time.
+# against busybox uevent, hotplug through systemd units against the daemon, mount-all of 24
+# shares against a shell loop, boot with the policy against hand-written fstab, generator
+# run time.
 bench: bench-host bench-boot
 	$(VENV)/bin/python bench/hotplug_latency.py
 	$(VENV)/bin/python bench/hotplug_systemd.py
+	$(VENV)/bin/python bench/mount_all_scale.py
 	$(VENV)/bin/python bench/boot_policy_vs_fstab.py
 
 # The .deb and the .rpm, built from this checkout in a temporary directory, into $(PKG_OUT).

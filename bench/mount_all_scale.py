@@ -64,12 +64,8 @@ def main() -> int:
     finally:
         stop_all()
     print(f"\nmounting {args.shares} shares in a TCG guest, {args.rounds} interleaved rounds:")
-    print(
-        f"  shell loop of mount -t virtiofs: median {statistics.median(shell):.2f} s  {[round(t, 2) for t in shell]}"
-    )
-    print(
-        f"  vfs-agent mount-all:             median {statistics.median(agent):.2f} s  {[round(t, 2) for t in agent]}"
-    )
+    for name, runs in (("shell loop of mount -t virtiofs", shell), ("vfs-agent mount-all", agent)):
+        print(f"  {name:32} median {statistics.median(runs):.2f} s  {[round(t, 2) for t in runs]}")
     print(
         f"  ratio mount-all/shell loop: {statistics.median(agent) / statistics.median(shell):.2f}"
     )
