@@ -13,12 +13,15 @@ import json
 import os
 import posixpath
 from dataclasses import asdict
-from typing import Any
 
 from vfs_agent import __version__
 from vfs_agent.policy import Defaults, Policy, Rule, RuleRef, TransportChoice, UnknownTags
 from vfs_agent.policy_files import policy_files
 from vfs_agent.sysroot import SysRoot, write_atomic
+
+TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
 FORMAT = 2

@@ -186,3 +186,15 @@ def test_another_vfs_agent_version_does_not_trust_the_cache(tree: FakeTree, monk
     assert policy_cache.load(SysRoot(tree.root)) is not None
     monkeypatch.setattr(policy_cache, "__version__", "99.0")
     assert policy_cache.load(SysRoot(tree.root)) is None
+
+
+def test_the_generator_imports_no_typing_click_or_validator():
+    code = (
+        "import sys, vfs_agent.generator; "
+        "print(sorted({'typing', 'click', 'pydantic', 'yaml'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
