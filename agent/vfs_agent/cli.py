@@ -307,7 +307,7 @@ def generate_fstab(ctx: ops.Context, output: str) -> None:
 
 @main.group("policy")
 def policy_group() -> None:
-    """Check the policy, or print its JSON Schema."""
+    """Check or compile the policy, or print its JSON Schema."""
 
 
 @policy_group.command("check")
