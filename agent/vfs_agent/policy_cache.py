@@ -8,10 +8,12 @@ policy and by `vfs-agent policy compile` (which an image builder runs with --roo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import posixpath
+import stat
 from dataclasses import asdict
 
 from vfs_agent import __version__
@@ -33,10 +35,15 @@ def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
     for name in files:
         # Names inside the root, so a cache compiled into an image (--root) holds at its boot.
         for part in (posixpath.dirname(name), name):
-            st = os.stat(sysroot.path(part))
+            host = sysroot.path(part)
+            st, link = os.stat(host), os.lstat(host)  # a symlink in place of either shows
             # The loader accepts root's files and the reader's own (policy_load.file_mode_problems).
             owner_ok = st.st_uid in (0, euid)
-            digest.update(f"{part}\0{st.st_uid}\0{owner_ok}\0{st.st_mode}\0".encode())
+            digest.update(
+                f"{part}\0{st.st_uid}\0{owner_ok}\0{st.st_mode}\0{link.st_mode}\0".encode()
+            )
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device must never block the boot here
+            raise OSError(errno.EINVAL, "not a regular file", name)
         digest.update(sysroot.path(name).read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()

@@ -198,3 +198,26 @@ def test_the_generator_imports_no_typing_click_or_validator():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_fifo_among_the_policy_files_never_blocks_the_compiled_policy_check(tree: FakeTree):
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    dropins = tree.root / "etc/vfs-agent/policy.d"
+    dropins.mkdir(mode=0o755)
+    os.mkfifo(dropins / "50-fifo.yaml", 0o644)
+    assert policy_cache.load(SysRoot(tree.root)) is None  # returns at once: stale
+
+
+def test_a_policy_file_replaced_by_a_symlink_is_checked_again(tree: FakeTree):
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    policy = tree.root / "etc/vfs-agent/policy.yaml"
+    target = tree.root / "etc/vfs-agent/real.yml"
+    policy.rename(target)
+    policy.symlink_to("real.yml")
+    assert policy_cache.load(SysRoot(tree.root)) is None
