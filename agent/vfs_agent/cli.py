@@ -4,7 +4,7 @@ Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (noth
 
 Start-up is paid by every command, so this module imports only click and what every command
 needs; each command imports the modules it uses when it runs (`--help` and `--version` import
-none of them, `kernel` no policy code, reports no YAML or pydantic while the compiled policy is
+none of them, `kernel` no planner, reports no YAML or pydantic while the compiled policy is
 fresh). See "Where the time goes" in the README.
 """
 
