@@ -156,7 +156,7 @@ def kernel(ctx: ops.Context, as_json: bool) -> None:
 @handle_errors
 def plan(ctx: ops.Context, as_json: bool) -> None:
     """What mount-all would do and why; changes nothing."""
-    from vfs_agent import ops, report
+    from vfs_agent import ops
 
     planned = ops.current_plan(ctx)
     if as_json:
@@ -168,7 +168,9 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(report.plan_text(planned.actions))
+        from vfs_agent.report import plan_text
+
+        click.echo(plan_text(planned.actions))
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:
