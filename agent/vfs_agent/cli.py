@@ -111,7 +111,7 @@ pass_ops = click.pass_obj  # the context.Context made by main()
 @handle_errors
 def status(ctx: ops.Context, as_json: bool) -> None:
     """Kernel support, discovered shares, where each is mounted, and its health."""
-    from vfs_agent import ops, report
+    from vfs_agent import ops
     from vfs_agent.kernel import kernel_report
     from vfs_agent.status import share_status
 
@@ -128,7 +128,9 @@ def status(ctx: ops.Context, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(report.status_text(kernel, shares))
+        from vfs_agent.report import status_text
+
+        click.echo(status_text(kernel, shares))
         for problem in planned.observed.discovery.problems:
             click.echo(f"* {problem}")
 
