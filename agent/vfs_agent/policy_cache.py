@@ -17,7 +17,15 @@ import stat
 from dataclasses import asdict
 
 from vfs_agent import __version__
-from vfs_agent.policy import Defaults, Policy, Rule, RuleRef, TransportChoice, UnknownTags
+from vfs_agent.policy import (
+    Defaults,
+    NonEmpty,
+    Policy,
+    Rule,
+    RuleRef,
+    TransportChoice,
+    UnknownTags,
+)
 from vfs_agent.policy_files import policy_files
 from vfs_agent.sysroot import SysRoot, write_atomic
 
@@ -26,7 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 2
+FORMAT = 3
 
 
 def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
@@ -63,7 +71,11 @@ def to_json(policy: Policy, print_: str) -> str:
 def from_json(data: dict[str, Any]) -> Policy:
     d = data["defaults"]
     defaults = Defaults(
-        d["mount_root"], tuple(d["options"]), UnknownTags(d["unknown"]), int(d["device_timeout"])
+        d["mount_root"],
+        tuple(d["options"]),
+        UnknownTags(d["unknown"]),
+        None if d["device_timeout"] is None else int(d["device_timeout"]),
+        NonEmpty(d["on_nonempty"]),
     )
     rules = []
     for r in data["rules"]:
@@ -75,6 +87,7 @@ def from_json(data: dict[str, Any]) -> Policy:
             r["ignore"],
             TransportChoice(r["transport"]),
             r["device_timeout"],
+            None if r["on_nonempty"] is None else NonEmpty(r["on_nonempty"]),
         )
         rules.append(RuleRef(rule, r["file"], r["index"]))
     return Policy(defaults, tuple(rules), tuple(data["files"]))
