@@ -23,7 +23,7 @@ VENV1 ?= .venv-pydantic1
 FLOOR_PINS := pydantic==1.10.4 click==8.1.3 PyYAML==6.0 pyudev==0.24.0
 VENV1_STAMP := $(VENV1)/.stamp-$(shell echo '$(FLOOR_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv venv1 lint unit guest test demo image bench-boot bench packages clean
+.PHONY: all setup host-deps venv venv1 lint unit guest test demo image bench-boot bench-host bench packages clean
 
 all: test
 
@@ -85,10 +85,20 @@ FULL ?= 3
 bench-boot: setup
 	$(VENV)/bin/python bench/boot_reliability.py --fast $(FAST) --full $(FULL)
 
-# Every benchmark (guests, one at a time): boot reliability, hotplug latency against busybox
-# uevent, boot with the policy against hand-written fstab, generator run time.
-bench: bench-boot
+# Benchmarks without a guest: start-up of each command and of the generator against
+# `python3 -I -c pass`, and plan() over thousands of shares and rules.
+bench-host: venv
+	$(VENV)/bin/python bench/startup.py
+	$(VENV)/bin/python bench/plan_scale.py
+
+# Every benchmark (guests, one at a time): the host ones, boot reliability, hotplug latency
+# against busybox uevent, hotplug through systemd units against the daemon, mount-all of 24
+# shares against a shell loop, boot with the policy against hand-written fstab, generator
+# run time.
+bench: bench-host bench-boot
 	$(VENV)/bin/python bench/hotplug_latency.py
+	$(VENV)/bin/python bench/hotplug_systemd.py
+	$(VENV)/bin/python bench/mount_all_scale.py
 	$(VENV)/bin/python bench/boot_policy_vs_fstab.py
 
 # The .deb and the .rpm, built from this checkout in a temporary directory, into $(PKG_OUT).

@@ -1,6 +1,6 @@
 """What do the generator and its device-bound units cost the boot?
 
-    .venv/bin/python bench/boot_policy_vs_fstab.py [--boots 3] [--runs 10]
+    .venv/bin/python bench/boot_policy_vs_fstab.py [--boots 5] [--runs 10]
 
 One systemd guest of the .deb image with 8 shares, rebooted into two setups in turn:
 - policy: the 8 tags in /etc/vfs-agent/policy.yaml (required), mounted by generated units;
@@ -73,7 +73,7 @@ def median_run(vm: VM, runs: int, *argv: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--boots", type=int, default=3)
+    parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="vfs-bench-boot-"))

@@ -10,7 +10,8 @@ each for N cycles of QMP device_add -> file readable at the mount path -> device
 gone. Latencies are measured inside the guest, from the first kernel uevent of the hotplug
 (virtio add) or of the unplug (virtiofs remove) to a 1 ms poller seeing the file readable or
 the mount gone; the QMP-to-guest part (about 0.4-0.9 s under TCG, the same for both) is not
-counted. Then the daemon's CPU time over an idle period, and its RSS.
+counted. Then the daemon's CPU time and wakeups (context switches) over an idle period, started
+by hand as here it has no watchdog to ping, and its RSS.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def cpu_seconds(vm: VM, pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
+def wakeups(vm: VM, pid: int) -> int:
+    """Voluntary plus involuntary context switches of the process so far."""
+    status = vm.get_file(f"/proc/{pid}/status").decode()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=12)
@@ -153,9 +160,9 @@ def main() -> int:
             up, down = cycles(vm, share, "bench", "/srv/bench", args.cycles)
 
             pid = daemon_pid(vm)
-            cpu0 = cpu_seconds(vm, pid)
+            cpu0, woken0 = cpu_seconds(vm, pid), wakeups(vm, pid)
             time.sleep(args.idle)
-            cpu1 = cpu_seconds(vm, pid)
+            cpu1, woken1 = cpu_seconds(vm, pid), wakeups(vm, pid)
             rss = vm.run(f"grep VmRSS /proc/{pid}/status", check=True).stdout.split()[1]
             vm.run(f"kill {pid}")
     finally:
@@ -168,7 +175,10 @@ def main() -> int:
     add_ratio = statistics.median(up) / statistics.median(base_up)
     remove_ratio = statistics.median(down) / statistics.median(base_down)
     print(f"ratio daemon/baseline (median): add {add_ratio:.2f}, remove {remove_ratio:.2f}")
-    print(f"daemon CPU over {args.idle} idle seconds: {cpu1 - cpu0:.2f} s; RSS {rss} kB")
+    print(
+        f"daemon over {args.idle} idle seconds: CPU {cpu1 - cpu0:.2f} s, "
+        f"{woken1 - woken0} wakeups; RSS {rss} kB"
+    )
     return 0
 
 

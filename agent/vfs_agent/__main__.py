@@ -1,3 +1,3 @@
-from vfs_agent.cli import main
+from vfs_agent.console import main
 
 main()

@@ -1,6 +1,11 @@
 """The `vfs-agent` command: parses arguments, calls ops, prints. No logic of its own.
 
 Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing changed).
+
+Start-up is paid by every command, so this module imports only click and what every command
+needs; each command imports the modules it uses when it runs (`--help` and `--version` import
+none of them, `kernel` no planner, reports no YAML or pydantic while the compiled policy is
+fresh). See "Where the time goes" in the README.
 """
 
 from __future__ import annotations
@@ -10,22 +15,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from vfs_agent import __version__, install_files, ops, report
-from vfs_agent.apply import Outcome
-from vfs_agent.cloud_init import cloud_init_group
-from vfs_agent.kernel import kernel_report
-from vfs_agent.log import setup_logging
+from vfs_agent import __version__
+from vfs_agent.console import PROG
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
-from vfs_agent.policy_load import PolicyError, load_file, load_policy
-from vfs_agent.policy_model import PolicyFile
-from vfs_agent.pydantic_compat import json_schema
-from vfs_agent.render_systemd import Skipped
-from vfs_agent.status import share_status
-from vfs_agent.sysroot import SysRoot
+
+if TYPE_CHECKING:
+    from vfs_agent import ops
+    from vfs_agent.apply import Outcome
+    from vfs_agent.render_systemd import Skipped
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -42,6 +43,9 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vfs_agent.context import OperationError
+        from vfs_agent.policy_errors import PolicyError
+
         try:
             return func(*args, **kwargs)
         except PolicyError as e:
@@ -49,7 +53,7 @@ def handle_errors(func: F) -> F:
                 click.echo(f"vfs-agent: {problem}", err=True)
             click.echo("vfs-agent: invalid policy; nothing was changed", err=True)
             sys.exit(EXIT_USAGE)
-        except ops.OperationError as e:
+        except OperationError as e:
             click.echo(f"vfs-agent: {e}", err=True)
             sys.exit(EXIT_FAILED)
         except OSError as e:
@@ -67,7 +71,7 @@ dry_run_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vfs-agent")
+@click.version_option(__version__, prog_name=PROG)
 @click.option(
     "--policy",
     "policy_path",
@@ -90,11 +94,15 @@ def main(ctx: click.Context, policy_path: str | None, root: Path, verbose: int) 
     Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing
     changed).
     """
+    from vfs_agent.context import Context
+    from vfs_agent.log import setup_logging
+    from vfs_agent.sysroot import SysRoot
+
     setup_logging(verbose)
-    ctx.obj = ops.Context(SysRoot(root), policy_path)
+    ctx.obj = Context(SysRoot(root), policy_path)
 
 
-pass_ops = click.make_pass_decorator(ops.Context)
+pass_ops = click.pass_obj  # the context.Context made by main()
 
 
 @main.command()
@@ -103,6 +111,10 @@ pass_ops = click.make_pass_decorator(ops.Context)
 @handle_errors
 def status(ctx: ops.Context, as_json: bool) -> None:
     """Kernel support, discovered shares, where each is mounted, and its health."""
+    from vfs_agent import ops
+    from vfs_agent.kernel import kernel_report
+    from vfs_agent.status import share_status
+
     planned = ops.current_plan(ctx)
     kernel = kernel_report(ctx.sysroot)
     shares = share_status(planned.observed, planned.actions)
@@ -116,7 +128,9 @@ def status(ctx: ops.Context, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(report.status_text(kernel, shares))
+        from vfs_agent.report import status_text
+
+        click.echo(status_text(kernel, shares))
         for problem in planned.observed.discovery.problems:
             click.echo(f"* {problem}")
 
@@ -127,11 +141,14 @@ def status(ctx: ops.Context, as_json: bool) -> None:
 @handle_errors
 def kernel(ctx: ops.Context, as_json: bool) -> None:
     """Kernel support report; exit 0 when virtiofs can be used, 1 otherwise."""
+    from vfs_agent.kernel import kernel_report
+    from vfs_agent.report import kernel_text
+
     result = kernel_report(ctx.sysroot)
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(report.kernel_text(result))
+        click.echo(kernel_text(result))
     sys.exit(0 if result.usable else EXIT_FAILED)
 
 
@@ -141,6 +158,8 @@ def kernel(ctx: ops.Context, as_json: bool) -> None:
 @handle_errors
 def plan(ctx: ops.Context, as_json: bool) -> None:
     """What mount-all would do and why; changes nothing."""
+    from vfs_agent import ops
+
     planned = ops.current_plan(ctx)
     if as_json:
         emit_json(
@@ -151,10 +170,14 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(report.plan_text(planned.actions))
+        from vfs_agent.report import plan_text
+
+        click.echo(plan_text(planned.actions))
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:
+    from vfs_agent import report
+
     if as_json:
         emit_json({"outcomes": [o.to_dict() for o in outcomes]})
     else:
@@ -172,6 +195,8 @@ def mount_all(ctx: ops.Context, dry_run: bool, as_json: bool) -> None:
 
     Exit 1 if a required share could not be mounted; optional ones only warn.
     """
+    from vfs_agent import ops
+
     _finish(ops.mount_all(ctx, dry_run=dry_run), as_json)
 
 
@@ -184,6 +209,8 @@ def mount_all(ctx: ops.Context, dry_run: bool, as_json: bool) -> None:
 @handle_errors
 def mount(ctx: ops.Context, tag: str, path: str | None, dry_run: bool, as_json: bool) -> None:
     """Mount share TAG at PATH, or where the policy says (even a tag the policy ignores)."""
+    from vfs_agent import ops
+
     _finish(ops.mount_one(ctx, tag, path, dry_run=dry_run), as_json)
 
 
@@ -205,6 +232,8 @@ def umount(
     ctx: ops.Context, target: str, lazy: bool, abort: bool, dry_run: bool, as_json: bool
 ) -> None:
     """Unmount a share: every mount of TAG, or the share mounted at PATH."""
+    from vfs_agent import ops
+
     paths = ops.umount(ctx, target, lazy=lazy, abort=abort, dry_run=dry_run)
     verb = "would unmount" if dry_run else "unmounted"
     if as_json:
@@ -243,6 +272,8 @@ def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) ->
     and units vfs-agent generated there before that are no longer wanted are removed.
     Tags that only a glob or defaults.unknown matches need the share to be attached.
     """
+    from vfs_agent import ops
+
     if output == "-":
         units, skipped = ops.generated_units(ctx, bind_device)
         for unit in units:
@@ -257,6 +288,8 @@ def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) ->
 
 
 def _warn_skipped(skipped: list[Skipped]) -> None:
+    from vfs_agent import report
+
     for skip in skipped:
         click.echo(f"vfs-agent: skipped {report.show(skip.tag)}: {skip.why}", err=True)
 
@@ -274,6 +307,8 @@ def _warn_skipped(skipped: list[Skipped]) -> None:
 @handle_errors
 def generate_fstab(ctx: ops.Context, output: str) -> None:
     """fstab lines for the shares the policy wants, inside a marked block."""
+    from vfs_agent import ops
+
     if output == "-":
         block, skipped = ops.fstab_block(ctx)
         click.echo(block, nl=False)
@@ -285,7 +320,7 @@ def generate_fstab(ctx: ops.Context, output: str) -> None:
 
 @main.group("policy")
 def policy_group() -> None:
-    """Check the policy, or print its JSON Schema."""
+    """Check or compile the policy, or print its JSON Schema."""
 
 
 @policy_group.command("check")
@@ -294,6 +329,9 @@ def policy_group() -> None:
 @pass_ops
 def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
     """Validate FILE (or the configured policy); exit 2 listing every problem."""
+    from vfs_agent.policy_load import PolicyError, load_file, load_policy
+    from vfs_agent.sysroot import SysRoot
+
     try:
         if file is not None:
             load_file(SysRoot(Path("/")), str(Path(file).absolute()))
@@ -313,9 +351,36 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
         click.echo(f"policy is valid: {', '.join(files) or 'no files, built-in defaults'}")
 
 
+@policy_group.command("compile")
+@pass_ops
+@handle_errors
+def policy_compile(ctx: ops.Context) -> None:
+    """Validate the policy and compile it for the generator and the reports.
+
+    Writes /var/lib/vfs-agent/policy.json (under --root): while it matches the policy files
+    exactly, the boot-time generator and the reports skip YAML and pydantic. mount-all and the
+    daemon refresh it themselves; an image builder runs 'vfs-agent --root IMAGE policy compile'
+    after writing the policy, so the image's first boot has it too.
+    """
+    from vfs_agent import policy_cache
+    from vfs_agent.policy_load import load_policy
+
+    if ctx.policy_path is not None:
+        raise click.UsageError("policy compile works on the default policy files; drop --policy")
+    policy = load_policy(ctx.sysroot)
+    policy_cache.write(ctx.sysroot, policy)
+    click.echo(
+        f"compiled {', '.join(policy.files) or 'the built-in defaults'} to "
+        f"{ctx.sysroot.path(policy_cache.CACHE)}"
+    )
+
+
 @policy_group.command("schema")
 def policy_schema() -> None:
     """Print the JSON Schema of a policy file."""
+    from vfs_agent.policy_model import PolicyFile
+    from vfs_agent.pydantic_compat import json_schema
+
     emit_json(json_schema(PolicyFile))
 
 
@@ -357,9 +422,31 @@ def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
     systemctl enable --now vfs-agent.service; and with cloud-init:
     systemctl enable vfs-agent-cloud-init.service
     """
+    from vfs_agent import install_files
+
     layout = install_files.default_layout(prefix)
     for dest in install_files.install(ctx.sysroot.root, layout, dry_run=dry_run):
         click.echo(f"{'would install' if dry_run else 'installed'} {ctx.sysroot.path(dest)}")
 
 
-main.add_command(cloud_init_group)
+@main.group("cloud-init")
+def cloud_init_group() -> None:
+    """Policy from cloud-init user-data (the vfs_agent key of #cloud-config)."""
+
+
+@cloud_init_group.command("apply")
+@pass_ops
+def cloud_init_apply(ctx: ops.Context) -> None:
+    """Write the vfs_agent key of the cloud-config to policy.d/50-cloud-init.yaml and mount.
+
+    Run at boot by vfs-agent-cloud-init.service, after cloud-init's config stage and before its
+    final stage (runcmd). No key: a drop-in from an earlier boot is removed and the policy
+    files are applied as they are (for example a file that cloud-init's write_files put into
+    policy.d). An invalid key or policy is reported and changes nothing; the exit status is
+    still 0 so the boot goes on. Exit 1 only when a required share could not be mounted.
+    """
+    from vfs_agent.cloud_init import apply
+
+    if ctx.policy_path is not None:
+        raise click.UsageError("cloud-init apply works on the default policy files; drop --policy")
+    sys.exit(apply(ctx))

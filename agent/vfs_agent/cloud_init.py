@@ -31,14 +31,12 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import click
 import yaml
 
 from vfs_agent import ops, report
@@ -431,24 +429,3 @@ def _reload(systemctl: Systemctl, out: Reporter, args: list[str]) -> None:
 
 def _no_systemctl(args: list[str]) -> str | None:
     return None
-
-
-@click.group("cloud-init")
-def cloud_init_group() -> None:
-    """Policy from cloud-init user-data (the vfs_agent key of #cloud-config)."""
-
-
-@cloud_init_group.command("apply")
-@click.pass_obj
-def apply_command(ctx: ops.Context) -> None:
-    """Write the vfs_agent key of the cloud-config to policy.d/50-cloud-init.yaml and mount.
-
-    Run at boot by vfs-agent-cloud-init.service, after cloud-init's config stage and before its
-    final stage (runcmd). No key: a drop-in from an earlier boot is removed and the policy
-    files are applied as they are (for example a file that cloud-init's write_files put into
-    policy.d). An invalid key or policy is reported and changes nothing; the exit status is
-    still 0 so the boot goes on. Exit 1 only when a required share could not be mounted.
-    """
-    if ctx.policy_path is not None:
-        raise click.UsageError("cloud-init apply works on the default policy files; drop --policy")
-    sys.exit(apply(ctx))

@@ -22,7 +22,7 @@ from vfs_agent.modules import ensure_driver
 from vfs_agent.notify import Notifier
 from vfs_agent.plan import ActionKind
 from vfs_agent.policy import Policy
-from vfs_agent.policy_load import PolicyError
+from vfs_agent.policy_errors import PolicyError
 from vfs_agent.uevents import EventSource, ShareEvent, needs_driver
 
 log = logging.getLogger(__name__)

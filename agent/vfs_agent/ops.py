@@ -3,18 +3,17 @@ mount syscalls, output files) around the pure core. The CLI and the daemon call 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.context import Context as Context  # re-exported: ops.Context
+from vfs_agent.context import OperationError as OperationError
 from vfs_agent.fuse_abort import abort_connection
 from vfs_agent.installed import udev_rule_installed
-from vfs_agent.lock import mount_lock
 from vfs_agent.model import Mounted, Transport
 from vfs_agent.modules import bind_unbound, ensure_filesystem
 from vfs_agent.mounttable import read_mount_table, top_mounts
@@ -22,17 +21,11 @@ from vfs_agent.observe import SHARE_FSTYPES, Observed, nonempty_dirs, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
-from vfs_agent.policy_load import load_policy
 from vfs_agent.render_fstab import fstab_problem, render_block
 from vfs_agent.render_systemd import Skipped, UnitFile, render_units
-from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import managed_unit, start_unit
 
 log = logging.getLogger(__name__)
-
-
-class OperationError(Exception):
-    """A command could not do what was asked (exit 1), with a message for a person."""
 
 
 class SystemdMode(StrEnum):
@@ -40,27 +33,6 @@ class SystemdMode(StrEnum):
 
     START = "start"  # systemctl start the unit (commands run by hand)
     LEAVE = "leave"  # leave it to systemd (the daemon: the unit follows its device itself)
-
-
-@dataclass(frozen=True)
-class Context:
-    sysroot: SysRoot
-    policy_path: str | None = None  # None: the default files
-
-    def policy(self) -> Policy:
-        return load_policy(self.sysroot, self.policy_path)
-
-    def policy_to_apply(self) -> Policy:
-        """The policy for a command that acts on it; also compiled for the generator."""
-        return load_policy(self.sysroot, self.policy_path, save_compiled=True)
-
-    @contextlib.contextmanager
-    def locked(self, dry_run: bool) -> Iterator[None]:
-        if dry_run:
-            yield
-        else:
-            with mount_lock(self.sysroot):
-                yield
 
 
 @dataclass(frozen=True)

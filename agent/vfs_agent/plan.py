@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
 from vfs_agent.discovery import Discovery
 from vfs_agent.model import Mounted, Share, Transport
@@ -19,6 +18,10 @@ from vfs_agent.mount_options import kernel_options, transport_problem
 from vfs_agent.mounttable import top_mounts
 from vfs_agent.paths import derived_path, expand_path, path_problem
 from vfs_agent.policy import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
+
+TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ActionKind(StrEnum):

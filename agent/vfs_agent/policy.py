@@ -12,8 +12,11 @@ tag pattern matches decides. So a drop-in can override the image's policy for a 
 from __future__ import annotations
 
 import fnmatch
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
+from functools import cached_property
 
 from vfs_agent.mount_options import merge_options
 
@@ -57,7 +60,12 @@ class Rule:
     on_nonempty: NonEmpty | None = None  # None: defaults.on_nonempty
 
     def matches(self, tag: str) -> bool:
-        return self.tag == tag or (is_glob(self.tag) and fnmatch.fnmatchcase(tag, self.tag))
+        return self.tag == tag or (self._glob is not None and self._glob(tag) is not None)
+
+    @cached_property
+    def _glob(self) -> Callable[[str], object] | None:
+        """The pattern compiled once (fnmatch's own translation), or None for an exact tag."""
+        return re.compile(fnmatch.translate(self.tag)).match if is_glob(self.tag) else None
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,29 @@ class Policy:
     files: tuple[str, ...]  # the files it came from, in read order
 
     def match(self, tag: str) -> RuleRef | None:
-        return next((ref for ref in self.rules if ref.rule.matches(tag)), None)
+        """The first rule in match order whose pattern matches `tag` (Rule.matches). An exact
+        rule is found by lookup; only the globs before it are tried, so a policy of many exact
+        tags costs one dict lookup per share."""
+        exact, globs = self._index
+        first = exact.get(tag)
+        for position, ref in globs:
+            if first is not None and position > first:
+                break
+            if ref.rule.matches(tag):
+                return ref
+        return self.rules[first] if first is not None else None
+
+    @cached_property
+    def _index(self) -> tuple[dict[str, int], list[tuple[int, RuleRef]]]:
+        """Position of the first exact rule per tag; the glob rules with their positions."""
+        exact: dict[str, int] = {}
+        globs: list[tuple[int, RuleRef]] = []
+        for position, ref in enumerate(self.rules):
+            if is_glob(ref.rule.tag):
+                globs.append((position, ref))
+            else:
+                exact.setdefault(ref.rule.tag, position)
+        return exact, globs
 
     def exact_rules(self) -> tuple[RuleRef, ...]:
         """Rules that name one tag exactly, first match per tag only."""

@@ -1,16 +1,22 @@
-"""The validated, merged policy compiled to JSON, so the boot-time generator can skip YAML and
-pydantic. The cache names a fingerprint of the policy files (names, owners, modes, contents);
-any change makes it stale, and then the full loader runs."""
+"""The validated, merged policy compiled to JSON, so the boot-time generator and the reporting
+commands can skip YAML and pydantic. The cache names a fingerprint of everything the loader's
+verdict depends on: the vfs-agent version, the policy files' names, contents, modes and owners
+(and whether the owner is one the loader accepts for the user reading it). Any change makes it
+stale, and then the full loader runs. It is written by every command that acts on the default
+policy and by `vfs-agent policy compile` (which an image builder runs with --root)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import posixpath
+import stat
 from dataclasses import asdict
-from typing import Any
 
+from vfs_agent import __version__
 from vfs_agent.policy import (
     Defaults,
     NonEmpty,
@@ -23,18 +29,30 @@ from vfs_agent.policy import (
 from vfs_agent.policy_files import policy_files
 from vfs_agent.sysroot import SysRoot, write_atomic
 
+TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
+if TYPE_CHECKING:
+    from typing import Any
+
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 2
+FORMAT = 3
 
 
 def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
-    digest = hashlib.sha256(f"format {FORMAT}\n".encode())
+    digest = hashlib.sha256(f"format {FORMAT} vfs-agent {__version__}\n".encode())
+    euid = os.geteuid()
     for name in files:
-        path = sysroot.path(name)
-        for part in (path.parent, path):
-            st = os.stat(part)
-            digest.update(f"{part}\0{st.st_uid}\0{st.st_mode}\0".encode())
-        digest.update(path.read_bytes())
+        # Names inside the root, so a cache compiled into an image (--root) holds at its boot.
+        for part in (posixpath.dirname(name), name):
+            host = sysroot.path(part)
+            st, link = os.stat(host), os.lstat(host)  # a symlink in place of either shows
+            # The loader accepts root's files and the reader's own (policy_load.file_mode_problems).
+            owner_ok = st.st_uid in (0, euid)
+            digest.update(
+                f"{part}\0{st.st_uid}\0{owner_ok}\0{st.st_mode}\0{link.st_mode}\0".encode()
+            )
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device must never block the boot here
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        digest.update(sysroot.path(name).read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -75,19 +93,23 @@ def from_json(data: dict[str, Any]) -> Policy:
     return Policy(defaults, tuple(rules), tuple(data["files"]))
 
 
+def write(sysroot: SysRoot, policy: Policy) -> None:
+    """Compile `policy` (as the loader returned it for the current files) into CACHE."""
+    text = to_json(policy, fingerprint(sysroot, list(policy.files)))
+    if sysroot.read_text(CACHE) != text:
+        write_atomic(sysroot.path(CACHE), text, mode=0o644)
+
+
 def save(sysroot: SysRoot, policy: Policy) -> None:
     """Best effort: a read-only /var or a non-root user just means no cache."""
     with contextlib.suppress(OSError):
-        files = list(policy.files)
-        text = to_json(policy, fingerprint(sysroot, files))
-        if sysroot.read_text(CACHE) != text:
-            write_atomic(sysroot.path(CACHE), text, mode=0o644)
+        write(sysroot, policy)
 
 
 def load(sysroot: SysRoot) -> Policy | None:
     """The cached policy if it matches the current files exactly, else None."""
     text = sysroot.read_text(CACHE)
-    if text is None:
+    if text is None or not _trusted(sysroot):
         return None
     try:
         data = json.loads(text)
@@ -99,3 +121,17 @@ def load(sysroot: SysRoot) -> Policy | None:
         return from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _trusted(sysroot: SysRoot) -> bool:
+    """The cache stands in for the policy, so it gets the policy's StrictModes: owned by root
+    (or the reader) and writable by nobody else, nor its directory."""
+    euid = os.geteuid()
+    for part in (posixpath.dirname(CACHE), CACHE):
+        try:
+            st = os.stat(sysroot.path(part))
+        except OSError:
+            return False
+        if st.st_uid not in (0, euid) or st.st_mode & 0o022:
+            return False
+    return True

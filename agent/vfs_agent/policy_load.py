@@ -6,13 +6,14 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from vfs_agent import policy_cache
 from vfs_agent.policy import FileSection, Policy, empty_policy, merge
+from vfs_agent.policy_errors import PolicyError as PolicyError  # re-exported
+from vfs_agent.policy_errors import PolicyProblem as PolicyProblem
 from vfs_agent.policy_files import policy_files
 from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.pydantic_compat import (
@@ -27,29 +28,6 @@ from vfs_agent.pydantic_compat import (
 from vfs_agent.sysroot import SysRoot
 
 Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class PolicyProblem:
-    file: str
-    line: int  # 1-based; 0 when the problem is about the file as a whole
-    column: int
-    field: str  # e.g. "mounts[0].path", "" for the whole file
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
-
-
-class PolicyError(Exception):
-    """One or more problems; nothing may be changed when this is raised."""
-
-    def __init__(self, problems: list[PolicyProblem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def load_policy(

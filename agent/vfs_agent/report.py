@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from vfs_agent.apply import Outcome
+from typing import TYPE_CHECKING
+
 from vfs_agent.kernel import KernelReport, ModuleState
-from vfs_agent.plan import Action
-from vfs_agent.status import ShareStatus
+
+if TYPE_CHECKING:  # types only: `kernel` needs no planner
+    from vfs_agent.apply import Outcome
+    from vfs_agent.plan import Action
+    from vfs_agent.status import ShareStatus
 
 
 def show(text: str) -> str:

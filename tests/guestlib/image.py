@@ -190,8 +190,14 @@ def _install_layer(tree: Path, wheel: Path, recipe: Recipe, log: Path) -> None:
                 env=chroot_env(),
             )
             run_host(
-                # The CLI imports every dependency (pydantic through the policy schema).
-                [*chroot, "python3", "-c", "import vfs_agent.cli; print(vfs_agent.__version__)"],
+                # The CLI imports click; the policy loader YAML and pydantic (commands import
+                # them only when they run, so name both).
+                [
+                    *chroot,
+                    "python3",
+                    "-c",
+                    "import vfs_agent.cli, vfs_agent.policy_load; print(vfs_agent.__version__)",
+                ],
                 log=log,
                 env=chroot_env(),
             )

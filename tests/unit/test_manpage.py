@@ -133,4 +133,4 @@ def test_the_completion_completes_commands_and_options() -> None:
 
     assert {"mount", "mount-all"} <= set(complete("vfs-agent mou", 1))
     assert "--dry-run" in complete("vfs-agent mount-all --d", 2)
-    assert set(complete("vfs-agent policy ", 2)) == {"check", "schema"}
+    assert set(complete("vfs-agent policy ", 2)) == {"check", "compile", "schema"}

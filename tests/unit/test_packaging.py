@@ -160,6 +160,8 @@ def test_deb_maintainer_scripts(deb: Path) -> None:
     assert "udevadm control --reload" in postinst
     assert "udevadm trigger --subsystem-match=virtio --action=change" in postinst
     assert "systemctl --system daemon-reload" in postinst
+    # Compiled before the daemon-reload, so the generator already runs without the validator.
+    assert postinst.index("vfs-agent policy compile") < postinst.index("daemon-reload")
     for unit in ("vfs-agent.service", "vfs-agent-cloud-init.service"):
         assert f"deb-systemd-helper enable '{unit}'" in postinst
         assert f"deb-systemd-helper purge '{unit}'" in postrm
@@ -221,6 +223,7 @@ def test_rpm_metadata(rpm: Path) -> None:
     assert _run("rpm", "-qp", "--configfiles", str(rpm)).split() == ["/etc/vfs-agent/policy.yaml"]
     scripts = _run("rpm", "-qp", "--scripts", str(rpm))
     assert "udevadm control --reload" in scripts and "daemon-reload" in scripts
+    assert "/usr/bin/vfs-agent policy compile" in scripts
 
 
 def test_lintian_finds_no_error_and_no_warning(deb: Path) -> None:

@@ -1,0 +1,212 @@
+"""What does each command cost to start, against the bare interpreter?
+
+    .venv/bin/python bench/startup.py [--runs 20] [--json]
+
+Paired, interleaved runs on this machine (no guest): every round runs the floor
+(`python3 -I -c pass` with the same interpreter as vfs-agent) and then each command once, so
+load changes on a shared machine hit all of them alike. Prints min/median/max wall-clock
+milliseconds and the ratio of medians to the floor, with the goal of each line; and the median
+CPU time (user + system) of each, with its ratio, which a loaded machine disturbs far less.
+
+The commands run against a fake system root (8 virtio-fs tags, a policy naming 4 of them and a
+glob) through `--root`; the generator runs as systemd runs it (`python3 -I` script, one output
+directory) with VFS_AGENT_ROOT pointing at that tree, once with a fresh compiled policy and once
+without one (the first boot of an image). The udev helper runs as udev runs it, in its shell
+form and in the Python form it had before (which the shell one still uses on kernels without
+/sys/fs/virtiofs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.unit.faketree import FakeTree
+
+from vfs_agent.install_files import Layout
+
+TAGS = [f"share-{i}" for i in range(6)] + ["data-a", "weird tag#1"]
+POLICY = """version: 1
+defaults: {mount_root: /mnt/virtiofs, unknown: mount}
+mounts:
+  - {tag: share-0, path: /srv/share-0, required: true}
+  - {tag: share-1, path: /srv/share-1, options: [ro]}
+  - {tag: share-2, ignore: true}
+  - {tag: "data-*", path: "/srv/data/{tag}"}
+  - {tag: absent-one, path: /srv/absent}
+"""
+UDEV_HELPER_PY = """import sys
+from vfs_agent.udev_tag import main
+sys.exit(main(sys.argv[1:]))
+"""
+GENERATOR = """import sys
+from vfs_agent.generator import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    goal: float | None  # ratio to the floor
+    fresh_dir: Path | None = None  # emptied before every run (generator output)
+
+
+def build_tree(root: Path, *, compiled: bool) -> Path:
+    tree = FakeTree(root)
+    for tag in TAGS:
+        tree.virtiofs(tag)
+    tree.policy(POLICY)
+    tree.kernel(
+        "6.12.0-bench",
+        filesystems="nodev\tvirtiofs\nnodev\t9p\n",
+        builtin="kernel/fs/fuse/virtiofs.ko\n",
+    )
+    if compiled:
+        from vfs_agent.policy_load import load_policy
+        from vfs_agent.sysroot import SysRoot
+
+        load_policy(SysRoot(root), save_compiled=True)
+    return root
+
+
+def cli_path() -> list[str]:
+    """The console script installed next to this interpreter (as users run it)."""
+    script = Path(sys.executable).parent / "vfs-agent"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "vfs_agent"]
+
+
+def cases(work: Path) -> list[Case]:
+    python = sys.executable
+    warm = build_tree(work / "warm", compiled=True)
+    cold = build_tree(work / "cold", compiled=False)
+    generator = work / "vfs-agent-generator"
+    generator.write_text(GENERATOR)
+    cli = cli_path()
+    base = dict(os.environ)
+    out_warm, out_cold = work / "out-warm", work / "out-cold"
+    helper = work / "vfs-agent-tag-id"
+    helper.write_text(Layout("/usr", python, "/usr/bin").render("vfs-agent-tag-id.in"))
+    helper.chmod(0o755)
+    old_helper = work / "vfs-agent-tag-id.py"
+    old_helper.write_text(f"#!{python} -I\n{UDEV_HELPER_PY}")
+    old_helper.chmod(0o755)
+    devpath = os.readlink(warm / "sys/fs/virtiofs/1/device").removeprefix("../../..")
+    (warm / f"sys{devpath}").mkdir(parents=True, exist_ok=True)
+    udev_env = {"VFS_AGENT_ROOT": str(warm)}  # udev passes the event's properties only
+    return [
+        Case("python3 -I -c pass (floor)", [python, "-I", "-c", "pass"], base, None),
+        Case("udev helper (shell)", [str(helper), devpath], udev_env, None),
+        Case("udev helper (Python, before)", [str(old_helper), devpath], udev_env, None),
+        Case("vfs-agent --version", [*cli, "--version"], base, 3.0),
+        Case("vfs-agent --help", [*cli, "--help"], base, 3.0),
+        Case("vfs-agent status --json", [*cli, "--root", str(warm), "status", "--json"], base, 3.0),
+        Case("vfs-agent plan --json", [*cli, "--root", str(warm), "plan", "--json"], base, 3.0),
+        Case("vfs-agent kernel --json", [*cli, "--root", str(warm), "kernel", "--json"], base, 3.0),
+        Case(
+            "generator, compiled policy",
+            [python, "-I", str(generator), str(out_warm)],
+            {**base, "VFS_AGENT_ROOT": str(warm)},
+            2.0,
+            out_warm,
+        ),
+        Case(
+            "generator, first boot (YAML)",
+            [python, "-I", str(generator), str(out_cold)],
+            {**base, "VFS_AGENT_ROOT": str(cold)},
+            2.0,
+            out_cold,
+        ),
+    ]
+
+
+def run_once(case: Case) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one run."""
+    if case.fresh_dir is not None:
+        shutil.rmtree(case.fresh_dir, ignore_errors=True)
+        case.fresh_dir.mkdir()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(case.argv, env=case.env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in (0, 1):  # kernel exits 1 when virtiofs is unusable
+        sys.exit(f"{case.name}: exit {done.returncode}\n{done.stderr.decode()}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vfs-bench-startup-") as tmp:
+        all_cases = cases(Path(tmp))
+        # The cold tree must stay cold: the generator never compiles the policy.
+        times: dict[str, list[float]] = {c.name: [] for c in all_cases}
+        cpu: dict[str, list[float]] = {c.name: [] for c in all_cases}
+        for case in all_cases:  # warm the page cache once, not counted
+            run_once(case)
+        for _ in range(args.runs):
+            for case in all_cases:
+                wall, used = run_once(case)
+                times[case.name].append(wall)
+                cpu[case.name].append(used)
+        if (Path(tmp) / "cold/var/lib/vfs-agent/policy.json").exists():
+            sys.exit("the first-boot tree got a compiled policy: the figures are wrong")
+    floor = statistics.median(times[all_cases[0].name])
+    cpu_floor = statistics.median(cpu[all_cases[0].name])
+    rows = []
+    for case in all_cases:
+        t = times[case.name]
+        ratio = statistics.median(t) / floor
+        cpu_median = statistics.median(cpu[case.name])
+        rows.append(
+            {
+                "name": case.name,
+                "min_ms": round(min(t) * 1000, 1),
+                "median_ms": round(statistics.median(t) * 1000, 1),
+                "max_ms": round(max(t) * 1000, 1),
+                "ratio": round(ratio, 2),
+                "cpu_median_ms": round(cpu_median * 1000, 1),
+                "cpu_ratio": round(cpu_median / cpu_floor, 2),
+                "goal": case.goal,
+                "met": None if case.goal is None else ratio <= case.goal,
+            }
+        )
+    if args.json:
+        print(json.dumps({"runs": args.runs, "python": sys.version.split()[0], "rows": rows}))
+        return 0
+    print(
+        f"{args.runs} interleaved runs each, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    print(f"{'':34} {'wall-clock ms':^23}  {'':5}  {'CPU ms':^12}")
+    print(f"{'command':34} {'min':>7} {'median':>7} {'max':>7}  ratio  {'median':>6} ratio  goal")
+    for r in rows:
+        goal = "" if r["goal"] is None else f"<= {r['goal']}x {'ok' if r['met'] else 'MISSED'}"
+        print(
+            f"{r['name']:34} {r['min_ms']:7.1f} {r['median_ms']:7.1f} {r['max_ms']:7.1f}"
+            f"  {r['ratio']:5.2f}  {r['cpu_median_ms']:6.1f} {r['cpu_ratio']:5.2f}  {goal}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

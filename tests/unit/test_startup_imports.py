@@ -1,0 +1,223 @@
+"""Each command imports only what it needs, and reports use the compiled policy only while it
+stands for the policy files exactly. Run as users run it: a new process per command."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from faketree import FakeTree
+
+from vfs_agent.cli import main
+from vfs_agent.policy_cache import CACHE
+
+POLICY = """\
+version: 1
+defaults: {unknown: mount}
+mounts:
+  - {tag: media_tag, path: /mnt/media, options: [ro], required: true}
+  - {tag: "data-*", path: "/srv/data/{tag}"}
+  - {tag: absent_tag, path: /srv/absent}
+"""
+HEAVY = ("pydantic", "yaml", "click")
+
+
+def vfs_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    """The console script's main() in a fresh interpreter, with -X importtime on stderr."""
+    code = "import sys; from vfs_agent.console import main; sys.argv[0] = 'vfs-agent'; main()"
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def imported(done: subprocess.CompletedProcess[str]) -> set[str]:
+    """Top-level packages and vfs_agent modules the process imported."""
+    names = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            names.add(name if name.startswith("vfs_agent") else name.split(".")[0])
+    return names
+
+
+def output(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> FakeTree:
+    tree = FakeTree(tmp_path / "root")
+    for tag in ("media_tag", "data-1", "weird tag#1"):
+        tree.virtiofs(tag)
+    tree.policy(POLICY)
+    return tree
+
+
+def compile_policy(tree: FakeTree) -> None:
+    done = vfs_agent("--root", str(tree.root), "policy", "compile")
+    assert done.returncode == 0, done.stderr
+    assert (tree.root / CACHE.lstrip("/")).is_file()
+
+
+def test_version_before_click_prints_what_click_prints():
+    fast = vfs_agent("--version")
+    assert fast.returncode == 0
+    assert "click" not in imported(fast)
+    assert fast.stdout == CliRunner().invoke(main, ["--version"]).output
+
+
+def test_help_imports_no_command_module():
+    done = vfs_agent("--help")
+    assert done.returncode == 0 and "mount-all" in done.stdout and "cloud-init" in done.stdout
+    names = imported(done)
+    assert not names & {"pydantic", "yaml", "vfs_agent.ops", "vfs_agent.cloud_init"}, names
+
+
+def test_kernel_imports_no_policy_code(tree: FakeTree):
+    done = vfs_agent("--root", str(tree.root), "kernel", "--json")
+    assert done.returncode in (0, 1), done.stderr
+    json.loads(done.stdout)
+    names = imported(done)
+    assert not names & {"pydantic", "yaml", "vfs_agent.policy_load", "vfs_agent.plan"}, names
+
+
+@pytest.mark.parametrize("command", ["plan", "status"])
+def test_reports_use_the_compiled_policy_with_the_same_result(tree: FakeTree, command: str):
+    slow = vfs_agent("--root", str(tree.root), command, "--json")
+    assert slow.returncode == 0, slow.stderr
+    assert "pydantic" in imported(slow)  # nothing compiled yet: the full loader
+    assert not (tree.root / CACHE.lstrip("/")).exists()  # reports never write it
+    compile_policy(tree)
+    fast = vfs_agent("--root", str(tree.root), command, "--json")
+    assert fast.returncode == 0, fast.stderr
+    assert not imported(fast) & {"pydantic", "yaml"}
+    assert json.loads(fast.stdout) == json.loads(slow.stdout)
+
+
+def test_a_changed_policy_is_validated_again(tree: FakeTree):
+    compile_policy(tree)
+    tree.policy(POLICY.replace("/mnt/media", "relative/media"))
+    done = vfs_agent("--root", str(tree.root), "plan", "--json")
+    assert done.returncode == 2
+    assert "mounts[0].path: path 'relative/media' is not absolute" in done.stderr
+
+
+def test_a_new_drop_in_is_validated(tree: FakeTree):
+    compile_policy(tree)
+    tree.policy("version: 1\nmounts: [{tag: x, pathh: /srv/x}]\n", "policy.d/10-new.yaml")
+    done = vfs_agent("--root", str(tree.root), "status", "--json")
+    assert done.returncode == 2 and "unknown key 'pathh'" in done.stderr
+
+
+def test_modes_are_checked_again(tree: FakeTree):
+    compile_policy(tree)
+    os.chmod(tree.root / "etc/vfs-agent/policy.yaml", 0o664)
+    done = vfs_agent("--root", str(tree.root), "plan")
+    assert done.returncode == 2 and "writable by group or others" in done.stderr
+
+
+def test_a_writable_cache_is_not_trusted(tree: FakeTree):
+    compile_policy(tree)
+    cache = tree.root / CACHE.lstrip("/")
+    forged = json.loads(cache.read_text())
+    forged["rules"][0]["path"] = "/srv/forged"
+    cache.write_text(json.dumps(forged))
+    os.chmod(cache, 0o666)
+    done = vfs_agent("--root", str(tree.root), "plan", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "pydantic" in imported(done)
+    assert "/srv/forged" not in done.stdout and "/mnt/media" in done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the policy another owner")
+def test_an_owner_the_loader_refuses_is_checked_again(tree: FakeTree):
+    compile_policy(tree)
+    os.chown(tree.root / "etc/vfs-agent/policy.yaml", 4321, 4321)
+    done = vfs_agent("--root", str(tree.root), "plan")
+    assert done.returncode == 2 and "must be owned by root" in done.stderr
+
+
+def test_compiled_into_an_image_holds_where_the_image_boots(tree: FakeTree, tmp_path: Path):
+    """An image builder compiles with --root; the fingerprint names paths inside the root, so
+    the same tree seen from another place (the booted image) still uses it."""
+    compile_policy(tree)
+    moved = tmp_path / "booted"
+    shutil.copytree(tree.root, moved, symlinks=True)
+    done = vfs_agent("--root", str(moved), "plan", "--json")
+    assert done.returncode == 0, done.stderr
+    assert not imported(done) & {"pydantic", "yaml"}
+
+
+def test_compile_refuses_an_invalid_policy_and_writes_nothing(tree: FakeTree):
+    tree.policy("version: 1\nmounts: [{tag: x, path: relative}]\n")
+    done = vfs_agent("--root", str(tree.root), "policy", "compile")
+    assert done.returncode == 2 and "is not absolute" in done.stderr
+    assert not (tree.root / CACHE.lstrip("/")).exists()
+
+
+def test_compile_refuses_an_explicit_policy_file(tree: FakeTree):
+    policy = str(tree.root / "etc/vfs-agent/policy.yaml")
+    done = vfs_agent("--root", str(tree.root), "--policy", policy, "policy", "compile")
+    assert done.returncode == 2 and "drop --policy" in done.stderr
+
+
+def test_the_daemon_module_imports_no_validator():
+    """With a fresh compiled policy the daemon never loads YAML or pydantic (about 12 MB of its
+    resident memory); only a stale one brings in the loader."""
+    code = "import sys, vfs_agent.daemon; print(sorted({'pydantic', 'yaml'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_another_vfs_agent_version_does_not_trust_the_cache(tree: FakeTree, monkeypatch):
+    """A newer vfs-agent may validate differently: its reports read the files again."""
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    assert policy_cache.load(SysRoot(tree.root)) is not None
+    monkeypatch.setattr(policy_cache, "__version__", "99.0")
+    assert policy_cache.load(SysRoot(tree.root)) is None
+
+
+def test_the_generator_imports_no_typing_click_or_validator():
+    code = (
+        "import sys, vfs_agent.generator; "
+        "print(sorted({'typing', 'click', 'pydantic', 'yaml'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_fifo_among_the_policy_files_never_blocks_the_compiled_policy_check(tree: FakeTree):
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    dropins = tree.root / "etc/vfs-agent/policy.d"
+    dropins.mkdir(mode=0o755)
+    os.mkfifo(dropins / "50-fifo.yaml", 0o644)
+    assert policy_cache.load(SysRoot(tree.root)) is None  # returns at once: stale
+
+
+def test_a_policy_file_replaced_by_a_symlink_is_checked_again(tree: FakeTree):
+    from vfs_agent import policy_cache
+    from vfs_agent.sysroot import SysRoot
+
+    compile_policy(tree)
+    policy = tree.root / "etc/vfs-agent/policy.yaml"
+    target = tree.root / "etc/vfs-agent/real.yml"
+    policy.rename(target)
+    policy.symlink_to("real.yml")
+    assert policy_cache.load(SysRoot(tree.root)) is None
