@@ -163,6 +163,11 @@ def _apply(
             return None
         if dry_run:
             return Outcome(action, True, False, f"would start {unit}")
+        if ctx.sysroot.root != Path("/"):
+            # Like systemctl --root: a unit inside another root is never started by the
+            # running system's manager.
+            why = f"left to systemd inside {ctx.sysroot.root} ({unit}); --root starts no unit"
+            return Outcome(action, True, False, why)
         if systemd is SystemdMode.LEAVE:
             return Outcome(action, True, False, f"left to systemd ({unit})")
         problem = start_unit(unit)

@@ -1,6 +1,11 @@
 """The validated, merged policy compiled to JSON, so the boot-time generator can skip YAML and
 pydantic. The cache names a fingerprint of the policy files (names, owners, modes, contents);
-any change makes it stale, and then the full loader runs."""
+any change makes it stale, and then the full loader runs.
+
+The cache is trusted no more than the policy: it is used only when it and its directory pass
+the same owner and mode rules (strict_modes), it is a bounded regular file, and every value in
+it passes the policy's own checks again (options, paths, tags, file names); otherwise the full
+loader reads the policy files themselves."""
 
 from __future__ import annotations
 
@@ -11,12 +16,26 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from vfs_agent.policy import Defaults, Policy, Rule, RuleRef, TransportChoice, UnknownTags
-from vfs_agent.policy_files import policy_files
+from vfs_agent.mount_options import option_problem
+from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
+from vfs_agent.policy import (
+    MAX_TAG_BYTES,
+    Defaults,
+    Policy,
+    Rule,
+    RuleRef,
+    TransportChoice,
+    UnknownTags,
+    is_glob,
+)
+from vfs_agent.policy_files import POLICY_MAX, policy_files
+from vfs_agent.safe_io import read_regular
+from vfs_agent.strict_modes import mode_problems
 from vfs_agent.sysroot import SysRoot, write_atomic
 
 CACHE = "/var/lib/vfs-agent/policy.json"
 FORMAT = 1
+CACHE_MAX = 4 << 20  # bytes
 
 
 def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
@@ -26,7 +45,7 @@ def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
         for part in (path.parent, path):
             st = os.stat(part)
             digest.update(f"{part}\0{st.st_uid}\0{st.st_mode}\0".encode())
-        digest.update(path.read_bytes())
+        digest.update(read_regular(path, POLICY_MAX))
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -43,23 +62,74 @@ def to_json(policy: Policy, print_: str) -> str:
 
 
 def from_json(data: dict[str, Any]) -> Policy:
+    """The policy in a cache document; ValueError (or KeyError, TypeError) unless every value
+    passes the checks the policy files pass."""
     d = data["defaults"]
     defaults = Defaults(
-        d["mount_root"], tuple(d["options"]), UnknownTags(d["unknown"]), int(d["device_timeout"])
+        _path(d["mount_root"], placeholder=False),
+        _options(d["options"]),
+        UnknownTags(d["unknown"]),
+        _timeout(d["device_timeout"]),
     )
+    files = data["files"]
+    if not isinstance(files, list) or not all(isinstance(f, str) and _printable(f) for f in files):
+        raise ValueError("files")
     rules = []
     for r in data["rules"]:
         rule = Rule(
-            r["tag"],
-            r["path"],
-            tuple(r["options"]),
-            r["required"],
-            r["ignore"],
+            _tag(r["tag"]),
+            None if r["path"] is None else _path(r["path"], placeholder=True),
+            _options(r["options"]),
+            _bool(r["required"]),
+            _bool(r["ignore"]),
             TransportChoice(r["transport"]),
-            r["device_timeout"],
+            None if r["device_timeout"] is None else _timeout(r["device_timeout"]),
         )
+        if r["file"] not in files or type(r["index"]) is not int or r["index"] < 0:
+            raise ValueError("rule origin")
         rules.append(RuleRef(rule, r["file"], r["index"]))
-    return Policy(defaults, tuple(rules), tuple(data["files"]))
+    return Policy(defaults, tuple(rules), tuple(files))
+
+
+def _printable(text: str) -> bool:
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _tag(tag: Any) -> str:
+    if not isinstance(tag, str) or not tag or not _printable(tag):
+        raise ValueError("tag")
+    if not is_glob(tag) and len(tag.encode("utf-8", "surrogateescape")) > MAX_TAG_BYTES:
+        raise ValueError("tag")
+    return tag
+
+
+def _path(path: Any, *, placeholder: bool) -> str:
+    if not isinstance(path, str):
+        raise ValueError("path")
+    rest = path.replace(TAG_PLACEHOLDER, "x") if placeholder else path
+    if "{" in rest or "}" in rest or path_problem(rest):
+        raise ValueError("path")
+    return path
+
+
+def _options(options: Any) -> tuple[str, ...]:
+    if not isinstance(options, list) or not all(
+        isinstance(o, str) and option_problem(o) is None for o in options
+    ):
+        raise ValueError("options")
+    return tuple(options)
+
+
+def _timeout(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 3600:
+        raise ValueError("device_timeout")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("flag")
+    return value
 
 
 def save(sysroot: SysRoot, policy: Policy) -> None:
@@ -72,17 +142,20 @@ def save(sysroot: SysRoot, policy: Policy) -> None:
 
 
 def load(sysroot: SysRoot) -> Policy | None:
-    """The cached policy if it matches the current files exactly, else None."""
-    text = sysroot.read_text(CACHE)
-    if text is None:
+    """The cached policy if it is trusted (owner, mode, contents re-checked) and matches the
+    current files exactly, else None."""
+    path = sysroot.path(CACHE)
+    if mode_problems(path):
         return None
     try:
-        data = json.loads(text)
+        data = json.loads(read_regular(path, CACHE_MAX))
+        if not isinstance(data, dict):
+            return None
         files = policy_files(sysroot, None)
         if data.get("format") != FORMAT or data.get("files") != files:
             return None
         if data.get("fingerprint") != fingerprint(sysroot, files):
             return None
         return from_json(data)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None

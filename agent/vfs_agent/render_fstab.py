@@ -44,6 +44,10 @@ def render_block(actions: list[Action]) -> str:
     return "\n".join([BLOCK_BEGIN, *render_lines(actions), BLOCK_END]) + "\n"
 
 
+class BlockError(ValueError):
+    """The fstab's vfs-agent markers are broken; nothing can be replaced safely."""
+
+
 def replace_block(fstab: str, block: str) -> str:
     """`fstab` with its vfs-agent block replaced by `block` (appended when there is none).
     Every byte outside the block is kept."""
@@ -54,8 +58,9 @@ def replace_block(fstab: str, block: str) -> str:
             (i for i in range(begin + 1, len(lines)) if lines[i].rstrip("\n") == BLOCK_END), None
         )
         if end is None:
-            raise ValueError(
-                f"the fstab has '{BLOCK_BEGIN}' but no '{BLOCK_END}' line; fix it by hand"
+            raise BlockError(
+                f"line {begin + 1} begins vfs-agent's block but no '{BLOCK_END}' line ends "
+                f"it; add that line where the block ends, or delete line {begin + 1}"
             )
         return "".join(lines[:begin]) + block + "".join(lines[end + 1 :])
     separator = "" if not fstab or fstab.endswith("\n") else "\n"

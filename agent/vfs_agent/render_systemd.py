@@ -94,6 +94,12 @@ def _problem(action: Action) -> str | None:
     return None
 
 
+def comment_text(text: str) -> str:
+    """`text` for one comment line: control characters (a newline in a policy file name)
+    become escapes, so nothing in it can start a line of its own."""
+    return "".join(ascii(c)[1:-1] if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+
+
 def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
     assert action.path is not None and action.transport is not None
     name = mount_unit_name(action.path)
@@ -108,12 +114,12 @@ def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
     if not action.required:
         options.append("nofail")  # systemd then does not order local-fs.target after it
     unit = [
-        f"{GENERATED_MARK} from {origin}; do not edit.",
-        f"# {action.reason}",
+        f"{GENERATED_MARK} from {comment_text(origin)}; do not edit.",
+        f"# {comment_text(action.reason)}",
         "[Unit]",
         f"Description=virtio-fs share {esc(ascii(action.tag)[1:-1])}",
     ]
-    if action.source_file:
+    if action.source_file and unit_value_problem(action.source_file) is None:
         unit.append(f"SourcePath={esc(action.source_file)}")
     if device:
         unit += [f"BindsTo={device}", f"After={device}"]

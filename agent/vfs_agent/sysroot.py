@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfs_agent.safe_io import read_regular, resolve_output
+
 
 class UnsafePathError(OSError):
     """A path component is a symlink or not a directory where one is required."""
@@ -28,15 +30,14 @@ class SysRoot:
         return self.root / inner.lstrip("/")
 
     def read_text(self, inner: str) -> str | None:
-        """File contents, or None if it does not exist or cannot be read."""
-        try:
-            return self.path(inner).read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError:
-            return None
+        """File contents, or None if it does not exist or cannot be read (also when it is not
+        a regular file: a FIFO or a device never blocks or floods a reader)."""
+        raw = self.read_bytes(inner)
+        return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
     def read_bytes(self, inner: str) -> bytes | None:
         try:
-            return self.path(inner).read_bytes()
+            return read_regular(self.path(inner))
         except OSError:
             return None
 
@@ -105,7 +106,9 @@ def _open_child(parent: int, name: str, whole: str, *, create: bool, mode: int) 
 
 def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
     """Temp file in the same directory, fsync, rename over the target; keeps an existing
-    file's mode and owner."""
+    file's mode and owner. A symlinked target is followed (the link is kept and its target
+    replaced); anything but a regular file is refused (safe_io.resolve_output)."""
+    target = resolve_output(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         st: os.stat_result | None = os.stat(target)
