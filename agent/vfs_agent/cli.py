@@ -16,6 +16,7 @@ import click
 
 from vfs_agent import __version__, install_files, ops, report
 from vfs_agent.apply import Outcome
+from vfs_agent.cli_guard import GuardedGroup
 from vfs_agent.cloud_init import cloud_init_group
 from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
@@ -51,6 +52,8 @@ def handle_errors(func: F) -> F:
         except ops.OperationError as e:
             click.echo(f"vfs-agent: {e}", err=True)
             sys.exit(EXIT_FAILED)
+        except BrokenPipeError:
+            raise  # standard output, not a file the command works on (cli_guard)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"vfs-agent: error: {where}{e.strerror or e}", err=True)
@@ -65,7 +68,7 @@ dry_run_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vfs-agent")
 @click.option(
     "--policy",

@@ -125,7 +125,7 @@ def parse_text(text: str, name: str) -> PolicyFile:
     except yaml.reader.ReaderError as e:
         line, col = _text_position(text, e.position)
         char = chr(e.character) if isinstance(e.character, int) else str(e.character)
-        what = f"character {ascii(char)}"
+        what = f"character {char!a}"
         message = f"invalid YAML: {what} is not allowed (control character); remove it"
         raise PolicyError([PolicyProblem(name, line, col, "", message)]) from None
     except yaml.MarkedYAMLError as e:

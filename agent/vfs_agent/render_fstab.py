@@ -51,11 +51,15 @@ class BlockError(ValueError):
 def replace_block(fstab: str, block: str) -> str:
     """`fstab` with its vfs-agent block replaced by `block` (appended when there is none).
     Every byte outside the block is kept."""
-    lines = fstab.splitlines(keepends=True)
-    begin = next((i for i, line in enumerate(lines) if line.rstrip("\n") == BLOCK_BEGIN), None)
+    # Lines end at \n only, as libmount reads fstab (str.splitlines would also split at \f,
+    # \x85, ...); a marker line may end in \r\n (a file edited on Windows) and is still
+    # found, so the block is never written twice.
+    lines = _lf_lines(fstab)
+    begin = next((i for i, line in enumerate(lines) if line.rstrip("\r\n") == BLOCK_BEGIN), None)
     if begin is not None:
         end = next(
-            (i for i in range(begin + 1, len(lines)) if lines[i].rstrip("\n") == BLOCK_END), None
+            (i for i in range(begin + 1, len(lines)) if lines[i].rstrip("\r\n") == BLOCK_END),
+            None,
         )
         if end is None:
             raise BlockError(
@@ -65,3 +69,10 @@ def replace_block(fstab: str, block: str) -> str:
         return "".join(lines[:begin]) + block + "".join(lines[end + 1 :])
     separator = "" if not fstab or fstab.endswith("\n") else "\n"
     return fstab + separator + block
+
+
+def _lf_lines(text: str) -> list[str]:
+    """Lines ending at \n, each with its \n."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    return [*lines, parts[-1]] if parts[-1] else lines
