@@ -86,21 +86,6 @@ def unit_specifier_escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def unit_value_problem(value: str) -> str | None:
-    """Why `value` cannot be written as a unit file setting verbatim, or None if it can.
-
-    systemd strips leading and trailing whitespace and treats a trailing backslash as a line
-    continuation; a control character would end or corrupt the line.
-    """
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return "contains a control character"
-    if value != value.strip():
-        return "begins or ends with whitespace"
-    if value.endswith("\\"):
-        return "ends with a backslash"
-    return None
-
-
 def fstab_escape(field: str) -> str:
     """Escape one fstab field with octal escapes (space \\040, tab \\011, newline \\012,
     backslash \\134, '#' \\043, and any other control byte), as libmount decodes them."""
