@@ -144,16 +144,20 @@ def kernel(ctx: ops.Context, as_json: bool) -> None:
 def plan(ctx: ops.Context, as_json: bool) -> None:
     """What mount-all would do and why; changes nothing."""
     planned = ops.current_plan(ctx)
+    unwritable = ops.not_persistent(planned.actions)
     if as_json:
         emit_json(
             {
                 "policy_files": list(planned.policy.files),
                 "discovery_complete": planned.observed.discovery.complete,
                 "actions": [a.to_dict() for a in planned.actions],
+                "not_persistent": [vars(skip) for skip in unwritable],
             }
         )
     else:
         click.echo(report.plan_text(planned.actions))
+        for skip in unwritable:
+            click.echo(f"* no fstab line or unit for {report.show(skip.tag)}: {skip.why}")
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:

@@ -208,15 +208,19 @@ def write_units(
     return written, removed, skipped
 
 
+def not_persistent(actions: list[Action]) -> list[Skipped]:
+    """The wanted shares that neither an fstab line nor a unit can express (persist.py)."""
+    return [
+        Skipped(a.tag, a.path, why)
+        for a in actions
+        if a.kind in WANTED and a.path is not None and (why := fstab_problem(a)) is not None
+    ]
+
+
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
     """The fstab block, and the wanted shares fstab cannot express."""
     actions = current_plan(ctx).actions
-    skipped = [
-        Skipped(a.tag, a.path, why)
-        for a in actions
-        if a.kind in WANTED and (why := fstab_problem(a)) is not None
-    ]
-    return render_block(actions), skipped
+    return render_block(actions), not_persistent(actions)
 
 
 def write_fstab(ctx: Context, fstab: Path) -> list[Skipped]:

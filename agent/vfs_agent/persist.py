@@ -8,6 +8,8 @@ tests/unit/test_fstab_generator_differential.py):
 - spaces and tabs around a value are stripped, and a trailing backslash continues the line;
 - a value that is not valid UTF-8 is ignored ("String is not UTF-8 clean"), so the unit fails;
 - mount(8), which systemd runs, resolves LABEL=, UUID=, ... sources (escape.source_problem);
+- a line whose first character is '#' is a comment, and systemd-fstab-generator 252 (glibc's
+  getmntent) decodes no \\043, so a tag cannot begin with '#';
 - a unit name is at most 255 bytes.
 Every other byte (a tab or a control character inside a tag, `#`, `;`, quotes) is kept.
 A share that fails these gets neither an fstab line nor a unit, with the same reason, and
@@ -46,6 +48,8 @@ def share_problem(tag: str, path: str) -> str | None:
     problem = source_problem(tag)
     if problem:
         return f"the tag {tag!r} {problem}"
+    if tag.startswith("#"):
+        return f"the tag {tag!r} begins with '#', which makes its fstab line a comment"
     if len(mount_unit_name(path)) > UNIT_NAME_MAX:
         return f"the unit name for {path!r} would be longer than {UNIT_NAME_MAX} characters"
     return None
