@@ -20,9 +20,11 @@ from vfs_agent.cli_guard import GuardedGroup
 from vfs_agent.cloud_init import cloud_init_group
 from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
+from vfs_agent.policy import merge
+from vfs_agent.policy_conflicts import check_conflicts
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
-from vfs_agent.policy_load import PolicyError, load_file, load_policy
-from vfs_agent.policy_model import PolicyFile
+from vfs_agent.policy_load import PolicyError, load_file, load_policy, policy_location
+from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.render_systemd import Skipped
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
@@ -290,13 +292,23 @@ def policy_group() -> None:
 @json_option
 @pass_ops
 def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
-    """Validate FILE (or the configured policy); exit 2 listing every problem."""
+    """Validate FILE (or the configured policy); exit 2 listing every problem.
+
+    Besides each file's own errors, rules that conflict whatever shares are attached are
+    errors: two tags for one path, a path that is defaults.mount_root, a path above another
+    rule's path (its share would hide that mount). Globs whose {tag} paths could meet are
+    fine: tags are encoded injectively and a tag takes the first rule that matches it.
+    """
     try:
         if file is not None:
-            load_file(SysRoot(Path("/")), str(Path(file).absolute()))
+            sysroot, name = SysRoot(Path("/")), str(Path(file).absolute())
+            policy = merge([to_section(name, load_file(sysroot, name))])
             files = [file]
         else:
-            files = list(load_policy(ctx.sysroot, ctx.policy_path).files)
+            sysroot = policy_location(ctx.sysroot, ctx.policy_path)[0]
+            policy = load_policy(ctx.sysroot, ctx.policy_path)
+            files = list(policy.files)
+        check_conflicts(sysroot, policy)
     except PolicyError as e:
         if as_json:
             emit_json({"valid": False, "problems": [vars(p) for p in e.problems]})

@@ -55,10 +55,7 @@ def load_policy(
     """Read, check and merge the policy. Raises PolicyError listing every problem found.
     With `save_compiled`, the result is cached for the boot-time generator (policy_cache):
     the commands that act on the policy do it (mount-all, the daemon); reports do not."""
-    if explicit is not None and not explicit.startswith("/"):
-        # A relative --policy names a file at hand (the current directory), never one inside
-        # --root; an absolute one is read inside the root like the default files.
-        sysroot, explicit = SysRoot(Path("/")), os.path.abspath(explicit)
+    sysroot, explicit = policy_location(sysroot, explicit)
     files = policy_files(sysroot, explicit)
     if not files:
         return empty_policy()
@@ -75,6 +72,22 @@ def load_policy(
     if explicit is None and save_compiled:
         policy_cache.save(sysroot, policy)
     return policy
+
+
+def policy_location(sysroot: SysRoot, explicit: str | None) -> tuple[SysRoot, str | None]:
+    """Where `--policy PATH` is read: a relative PATH names a file at hand (from the current
+    directory, never inside --root); an absolute one is inside the root, like the default
+    files (as `systemd-tmpfiles --root` reads its configuration)."""
+    if explicit is not None and not explicit.startswith("/"):
+        return SysRoot(Path("/")), os.path.abspath(explicit)
+    return sysroot, explicit
+
+
+def file_positions(sysroot: SysRoot, name: str) -> dict[Loc, tuple[int, int]]:
+    """(line, column) of every value of a policy file that loads (see node_positions)."""
+    text = read_regular(sysroot.path(name), POLICY_MAX).decode("utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    return node_positions(node, name) if node is not None else {}
 
 
 def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> PolicyFile:
