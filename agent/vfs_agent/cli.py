@@ -76,7 +76,9 @@ dry_run_option = click.option(
     "--policy",
     "policy_path",
     metavar="PATH",
-    help=f"Policy file to use instead of {MAIN_POLICY} plus {DROPIN_DIR}/*.yaml.",
+    help=f"Policy file to use instead of {MAIN_POLICY} plus {DROPIN_DIR}/*.yaml. An "
+    "absolute PATH is read inside --root (like the default files); a relative one from the "
+    "current directory.",
 )
 @click.option(
     "--root",

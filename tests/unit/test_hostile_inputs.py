@@ -351,3 +351,33 @@ def test_generator_revalidates_the_compiled_policy(tree: FakeTree, tmp_path: Pat
     data["rules"][0]["options"] = ["noexec"]
     cache.write_text(json.dumps(data))
     assert "Options=nosuid,nodev,noexec\n" in _units(tree, tmp_path / "c")
+
+
+# --- --policy with --root -----------------------------------------------------------------------
+
+
+def test_absolute_policy_is_read_inside_root_and_the_error_names_the_file_tried(tree: FakeTree):
+    result = run(tree, "--policy", "/etc/other.yaml", "plan")  # no such file in the root
+    tried = tree.root / "etc/other.yaml"
+    assert_error(result.stderr, 2, result.exit_code, f"/etc/other.yaml: no such file ({tried})")
+    tree.policy(POLICY.replace("/mnt/media", "/mnt/inside"), name="../other.yaml")
+    assert "/mnt/inside" in run(tree, "--policy", "/etc/other.yaml", "plan").stdout
+
+
+def test_relative_policy_is_read_from_the_current_directory(
+    tree: FakeTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o755)
+    (work / "p.yaml").write_text(POLICY.replace("/mnt/media", "/mnt/from-cwd"))
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(main, ["--root", str(tree.root), "--policy", "p.yaml", "plan"])
+    assert result.exit_code == 0, result.output
+    assert "/mnt/from-cwd" in result.stdout
+    missing = CliRunner().invoke(main, ["--root", str(tree.root), "--policy", "no.yaml", "plan"])
+    assert_error(missing.stderr, 2, missing.exit_code, f"{work}/no.yaml: no such file")
+
+
+def test_help_states_the_policy_and_root_rule():
+    out = CliRunner().invoke(main, ["--help"]).output
+    assert "absolute PATH is read inside --root" in " ".join(out.split())
