@@ -381,3 +381,40 @@ def test_relative_policy_is_read_from_the_current_directory(
 def test_help_states_the_policy_and_root_rule():
     out = CliRunner().invoke(main, ["--help"]).output
     assert "absolute PATH is read inside --root" in " ".join(out.split())
+
+
+# --- --root never reaches the running system's services -----------------------------------------
+
+
+def test_root_never_starts_a_unit_with_the_hosts_systemctl(
+    tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+):
+    """The image has systemd "running" and a vfs-agent unit for the share: mount-all and mount
+    under --root leave it to that root's systemd; neither systemctl nor mount(2) runs."""
+    from test_apply import RecordingMounter
+
+    from vfs_agent import ops, systemd_units
+    from vfs_agent.render_systemd import GENERATED_MARK
+
+    tree.write("run/systemd/system/.keep", "")
+    tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
+    started: list[str] = []
+    monkeypatch.setattr(systemd_units, "start_unit", lambda name, **_: started.append(name))
+    monkeypatch.setattr(ops, "start_unit", lambda name, **_: started.append(name))
+    real_run = subprocess.run
+
+    def no_systemctl(args: list[str], *rest: object, **kwargs: object) -> object:
+        assert "systemctl" not in str(args[0]), args
+        return real_run(args, *rest, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", no_systemctl)
+    ctx = ops.Context(SysRoot(tree.root))
+    mounter = RecordingMounter()
+    for outcomes in (
+        ops.mount_all(ctx, dry_run=False, mounter=mounter),
+        ops.mount_one(ctx, "media_tag", None, dry_run=False, mounter=mounter),
+    ):
+        (outcome,) = [o for o in outcomes if o.action.tag == "media_tag"]
+        assert outcome.ok and not outcome.changed
+        assert "--root starts no unit" in outcome.message
+    assert started == [] and mounter.mounts == []
