@@ -138,6 +138,9 @@ def save(sysroot: SysRoot, policy: Policy) -> None:
         files = list(policy.files)
         text = to_json(policy, fingerprint(sysroot, files))
         if sysroot.read_text(CACHE) != text:
+            # 0755 whatever the umask: a group-writable directory would make load() distrust
+            # the cache for good.
+            sysroot.path(CACHE).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             write_atomic(sysroot.path(CACHE), text, mode=0o644)
 
 

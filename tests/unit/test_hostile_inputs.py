@@ -22,6 +22,7 @@ from treeutil import snapshot
 from vfs_agent import policy_cache
 from vfs_agent.cli import main
 from vfs_agent.generator import generate
+from vfs_agent.policy_load import load_policy
 from vfs_agent.render_fstab import BLOCK_BEGIN, BLOCK_END
 from vfs_agent.sysroot import SysRoot
 
@@ -318,9 +319,9 @@ def test_broken_yaml_is_a_positioned_error_never_a_traceback(tree: FakeTree, tex
 
 
 def _compile(tree: FakeTree) -> Path:
-    result = run(tree, "mount-all")  # acts on the policy, so it compiles it
+    load_policy(SysRoot(tree.root), save_compiled=True)  # as mount-all and the daemon do
     cache = tree.root / policy_cache.CACHE.lstrip("/")
-    assert cache.is_file(), result.output
+    assert cache.is_file()
     return cache
 
 
@@ -418,3 +419,12 @@ def test_root_never_starts_a_unit_with_the_hosts_systemctl(
         assert outcome.ok and not outcome.changed
         assert "--root starts no unit" in outcome.message
     assert started == [] and mounter.mounts == []
+
+
+def test_the_compiled_policy_is_trusted_under_a_loose_umask(tree: FakeTree, tmp_path: Path):
+    old = os.umask(0o002)
+    try:
+        cache = _compile(tree)
+    finally:
+        os.umask(old)
+    assert policy_cache.load(SysRoot(tree.root)) is not None, oct(cache.parent.stat().st_mode)
