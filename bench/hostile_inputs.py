@@ -83,7 +83,7 @@ def main() -> int:
         fstab.write_text("/dev/vda / ext4 defaults 0 1\n")
         link = base / "fstab-link"
         link.symlink_to(fstab)
-        for label, target in (("generate fstab, plain file", fstab), ("via symlink", link)):
+        for label, target in (("plain file", fstab), ("through a symlink", link)):
             argv = [*cli, "--root", str(normal), "generate", "fstab", "--output", str(target)]
             seconds, code = timed(argv, runs)
             rows.append((f"generate fstab, {label}", seconds, code))
