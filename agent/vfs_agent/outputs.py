@@ -9,7 +9,7 @@ from pathlib import Path
 from vfs_agent.render_fstab import BlockError, replace_block
 from vfs_agent.render_systemd import GENERATED_MARK, TIMEOUT_DROPIN, GeneratedFile, UnitFile
 from vfs_agent.safe_io import FileRefused, check_output_dir, read_regular, resolve_output
-from vfs_agent.sysroot import write_atomic
+from vfs_agent.sysroot import temp_name, write_atomic
 
 UNIT_READ_MAX = 1 << 20
 FSTAB_MAX = 16 << 20  # bytes; a larger "fstab" is refused, not read
@@ -81,7 +81,7 @@ def _write_extra(directory: Path, extra: GeneratedFile) -> None:
         return
     if path.is_symlink() and os.readlink(path) == extra.link_to:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(temp_name(path.name))
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     tmp.symlink_to(extra.link_to)

@@ -7,6 +7,7 @@ tests/unit/test_fstab_generator_differential.py):
 - a line ends at \\n or \\r, so a value holding either is cut;
 - spaces and tabs around a value are stripped, and a trailing backslash continues the line;
 - a value that is not valid UTF-8 is ignored ("String is not UTF-8 clean"), so the unit fails;
+  for systemd that includes the Unicode noncharacters (U+FDD0..U+FDEF, U+FFFE, U+FFFF, ...);
 - mount(8), which systemd runs, resolves LABEL=, UUID=, ... sources (escape.source_problem);
 - a line whose first character is '#' is a comment, and systemd-fstab-generator 252 (glibc's
   getmntent) decodes no \\043, so a tag cannot begin with '#';
@@ -36,7 +37,14 @@ def setting_problem(value: str) -> str | None:
         tag_bytes(value).decode("utf-8")
     except UnicodeDecodeError:
         return "is not valid UTF-8, which systemd ignores"
+    if any(_noncharacter(ord(c)) for c in value):
+        return "holds a Unicode noncharacter, which systemd rejects as invalid UTF-8"
     return None
+
+
+def _noncharacter(code: int) -> bool:
+    """U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every plane (systemd's unichar_is_valid())."""
+    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
 def share_problem(tag: str, path: str) -> str | None:

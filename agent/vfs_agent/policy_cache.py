@@ -21,6 +21,7 @@ from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy import (
     MAX_TAG_BYTES,
     Defaults,
+    NonEmpty,
     Policy,
     Rule,
     RuleRef,
@@ -34,7 +35,7 @@ from vfs_agent.strict_modes import mode_problems
 from vfs_agent.sysroot import SysRoot, write_atomic
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 1
+FORMAT = 2
 CACHE_MAX = 4 << 20  # bytes
 
 
@@ -69,7 +70,8 @@ def from_json(data: dict[str, Any]) -> Policy:
         _path(d["mount_root"], placeholder=False),
         _options(d["options"]),
         UnknownTags(d["unknown"]),
-        _timeout(d["device_timeout"]),
+        None if d["device_timeout"] is None else _timeout(d["device_timeout"]),
+        NonEmpty(d["on_nonempty"]),
     )
     files = data["files"]
     if not isinstance(files, list) or not all(isinstance(f, str) and _printable(f) for f in files):
@@ -84,6 +86,7 @@ def from_json(data: dict[str, Any]) -> Policy:
             _bool(r["ignore"]),
             TransportChoice(r["transport"]),
             None if r["device_timeout"] is None else _timeout(r["device_timeout"]),
+            None if r["on_nonempty"] is None else NonEmpty(r["on_nonempty"]),
         )
         if r["file"] not in files or type(r["index"]) is not int or r["index"] < 0:
             raise ValueError("rule origin")

@@ -104,6 +104,13 @@ def _open_child(parent: int, name: str, whole: str, *, create: bool, mode: int) 
     return _open_child(parent, name, whole, create=False, mode=mode)
 
 
+def temp_name(name: str) -> str:
+    """A hidden temporary name beside `name` (loaders skip dot files); `name` is cut so the
+    result fits NAME_MAX (255 bytes) even for a 255-byte unit name."""
+    short = os.fsdecode(os.fsencode(name)[:200])
+    return f".{short}.{os.getpid()}.tmp"
+
+
 def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
     """Temp file in the same directory, fsync, rename over the target; keeps an existing
     file's mode and owner. A symlinked target is followed (the link is kept and its target
@@ -116,7 +123,7 @@ def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
         st = None
     # O_EXCL on a per-process name instead of tempfile: the boot-time generator writes through
     # here, and tempfile's imports cost it measurable time under emulation.
-    tmp = str(target.parent / f".{target.name}.{os.getpid()}.tmp")
+    tmp = str(target.parent / temp_name(target.name))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # left by an earlier process with the same PID that died
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
