@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from vfs_agent import __version__
+from vfs_agent.cli_guard import GuardedGroup
 from vfs_agent.console import PROG
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
 
@@ -56,6 +57,8 @@ def handle_errors(func: F) -> F:
         except OperationError as e:
             click.echo(f"vfs-agent: {e}", err=True)
             sys.exit(EXIT_FAILED)
+        except BrokenPipeError:
+            raise  # standard output, not a file the command works on (cli_guard)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"vfs-agent: error: {where}{e.strerror or e}", err=True)
@@ -70,13 +73,15 @@ dry_run_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=PROG)
 @click.option(
     "--policy",
     "policy_path",
     metavar="PATH",
-    help=f"Policy file to use instead of {MAIN_POLICY} plus {DROPIN_DIR}/*.yaml.",
+    help=f"Policy file to use instead of {MAIN_POLICY} plus {DROPIN_DIR}/*.yaml. An "
+    "absolute PATH is read inside --root (like the default files); a relative one from the "
+    "current directory.",
 )
 @click.option(
     "--root",
@@ -161,18 +166,22 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
     from vfs_agent import ops
 
     planned = ops.current_plan(ctx)
+    unwritable = ops.not_persistent(planned.actions)
     if as_json:
         emit_json(
             {
                 "policy_files": list(planned.policy.files),
                 "discovery_complete": planned.observed.discovery.complete,
                 "actions": [a.to_dict() for a in planned.actions],
+                "not_persistent": [vars(skip) for skip in unwritable],
             }
         )
     else:
-        from vfs_agent.report import plan_text
+        from vfs_agent.report import plan_text, show
 
         click.echo(plan_text(planned.actions))
+        for skip in unwritable:
+            click.echo(f"* no fstab line or unit for {show(skip.tag)}: {skip.why}")
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:
@@ -328,16 +337,29 @@ def policy_group() -> None:
 @json_option
 @pass_ops
 def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
-    """Validate FILE (or the configured policy); exit 2 listing every problem."""
-    from vfs_agent.policy_load import PolicyError, load_file, load_policy
+    """Validate FILE (or the configured policy); exit 2 listing every problem.
+
+    Besides each file's own errors, rules that conflict whatever shares are attached are
+    errors: two tags for one path, a path that is defaults.mount_root, a path above another
+    rule's path (its share would hide that mount). Globs whose {tag} paths could meet are
+    fine: tags are encoded injectively and a tag takes the first rule that matches it.
+    """
+    from vfs_agent.policy import merge
+    from vfs_agent.policy_conflicts import check_conflicts
+    from vfs_agent.policy_load import PolicyError, load_file, load_policy, policy_location
+    from vfs_agent.policy_model import to_section
     from vfs_agent.sysroot import SysRoot
 
     try:
         if file is not None:
-            load_file(SysRoot(Path("/")), str(Path(file).absolute()))
+            sysroot, name = SysRoot(Path("/")), str(Path(file).absolute())
+            policy = merge([to_section(name, load_file(sysroot, name))])
             files = [file]
         else:
-            files = list(load_policy(ctx.sysroot, ctx.policy_path).files)
+            sysroot = policy_location(ctx.sysroot, ctx.policy_path)[0]
+            policy = load_policy(ctx.sysroot, ctx.policy_path)
+            files = list(policy.files)
+        check_conflicts(sysroot, policy)
     except PolicyError as e:
         if as_json:
             emit_json({"valid": False, "problems": [vars(p) for p in e.problems]})

@@ -43,8 +43,10 @@ from vfs_agent import ops, report
 from vfs_agent.apply import Outcome
 from vfs_agent.policy_files import DROPIN_DIR, policy_files
 from vfs_agent.policy_load import (
+    YAML_DEPTH_MAX,
     PolicyError,
     PolicyProblem,
+    check_depth,
     field_path,
     load_policy,
     node_positions,
@@ -135,6 +137,8 @@ def cloud_config(query_json: str) -> tuple[dict[Any, Any], str | None]:
         data = json.loads(query_json)
     except ValueError as e:
         raise CloudInitError(f"cloud-init query printed no JSON: {e}") from None
+    except RecursionError:
+        raise CloudInitError("cloud-init query printed JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise CloudInitError("cloud-init query printed no JSON object")
     userdata = data.get("userdata") if isinstance(data.get("userdata"), str) else None
@@ -149,7 +153,10 @@ def cloud_config(query_json: str) -> tuple[dict[Any, Any], str | None]:
             "23.3 or later) and the user-data is not a plain #cloud-config document"
         )
     try:
+        check_depth(userdata, "user-data")
         loaded = yaml.safe_load(userdata)
+    except PolicyError as e:
+        raise CloudInitError(f"the #cloud-config {e}") from None
     except yaml.YAMLError as e:
         raise CloudInitError(f"the #cloud-config user-data is not valid YAML: {e}") from None
     return (loaded if isinstance(loaded, dict) else {}), userdata
@@ -165,6 +172,14 @@ def validate(value: Any, userdata: str | None) -> tuple[str | None, list[PolicyP
     The text that would be written is what gets validated, so the drop-in always passes
     `policy check`. Positions are those in the user-data when the value comes straight from a
     plain #cloud-config document; else only the field path is shown."""
+    if _depth(value) > YAML_DEPTH_MAX:
+        if userdata and _is_cloud_config(userdata):
+            try:
+                check_depth(userdata, "user-data")
+            except PolicyError as e:
+                return None, e.problems
+        message = f"nested deeper than {YAML_DEPTH_MAX} levels; a policy needs 4"
+        return None, [PolicyProblem(SOURCE, 0, 0, "", message)]
     body = yaml.safe_dump(_ordered(value), sort_keys=False, allow_unicode=True)
     text = HEADER + body
     try:
@@ -173,6 +188,20 @@ def validate(value: Any, userdata: str | None) -> tuple[str | None, list[PolicyP
         marks = _user_data_marks(value, userdata)
         return None, [_place(p, marks) for p in e.problems]
     return text, []
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in `value` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= YAML_DEPTH_MAX:
+                stack += [(child, level + 1) for child in children]
+    return deepest
 
 
 def _ordered(value: Any) -> Any:

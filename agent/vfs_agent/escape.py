@@ -14,8 +14,10 @@ _TAG_SAFE = frozenset((string.ascii_letters + string.digits + "_-.").encode())
 # systemd's VALID_CHARS for unit names minus the ones do_escape() escapes anyway ('-', '\\').
 _UNIT_SAFE = frozenset((string.ascii_letters + string.digits + ":_.").encode())
 
-# fstab/mtab fields: libmount decodes any \ooo; these must be encoded to keep a field whole.
-_FSTAB_SPECIAL = frozenset(b" \t\n\\#")
+# fstab fields: the only escapes that every fstab reader decodes (glibc's getmntent, which
+# systemd-fstab-generator 252 uses, decodes just these four; libmount decodes any \ooo), and
+# the bytes that would otherwise split a field or a line.
+_FSTAB_SPECIAL = frozenset(b" \t\n\\")
 
 
 def tag_bytes(tag: str) -> bytes:
@@ -86,27 +88,14 @@ def unit_specifier_escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def unit_value_problem(value: str) -> str | None:
-    """Why `value` cannot be written as a unit file setting verbatim, or None if it can.
-
-    systemd strips leading and trailing whitespace and treats a trailing backslash as a line
-    continuation; a control character would end or corrupt the line.
-    """
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return "contains a control character"
-    if value != value.strip():
-        return "begins or ends with whitespace"
-    if value.endswith("\\"):
-        return "ends with a backslash"
-    return None
-
-
 def fstab_escape(field: str) -> str:
-    """Escape one fstab field with octal escapes (space \\040, tab \\011, newline \\012,
-    backslash \\134, '#' \\043, and any other control byte), as libmount decodes them."""
+    """Escape one fstab field with octal escapes: space \\040, tab \\011, newline \\012,
+    backslash \\134, the four that glibc and libmount both decode. Every other byte is written
+    as itself: fields split only at spaces and tabs, and '#' starts a comment only as the
+    first character of a line (a tag that begins with '#' gets no line; persist.py)."""
     out = bytearray()
     for byte in tag_bytes(field):
-        if byte in _FSTAB_SPECIAL or byte < 0x20 or byte == 0x7F:
+        if byte in _FSTAB_SPECIAL:
             out += f"\\{byte:03o}".encode()
         else:
             out.append(byte)

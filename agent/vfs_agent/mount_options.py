@@ -61,6 +61,12 @@ _DATA_OPTIONS: dict[Transport, dict[str, str | None]] = {
     },
 }
 
+# SELinux labels (any transport; the LSM, not the filesystem, reads them). A context is
+# user:role:type[:level]; a level with categories holds commas, so such a value must be
+# quoted as mount(8) and the kernel expect: context="system_u:object_r:t:s0:c1,c2".
+CONTEXT_OPTIONS = ("context", "fscontext", "defcontext", "rootcontext")
+_CONTEXT_VALUE = re.compile(r'[A-Za-z0-9_.:-]+|"[A-Za-z0-9_.:,-]+"')
+
 # Options the policy expresses otherwise; naming them is an error with a hint.
 _RESERVED = {
     "nofail": "use 'required: false' (the default) instead of 'nofail'",
@@ -86,9 +92,11 @@ def option_key(option: str) -> str:
 def option_problem(option: str) -> str | None:
     """Why `option` is not accepted in a policy, or None. Transport-specific data options are
     accepted here and checked against the transport when the mount is planned."""
+    key = option_key(option)
+    if key in CONTEXT_OPTIONS:
+        return _context_problem(option)
     if not _OPTION_SYNTAX.fullmatch(option):
         return "not a single mount option (no commas, spaces or quotes)"
-    key = option_key(option)
     if key in _RESERVED:
         return f"not accepted here: {_RESERVED[key]}"
     if option in _FLAG_OPTIONS or key.startswith("x-"):
@@ -103,14 +111,24 @@ def option_problem(option: str) -> str | None:
                 return None
             return f"'{key}' takes a value matching {pattern!r}"
     known = sorted(_FLAG_OPTIONS) + sorted({k for t in _DATA_OPTIONS.values() for k in t})
+    known += [f"{k}=..." for k in CONTEXT_OPTIONS]
     return f"unknown mount option; known: {', '.join(known)}, x-*"
+
+
+def _context_problem(option: str) -> str | None:
+    key, _, value = option.partition("=")
+    if _CONTEXT_VALUE.fullmatch(value) and value.count(":") >= 2:  # user:role:type[:level]
+        return None
+    if "," in value and not value.startswith('"'):
+        return f'a context with commas must be quoted: {key}="{value}"'
+    return f"'{key}' takes an SELinux context, e.g. {key}=system_u:object_r:public_content_t:s0"
 
 
 def transport_problem(options: tuple[str, ...], transport: Transport) -> str | None:
     """Why these (valid) options cannot be used with `transport`, or None."""
     for option in options:
         key = option_key(option)
-        if option in _FLAG_OPTIONS or key.startswith("x-"):
+        if option in _FLAG_OPTIONS or key.startswith("x-") or key in CONTEXT_OPTIONS:
             continue
         if key not in _DATA_OPTIONS[transport]:
             return f"option '{option}' does not apply to {transport.value} shares"

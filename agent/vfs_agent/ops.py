@@ -211,6 +211,11 @@ def _apply(
             return None
         if dry_run:
             return Outcome(action, True, False, f"would start {unit}")
+        if ctx.sysroot.root != Path("/"):
+            # Like systemctl --root: a unit inside another root is never started by the
+            # running system's manager.
+            why = f"left to systemd inside {ctx.sysroot.root} ({unit}); --root starts no unit"
+            return Outcome(action, True, False, why)
         if systemd is SystemdMode.LEAVE:
             return Outcome(action, True, False, f"left to systemd ({unit})")
         problem = start_unit(unit)
@@ -251,15 +256,19 @@ def write_units(
     return written, removed, skipped
 
 
+def not_persistent(actions: list[Action]) -> list[Skipped]:
+    """The wanted shares that neither an fstab line nor a unit can express (persist.py)."""
+    return [
+        Skipped(a.tag, a.path, why)
+        for a in actions
+        if a.kind in WANTED and a.path is not None and (why := fstab_problem(a)) is not None
+    ]
+
+
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
     """The fstab block, and the wanted shares fstab cannot express."""
     actions = current_plan(ctx, mountpoints=False).actions
-    skipped = [
-        Skipped(a.tag, a.path, why)
-        for a in actions
-        if a.kind in WANTED and (why := fstab_problem(a)) is not None
-    ]
-    return render_block(actions), skipped
+    return render_block(actions), not_persistent(actions)
 
 
 def write_fstab(ctx: Context, fstab: Path) -> list[Skipped]:

@@ -6,22 +6,28 @@ import contextlib
 import os
 from pathlib import Path
 
-from vfs_agent.render_fstab import replace_block
+from vfs_agent.render_fstab import BlockError, replace_block
 from vfs_agent.render_systemd import GENERATED_MARK, TIMEOUT_DROPIN, GeneratedFile, UnitFile
-from vfs_agent.sysroot import write_atomic
+from vfs_agent.safe_io import FileRefused, check_output_dir, read_regular, resolve_output
+from vfs_agent.sysroot import temp_name, write_atomic
+
+UNIT_READ_MAX = 1 << 20
+FSTAB_MAX = 16 << 20  # bytes; a larger "fstab" is refused, not read
 
 
 def is_ours(path: Path) -> bool:
+    """Whether `path` is a regular file vfs-agent generated (a FIFO or device never is)."""
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.readline().startswith(GENERATED_MARK)
+        head = read_regular(path, UNIT_READ_MAX)
     except OSError:
         return False
+    return head.startswith(GENERATED_MARK.encode())
 
 
 def write_units(directory: Path, units: list[UnitFile]) -> list[str]:
     """Write units and their links/drop-ins into `directory` (atomically). A file there that
     vfs-agent did not generate is never overwritten."""
+    check_output_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for unit in units:
         target = directory / unit.name
@@ -75,7 +81,7 @@ def _write_extra(directory: Path, extra: GeneratedFile) -> None:
         return
     if path.is_symlink() and os.readlink(path) == extra.link_to:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(temp_name(path.name))
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     tmp.symlink_to(extra.link_to)
@@ -83,9 +89,16 @@ def _write_extra(directory: Path, extra: GeneratedFile) -> None:
 
 
 def write_fstab_block(fstab: Path, block: str) -> None:
-    """Replace vfs-agent's block in `fstab` (created if missing), keeping every other byte."""
+    """Replace vfs-agent's block in `fstab` (created if missing), keeping every other byte.
+    A symlinked fstab keeps its link and its target is updated; a FIFO, device or directory
+    is refused, and so is a file larger than FSTAB_MAX."""
+    target = resolve_output(fstab)
     try:
-        current = fstab.read_bytes().decode("utf-8", "surrogateescape")
+        current = read_regular(target, FSTAB_MAX).decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         current = ""
-    write_atomic(fstab, replace_block(current, block))
+    try:
+        text = replace_block(current, block)
+    except BlockError as e:
+        raise FileRefused(fstab, str(e)) from None
+    write_atomic(target, text)

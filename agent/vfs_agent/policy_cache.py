@@ -3,21 +3,27 @@ commands can skip YAML and pydantic. The cache names a fingerprint of everything
 verdict depends on: the vfs-agent version, the policy files' names, contents, modes and owners
 (and whether the owner is one the loader accepts for the user reading it). Any change makes it
 stale, and then the full loader runs. It is written by every command that acts on the default
-policy and by `vfs-agent policy compile` (which an image builder runs with --root)."""
+policy and by `vfs-agent policy compile` (which an image builder runs with --root).
+
+The cache is trusted no more than the policy: it is used only when it and its directory pass
+the same owner and mode rules (strict_modes), it is a bounded regular file, and every value in
+it passes the policy's own checks again (options, paths, tags, file names); otherwise the full
+loader reads the policy files themselves."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import posixpath
-import stat
 from dataclasses import asdict
 
 from vfs_agent import __version__
+from vfs_agent.mount_options import option_problem
+from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy import (
+    MAX_TAG_BYTES,
     Defaults,
     NonEmpty,
     Policy,
@@ -25,8 +31,11 @@ from vfs_agent.policy import (
     RuleRef,
     TransportChoice,
     UnknownTags,
+    is_glob,
 )
-from vfs_agent.policy_files import policy_files
+from vfs_agent.policy_files import POLICY_MAX, policy_files
+from vfs_agent.safe_io import read_regular
+from vfs_agent.strict_modes import mode_problems
 from vfs_agent.sysroot import SysRoot, write_atomic
 
 TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
@@ -34,7 +43,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 3
+FORMAT = 4
+CACHE_MAX = 4 << 20  # bytes
 
 
 def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
@@ -45,14 +55,13 @@ def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
         for part in (posixpath.dirname(name), name):
             host = sysroot.path(part)
             st, link = os.stat(host), os.lstat(host)  # a symlink in place of either shows
-            # The loader accepts root's files and the reader's own (policy_load.file_mode_problems).
+            # The loader accepts root's files and the reader's own (strict_modes).
             owner_ok = st.st_uid in (0, euid)
             digest.update(
                 f"{part}\0{st.st_uid}\0{owner_ok}\0{st.st_mode}\0{link.st_mode}\0".encode()
             )
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device must never block the boot here
-            raise OSError(errno.EINVAL, "not a regular file", name)
-        digest.update(sysroot.path(name).read_bytes())
+        # Bounded and regular only: a FIFO or a device must never block the boot here.
+        digest.update(read_regular(sysroot.path(name), POLICY_MAX))
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -69,34 +78,85 @@ def to_json(policy: Policy, print_: str) -> str:
 
 
 def from_json(data: dict[str, Any]) -> Policy:
+    """The policy in a cache document; ValueError (or KeyError, TypeError) unless every value
+    passes the checks the policy files pass."""
     d = data["defaults"]
     defaults = Defaults(
-        d["mount_root"],
-        tuple(d["options"]),
+        _path(d["mount_root"], placeholder=False),
+        _options(d["options"]),
         UnknownTags(d["unknown"]),
-        None if d["device_timeout"] is None else int(d["device_timeout"]),
+        None if d["device_timeout"] is None else _timeout(d["device_timeout"]),
         NonEmpty(d["on_nonempty"]),
     )
+    files = data["files"]
+    if not isinstance(files, list) or not all(isinstance(f, str) and _printable(f) for f in files):
+        raise ValueError("files")
     rules = []
     for r in data["rules"]:
         rule = Rule(
-            r["tag"],
-            r["path"],
-            tuple(r["options"]),
-            r["required"],
-            r["ignore"],
+            _tag(r["tag"]),
+            None if r["path"] is None else _path(r["path"], placeholder=True),
+            _options(r["options"]),
+            _bool(r["required"]),
+            _bool(r["ignore"]),
             TransportChoice(r["transport"]),
-            r["device_timeout"],
+            None if r["device_timeout"] is None else _timeout(r["device_timeout"]),
             None if r["on_nonempty"] is None else NonEmpty(r["on_nonempty"]),
         )
+        if r["file"] not in files or type(r["index"]) is not int or r["index"] < 0:
+            raise ValueError("rule origin")
         rules.append(RuleRef(rule, r["file"], r["index"]))
-    return Policy(defaults, tuple(rules), tuple(data["files"]))
+    return Policy(defaults, tuple(rules), tuple(files))
+
+
+def _printable(text: str) -> bool:
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _tag(tag: Any) -> str:
+    if not isinstance(tag, str) or not tag or not _printable(tag):
+        raise ValueError("tag")
+    if not is_glob(tag) and len(tag.encode("utf-8", "surrogateescape")) > MAX_TAG_BYTES:
+        raise ValueError("tag")
+    return tag
+
+
+def _path(path: Any, *, placeholder: bool) -> str:
+    if not isinstance(path, str):
+        raise ValueError("path")
+    rest = path.replace(TAG_PLACEHOLDER, "x") if placeholder else path
+    if "{" in rest or "}" in rest or path_problem(rest):
+        raise ValueError("path")
+    return path
+
+
+def _options(options: Any) -> tuple[str, ...]:
+    if not isinstance(options, list) or not all(
+        isinstance(o, str) and option_problem(o) is None for o in options
+    ):
+        raise ValueError("options")
+    return tuple(options)
+
+
+def _timeout(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 3600:
+        raise ValueError("device_timeout")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("flag")
+    return value
 
 
 def write(sysroot: SysRoot, policy: Policy) -> None:
     """Compile `policy` (as the loader returned it for the current files) into CACHE."""
     text = to_json(policy, fingerprint(sysroot, list(policy.files)))
     if sysroot.read_text(CACHE) != text:
+        # 0755 whatever the umask: a group-writable directory would make load() distrust the
+        # cache for good.
+        sysroot.path(CACHE).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         write_atomic(sysroot.path(CACHE), text, mode=0o644)
 
 
@@ -107,31 +167,20 @@ def save(sysroot: SysRoot, policy: Policy) -> None:
 
 
 def load(sysroot: SysRoot) -> Policy | None:
-    """The cached policy if it matches the current files exactly, else None."""
-    text = sysroot.read_text(CACHE)
-    if text is None or not _trusted(sysroot):
+    """The cached policy if it is trusted (owner, mode, contents re-checked) and matches the
+    current files exactly, else None."""
+    path = sysroot.path(CACHE)
+    if mode_problems(path):
         return None
     try:
-        data = json.loads(text)
+        data = json.loads(read_regular(path, CACHE_MAX))
+        if not isinstance(data, dict):
+            return None
         files = policy_files(sysroot, None)
         if data.get("format") != FORMAT or data.get("files") != files:
             return None
         if data.get("fingerprint") != fingerprint(sysroot, files):
             return None
         return from_json(data)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-
-
-def _trusted(sysroot: SysRoot) -> bool:
-    """The cache stands in for the policy, so it gets the policy's StrictModes: owned by root
-    (or the reader) and writable by nobody else, nor its directory."""
-    euid = os.geteuid()
-    for part in (posixpath.dirname(CACHE), CACHE):
-        try:
-            st = os.stat(sysroot.path(part))
-        except OSError:
-            return False
-        if st.st_uid not in (0, euid) or st.st_mode & 0o022:
-            return False
-    return True

@@ -6,6 +6,7 @@ from vfs_agent.sysroot import SysRoot
 
 MAIN_POLICY = "/etc/vfs-agent/policy.yaml"
 DROPIN_DIR = "/etc/vfs-agent/policy.d"
+POLICY_MAX = 1 << 20  # bytes; a policy file is a few KiB, anything larger is refused unread
 
 
 def policy_files(sysroot: SysRoot, explicit: str | None) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import stat
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,7 +14,7 @@ from vfs_agent import policy_cache
 from vfs_agent.policy import FileSection, Policy, empty_policy, merge
 from vfs_agent.policy_errors import PolicyError as PolicyError  # re-exported
 from vfs_agent.policy_errors import PolicyProblem as PolicyProblem
-from vfs_agent.policy_files import policy_files
+from vfs_agent.policy_files import POLICY_MAX, policy_files
 from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.pydantic_compat import (
     BaseModel,
@@ -25,7 +25,11 @@ from vfs_agent.pydantic_compat import (
     field_names,
     validate,
 )
+from vfs_agent.safe_io import read_regular
+from vfs_agent.strict_modes import mode_problems
 from vfs_agent.sysroot import SysRoot
+
+YAML_DEPTH_MAX = 64  # nesting levels; PyYAML's composer recurses once per level
 
 Loc = tuple[str | int, ...]
 
@@ -36,6 +40,7 @@ def load_policy(
     """Read, check and merge the policy. Raises PolicyError listing every problem found.
     With `save_compiled`, the result is cached for the boot-time generator (policy_cache):
     the commands that act on the policy do it (mount-all, the daemon); reports do not."""
+    sysroot, explicit = policy_location(sysroot, explicit)
     files = policy_files(sysroot, explicit)
     if not files:
         return empty_policy()
@@ -54,15 +59,44 @@ def load_policy(
     return policy
 
 
+def policy_location(sysroot: SysRoot, explicit: str | None) -> tuple[SysRoot, str | None]:
+    """Where `--policy PATH` is read: a relative PATH names a file at hand (from the current
+    directory, never inside --root); an absolute one is inside the root, like the default
+    files (as `systemd-tmpfiles --root` reads its configuration)."""
+    if explicit is not None and not explicit.startswith("/"):
+        return SysRoot(Path("/")), os.path.abspath(explicit)
+    return sysroot, explicit
+
+
+def file_positions(sysroot: SysRoot, name: str) -> dict[Loc, tuple[int, int]]:
+    """(line, column) of every value of a policy file that loads (see node_positions)."""
+    text = read_regular(sysroot.path(name), POLICY_MAX).decode("utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    return node_positions(node, name) if node is not None else {}
+
+
 def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> PolicyFile:
     host_path = sysroot.path(name)
+    tried = "" if str(host_path) == name else f" ({host_path})"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        shown = ascii(name)[1:-1]
+        message = "the file name contains a control character; rename the file"
+        raise PolicyError([PolicyProblem(shown, 0, 0, "", message)])
     problems = file_mode_problems(name, host_path) if check_modes else []
     try:
-        text = host_path.read_text(encoding="utf-8")
+        raw = read_regular(host_path, POLICY_MAX)
     except FileNotFoundError:
-        raise PolicyError([PolicyProblem(name, 0, 0, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError([PolicyProblem(name, 0, 0, "", f"cannot read: {e}")]) from None
+        raise PolicyError([PolicyProblem(name, 0, 0, "", f"no such file{tried}")]) from None
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise PolicyError([PolicyProblem(name, 0, 0, "", f"cannot read{tried}: {why}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        message = f"byte 0x{raw[e.start]:02x} is not UTF-8; save the file as UTF-8"
+        raise PolicyError([PolicyProblem(name, line, column, "", message)]) from None
     try:
         parsed = parse_text(text, name)
     except PolicyError as e:
@@ -74,33 +108,24 @@ def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> Polic
 
 
 def file_mode_problems(name: str, host_path: os.PathLike[str]) -> list[PolicyProblem]:
-    """sshd-style StrictModes: the file and its directory must be owned by root (or by the user
-    running vfs-agent) and writable by nobody else."""
-    problems = []
-    for what, path in (("file", host_path), ("directory", os.path.dirname(host_path))):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if st.st_uid not in (0, os.geteuid()):
-            problems.append(
-                PolicyProblem(
-                    name, 0, 0, "", f"the policy {what} must be owned by root (chown root)"
-                )
-            )
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            problems.append(
-                PolicyProblem(
-                    name, 0, 0, "", f"the policy {what} is writable by group or others (chmod go-w)"
-                )
-            )
-    return problems
+    """sshd-style StrictModes (strict_modes.py) for a policy file and its directory."""
+    return [
+        PolicyProblem(name, 0, 0, "", problem.format("policy"))
+        for problem in mode_problems(host_path)
+    ]
 
 
 def parse_text(text: str, name: str) -> PolicyFile:
     """Parse one policy document; positions of every node are kept for error messages."""
     try:
+        check_depth(text, name)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as e:
+        line, col = _text_position(text, e.position)
+        char = chr(e.character) if isinstance(e.character, int) else str(e.character)
+        what = f"character {char!a}"
+        message = f"invalid YAML: {what} is not allowed (control character); remove it"
+        raise PolicyError([PolicyProblem(name, line, col, "", message)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -136,6 +161,27 @@ def parse_text(text: str, name: str) -> PolicyFile:
     if problems:
         raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
     return parsed
+
+
+def check_depth(text: str, name: str) -> None:
+    """Refuse nesting deeper than YAML_DEPTH_MAX at its position, before the composer's
+    recursion turns it into a RecursionError. The event parser itself does not recurse."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > YAML_DEPTH_MAX:
+                line, col = _mark(event)
+                message = f"nested deeper than {YAML_DEPTH_MAX} levels; a policy needs 4"
+                raise PolicyError([PolicyProblem(name, line, col, "", message)])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _text_position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def _duplicate_tags(
@@ -240,8 +286,9 @@ def field_path(loc: Loc) -> str:
     return _field(loc)
 
 
-def _mark(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+def _mark(node: yaml.Node | yaml.Event) -> tuple[int, int]:
+    mark = node.start_mark
+    return (mark.line + 1, mark.column + 1) if mark else (1, 1)
 
 
 def _problem(

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfs_agent.safe_io import read_regular, resolve_output
+
 
 class UnsafePathError(OSError):
     """A path component is a symlink or not a directory where one is required."""
@@ -28,15 +30,14 @@ class SysRoot:
         return self.root / inner.lstrip("/")
 
     def read_text(self, inner: str) -> str | None:
-        """File contents, or None if it does not exist or cannot be read."""
-        try:
-            return self.path(inner).read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError:
-            return None
+        """File contents, or None if it does not exist or cannot be read (also when it is not
+        a regular file: a FIFO or a device never blocks or floods a reader)."""
+        raw = self.read_bytes(inner)
+        return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
     def read_bytes(self, inner: str) -> bytes | None:
         try:
-            return self.path(inner).read_bytes()
+            return read_regular(self.path(inner))
         except OSError:
             return None
 
@@ -103,9 +104,18 @@ def _open_child(parent: int, name: str, whole: str, *, create: bool, mode: int) 
     return _open_child(parent, name, whole, create=False, mode=mode)
 
 
+def temp_name(name: str) -> str:
+    """A hidden temporary name beside `name` (loaders skip dot files); `name` is cut so the
+    result fits NAME_MAX (255 bytes) even for a 255-byte unit name."""
+    short = os.fsdecode(os.fsencode(name)[:200])
+    return f".{short}.{os.getpid()}.tmp"
+
+
 def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
     """Temp file in the same directory, fsync, rename over the target; keeps an existing
-    file's mode and owner."""
+    file's mode and owner. A symlinked target is followed (the link is kept and its target
+    replaced); anything but a regular file is refused (safe_io.resolve_output)."""
+    target = resolve_output(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         st: os.stat_result | None = os.stat(target)
@@ -113,7 +123,7 @@ def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
         st = None
     # O_EXCL on a per-process name instead of tempfile: the boot-time generator writes through
     # here, and tempfile's imports cost it measurable time under emulation.
-    tmp = str(target.parent / f".{target.name}.{os.getpid()}.tmp")
+    tmp = str(target.parent / temp_name(target.name))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # left by an earlier process with the same PID that died
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

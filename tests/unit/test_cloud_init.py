@@ -377,3 +377,16 @@ def test_shipped_examples_are_valid(example: Path) -> None:
     for entry in policies:
         assert entry["path"].endswith(".yaml") and entry["permissions"] == "0644"
         parse_text(entry["content"], entry["path"])
+
+
+def test_deeply_nested_user_data_is_a_positioned_error_not_a_traceback() -> None:
+    deep = "#cloud-config\nvfs_agent:\n  version: 1\n  mounts: " + "[" * 3000 + "]" * 3000 + "\n"
+    with pytest.raises(CloudInitError, match=r"user-data:4:\d+: nested deeper than 64 levels"):
+        cloud_init.cloud_config(json.dumps({"userdata": deep}))
+    value: Any = "x"
+    for _ in range(200):  # merged config from cloud-init: already parsed, still too deep
+        value = [value]
+    text, problems = cloud_init.validate({"version": 1, "mounts": value}, None)
+    assert text is None and "nested deeper than 64 levels" in str(problems[0])
+    with pytest.raises(CloudInitError, match="nested too deeply"):
+        cloud_init.cloud_config("[" * 100_000 + "]" * 100_000)
