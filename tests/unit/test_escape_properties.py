@@ -204,6 +204,7 @@ def test_fstab_lines_parse_back_to_the_same_tag_and_path(
         for tag, req in batch
         if not tag.startswith("#")
     ]
+    assume(actions)  # findmnt exits 1 on an fstab without entries
     lines = [render_line(a) for a in actions]
     for line in lines:
         assert "\n" not in line and len(line.split(" ")) == 6, repr(line)

@@ -22,7 +22,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clirunner import cli_runner
 from faketree import FakeTree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -292,7 +293,7 @@ def test_plan_and_both_generate_commands_name_the_same_left_out_shares(tmp_path:
     for tag in ("media_tag", " lead", "#hash", "in\tside", "LABEL=x"):
         tree.virtiofs(tag)
     tree.policy("version: 1\ndefaults: {unknown: mount}\n")
-    runner = CliRunner()
+    runner = cli_runner()
 
     def invoke(*args: str) -> Result:
         result = runner.invoke(main, ["--root", str(tree.root), *args])

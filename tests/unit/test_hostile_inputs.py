@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clirunner import cli_runner
 from faketree import FakeTree
 from treeutil import snapshot
 
@@ -59,7 +60,7 @@ def tree(tmp_path: Path) -> FakeTree:
 
 
 def run(tree: FakeTree, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--root", str(tree.root), *args])
+    return cli_runner().invoke(main, ["--root", str(tree.root), *args])
 
 
 def run_process(
@@ -275,7 +276,7 @@ def test_root_that_is_a_file_is_a_usage_error(tmp_path: Path):
     root = tmp_path / "file"
     root.write_text("x")
     for args in ALL_COMMANDS:
-        result = CliRunner().invoke(main, ["--root", str(root), *args])
+        result = cli_runner().invoke(main, ["--root", str(root), *args])
         assert_error(result.stderr, 2, result.exit_code, "is a file")
     assert root.read_text() == "x"
 
@@ -383,15 +384,15 @@ def test_relative_policy_is_read_from_the_current_directory(
     work.mkdir(mode=0o755)
     (work / "p.yaml").write_text(POLICY.replace("/mnt/media", "/mnt/from-cwd"))
     monkeypatch.chdir(work)
-    result = CliRunner().invoke(main, ["--root", str(tree.root), "--policy", "p.yaml", "plan"])
+    result = cli_runner().invoke(main, ["--root", str(tree.root), "--policy", "p.yaml", "plan"])
     assert result.exit_code == 0, result.output
     assert "/mnt/from-cwd" in result.stdout
-    missing = CliRunner().invoke(main, ["--root", str(tree.root), "--policy", "no.yaml", "plan"])
+    missing = cli_runner().invoke(main, ["--root", str(tree.root), "--policy", "no.yaml", "plan"])
     assert_error(missing.stderr, 2, missing.exit_code, f"{work}/no.yaml: no such file")
 
 
 def test_help_states_the_policy_and_root_rule():
-    out = CliRunner().invoke(main, ["--help"]).output
+    out = cli_runner().invoke(main, ["--help"]).output
     assert "absolute PATH is read inside --root" in " ".join(out.split())
 
 

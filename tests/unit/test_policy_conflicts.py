@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from clirunner import cli_runner
 from treeutil import make_tree, snapshot
 
 from vfs_agent.cli import main
@@ -17,7 +17,7 @@ DROPIN = "/etc/vfs-agent/policy.d/50-extra.yaml"
 
 
 def check(root: Path, *args: str) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(main, ["--root", str(root), "policy", "check", *args])
+    result = cli_runner().invoke(main, ["--root", str(root), "policy", "check", *args])
     assert "Traceback" not in result.output
     return result.exit_code, result.stderr.splitlines()
 
@@ -80,7 +80,7 @@ def test_static_conflicts_are_errors_with_every_position(tmp_path: Path, case: s
         assert any(line.startswith(want) for line in lines), (want, lines)
     assert len(lines) == len(wanted), lines
     assert snapshot(root) == before
-    result = CliRunner().invoke(main, ["--root", str(root), "policy", "check", "--json"])
+    result = cli_runner().invoke(main, ["--root", str(root), "policy", "check", "--json"])
     data = json.loads(result.stdout)
     assert data["valid"] is False and len(data["problems"]) == len(wanted)
 
