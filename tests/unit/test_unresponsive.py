@@ -196,17 +196,16 @@ def test_connection_id_is_the_kernels_dev_t_encoding() -> None:
     assert connection_id("259:3") == (259 << 20) | 3
 
 
+def umount_abort(tree: FakeTree, target: str) -> tuple[list[str], RecordingMounter]:
+    mounter = RecordingMounter()
+    context = ops.Context(SysRoot(tree.root))
+    paths = ops.umount(context, target, lazy=False, abort=True, dry_run=False, mounter=mounter)
+    return paths, mounter
+
+
 def test_umount_abort_writes_the_connection_abort_then_detaches(tree: FakeTree) -> None:
     abort = tree.write("sys/fs/fuse/connections/100/abort", "")
-    mounter = RecordingMounter()
-    paths = ops.umount(
-        ops.Context(SysRoot(tree.root)),
-        "media_tag",
-        lazy=False,
-        abort=True,
-        dry_run=False,
-        mounter=mounter,
-    )
+    paths, mounter = umount_abort(tree, "media_tag")
     assert paths == ["/mnt/media"]
     assert abort.read_text() == "1\n"
     assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
@@ -216,16 +215,8 @@ def test_umount_abort_of_virtiofs_detaches_and_says_the_kernel_cannot_abort(
     tree: FakeTree, caplog: pytest.LogCaptureFixture
 ) -> None:
     """virtio-fs connections are not in fusectl (the kernel marks them no_control)."""
-    mounter = RecordingMounter()
     with caplog.at_level("WARNING"):
-        paths = ops.umount(
-            ops.Context(SysRoot(tree.root)),
-            "/mnt/media",
-            lazy=False,
-            abort=True,
-            dry_run=False,
-            mounter=mounter,
-        )
+        paths, mounter = umount_abort(tree, "/mnt/media")
     assert paths == ["/mnt/media"]
     assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
     assert "The kernel offers no abort for the virtio-fs mount of 'media_tag'" in caplog.text
