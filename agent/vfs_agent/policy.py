@@ -69,7 +69,7 @@ class RuleRef:
 class Defaults:
     mount_root: str = DEFAULT_MOUNT_ROOT
     options: tuple[str, ...] = DEFAULT_OPTIONS
-    unknown: UnknownTags = UnknownTags.IGNORE
+    unknown: UnknownTags = UnknownTags.MOUNT
     device_timeout: int = DEFAULT_DEVICE_TIMEOUT
 
 
