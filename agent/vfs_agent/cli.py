@@ -111,6 +111,8 @@ def status(ctx: ops.Context, as_json: bool) -> None:
                 "kernel": kernel.to_dict(),
                 "discovery_complete": planned.observed.discovery.complete,
                 "discovery_problems": list(planned.observed.discovery.problems),
+                "policy_layers": list(planned.policy.files),
+                "policy_warnings": list(planned.policy.warnings),
                 "shares": [s.to_dict() for s in shares],
             }
         )
@@ -145,6 +147,7 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
         emit_json(
             {
                 "policy_files": list(planned.policy.files),
+                "policy_warnings": list(planned.policy.warnings),
                 "discovery_complete": planned.observed.discovery.complete,
                 "actions": [a.to_dict() for a in planned.actions],
             }
@@ -284,12 +287,14 @@ def policy_group() -> None:
 @pass_ops
 def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
     """Validate FILE (or the configured policy); exit 2 listing every problem."""
+    warnings: list[str] = []
     try:
         if file is not None:
             load_file(SysRoot(Path("/")), str(Path(file).absolute()))
             files = [file]
         else:
-            files = list(load_policy(ctx.sysroot, ctx.policy_path).files)
+            policy = load_policy(ctx.sysroot, ctx.policy_path)
+            files, warnings = list(policy.files), list(policy.warnings)
     except PolicyError as e:
         if as_json:
             emit_json({"valid": False, "problems": [vars(p) for p in e.problems]})
@@ -298,8 +303,10 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
                 click.echo(str(problem), err=True)
         sys.exit(EXIT_USAGE)
     if as_json:
-        emit_json({"valid": True, "files": files})
+        emit_json({"valid": True, "files": files, "warnings": warnings})
     else:
+        for warning in warnings:  # an ignored credential or command-line argument
+            click.echo(f"vfs-agent: warning: {warning}", err=True)
         click.echo(f"policy is valid: {', '.join(files) or 'no files, built-in defaults'}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -26,6 +27,8 @@ from vfs_agent.render_systemd import Skipped, UnitFile, render_units
 from vfs_agent.sysroot import SysRoot
 from vfs_agent.systemd_units import managed_unit, start_unit
 
+log = logging.getLogger(__name__)
+
 
 class OperationError(Exception):
     """A command could not do what was asked (exit 1), with a message for a person."""
@@ -44,11 +47,11 @@ class Context:
     policy_path: str | None = None  # None: the default files
 
     def policy(self) -> Policy:
-        return load_policy(self.sysroot, self.policy_path)
+        return _warned(load_policy(self.sysroot, self.policy_path))
 
     def policy_to_apply(self) -> Policy:
         """The policy for a command that acts on it; also compiled for the generator."""
-        return load_policy(self.sysroot, self.policy_path, save_compiled=True)
+        return _warned(load_policy(self.sysroot, self.policy_path, save_compiled=True))
 
     @contextlib.contextmanager
     def locked(self, dry_run: bool) -> Iterator[None]:
@@ -57,6 +60,13 @@ class Context:
         else:
             with mount_lock(self.sysroot):
                 yield
+
+
+def _warned(policy: Policy) -> Policy:
+    """Log the problems of the host's layers that were left out (journal or stderr)."""
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    return policy
 
 
 @dataclass(frozen=True)

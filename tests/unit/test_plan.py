@@ -49,7 +49,8 @@ def test_rule_path_and_options_default_nosuid_nodev():
     # Zero-config: a tag no rule names goes to <mount_root>/<tag> with the default options.
     other = by_tag(actions)[("other", ActionKind.MOUNT)]
     assert (other.path, other.options) == ("/mnt/virtiofs/other", ("nosuid", "nodev"))
-    assert other.reason == "defaults.unknown is 'mount'"
+    assert other.reason == "defaults.unknown is 'mount' (the built-in default)"
+    assert other.source_file == "the built-in default"
 
 
 def test_unknown_ignore_leaves_unnamed_tags_alone():
