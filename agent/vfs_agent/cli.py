@@ -21,7 +21,7 @@ from vfs_agent.kernel import kernel_report
 from vfs_agent.log import setup_logging
 from vfs_agent.policy_files import DROPIN_DIR, MAIN_POLICY
 from vfs_agent.policy_load import PolicyError, load_file, load_policy
-from vfs_agent.policy_model import PolicyFile
+from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.render_systemd import Skipped
 from vfs_agent.status import share_status
 from vfs_agent.sysroot import SysRoot
@@ -356,6 +356,30 @@ def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
     layout = install_files.default_layout(prefix)
     for dest in install_files.install(ctx.sysroot.root, layout, dry_run=dry_run):
         click.echo(f"{'would install' if dry_run else 'installed'} {ctx.sysroot.path(dest)}")
+
+
+@main.command("host-config")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@handle_errors
+def host_config(file: Path, as_json: bool) -> None:
+    """Turn policy FILE into what the VM's definition needs (run it on the host).
+
+    Prints the libvirt <sysinfo>/<smbios> XML, the QEMU -smbios and -fw_cfg arguments and the
+    kernel command line that hand FILE to the guest as the systemd credential
+    vfs-agent.policy, and the equivalent vfs_agent.mount= arguments when the policy has only
+    exact tags with a path and options. FILE is validated first (exit 2 if invalid).
+    """
+    from vfs_agent.host_config import host_config as render
+    from vfs_agent.host_config import host_config_text
+
+    path = str(file.absolute())
+    section = to_section(path, load_file(SysRoot(Path("/")), path, check_modes=False))
+    config = render(file.read_bytes(), section, path)
+    if as_json:
+        emit_json(config.to_dict())
+    else:
+        click.echo(host_config_text(config))
 
 
 main.add_command(cloud_init_group)
