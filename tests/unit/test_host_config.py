@@ -124,3 +124,29 @@ def test_an_invalid_policy_exits_2_with_its_line(tmp_path: Path):
     path.write_text("version: 1\nmounts:\n  - {tag: a, path: rel}\n")
     result = host_config(path, code=2)
     assert f"{path}:3:" in result.stderr and "is not absolute" in result.stderr
+
+
+def test_the_readme_libvirt_domain_is_complete_and_its_credential_valid(tmp_path: Path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    xml_text = readme.split("```xml\n", 1)[1].split("```", 1)[0]
+    domain = ET.fromstring(xml_text)
+    backing = domain.find("memoryBacking")
+    assert backing is not None and backing.find("access").get("mode") == "shared"  # type: ignore[union-attr]
+    assert domain.find("os/smbios").get("mode") == "sysinfo"  # type: ignore[union-attr]
+    shares = [
+        (fs.find("driver").get("type"), fs.find("target").get("dir"))  # type: ignore[union-attr]
+        for fs in domain.findall("devices/filesystem")
+    ]
+    assert shares == [("virtiofs", "media_tag"), ("virtiofs", "scratch")]
+    (entry,) = [e.text or "" for e in domain.findall("sysinfo/oemStrings/entry")]
+    policy = tmp_path / "policy.yaml"
+    policy.write_bytes(base64.b64decode(entry.split("=", 1)[1]))
+    assert json.loads(host_config(policy, "--json").stdout)["smbios_type11"] == entry
+    tree = FakeTree(tmp_path / "root")
+    tree.virtiofs("media_tag")
+    tree.virtiofs("scratch")
+    tree.write("run/credentials/@system/vfs-agent.policy", policy.read_bytes(), mode=0o400)
+    assert mounts_planned(tree) == {  # what the README says this domain gets
+        "media_tag": ("/mnt/media", ("nosuid", "nodev", "ro")),
+        "scratch": ("/mnt/virtiofs/scratch", ("nosuid", "nodev")),
+    }
