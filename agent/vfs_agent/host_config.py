@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfs_agent.kernel_cmdline import KEY, escape_field
-from vfs_agent.policy import FileSection, TransportChoice, is_glob
+from vfs_agent.policy import FileSection, TransportChoice
 from vfs_agent.policy_layers import CREDENTIAL
 
 SMBIOS_PREFIX = "io.systemd.credential.binary:"
@@ -89,9 +89,7 @@ def _as_mounts(section: FileSection) -> tuple[list[str], list[str]]:
     mounts = []
     for index, rule in enumerate(section.rules, start=1):
         name = f"rule {index} ({rule.tag!r})"
-        if is_glob(rule.tag):
-            why.append(f"{name}: a glob has no command-line form")
-        elif rule.ignore or rule.path is None:
+        if rule.ignore or rule.path is None:
             why.append(f"{name}: only 'tag' + 'path' (+ 'options') have a command-line form")
         elif rule.required or rule.device_timeout is not None:
             why.append(f"{name}: 'required' and 'device_timeout' have no command-line form")

@@ -43,7 +43,7 @@ def _cmdline(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None, list[s
     for arg in mount_arguments(sysroot.read_text(layer.path) or ""):
 
         def warn(message: str, column: int = arg.column, value: str = arg.value) -> None:
-            problem = PolicyProblem(layer.name, 1, column, f"{KEY}={value}", message)
+            problem = PolicyProblem(layer.name, 1, column, f"{KEY}={_printable(value)}", message)
             warnings.append(f"{problem}; ignoring this argument.")
 
         try:
@@ -69,3 +69,9 @@ def _cmdline(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None, list[s
         return None, warnings
     parsed = validate_data({"version": 1, "mounts": rules}, layer.name, 1)
     return to_section(layer.name, parsed), warnings
+
+
+def _printable(text: str) -> str:
+    """The command line as a log line can carry it: control characters and bytes that are
+    not UTF-8 (surrogate escapes) written as Python escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -336,3 +336,21 @@ def test_plan_status_and_check_name_the_layers(tree: FakeTree):
     out, err = run("policy", "check")
     assert f"policy is valid: {CREDENTIAL_LAYER}, {CMDLINE_LAYER}" in out
     assert "vfs_agent.mount=oops" in err
+
+
+def test_globs_and_hostile_bytes_on_the_command_line(tree: FakeTree):
+    tree.virtiofs("data-1")
+    tree.write(
+        "proc/cmdline",
+        b"vfs_agent.mount=data-*:/srv/data/{tag} vfs_agent.mount=\xff\x1b[2J:/x "
+        b"vfs_agent.mount=data-*:/srv/one\n",
+    )
+    policy = load_policy(SysRoot(tree.root))
+    assert len(policy.warnings) == 2
+    assert (
+        "vfs_agent.mount=\\udcff\\x1b[2J:/x: the tag '\\udcff\\x1b[2J' is not UTF-8"
+        in (policy.warnings[0])
+    )
+    assert "must contain {tag}" in policy.warnings[1]
+    assert all(w.isprintable() for w in policy.warnings)
+    assert planned(tree)["data-1"] == ("/srv/data/data-1", CMDLINE_LAYER)
