@@ -1,14 +1,16 @@
-"""Carry out a plan with mount(2)/umount2(2). The only module that changes mounts."""
+"""Carry out a plan with mount(2)/umount2(2)."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vfs_agent import syscalls
+from vfs_agent import bounded, syscalls
 from vfs_agent.model import Transport
 from vfs_agent.mount_options import to_mount_args
 from vfs_agent.plan import Action, ActionKind
@@ -22,14 +24,38 @@ class Mounter(Protocol):
     def umount(self, target: str, *, lazy: bool = False) -> None: ...
 
 
+MOUNT_TIMEOUT = 30.0  # seconds; a virtio-fs mount(2) takes well under one even under emulation
+UMOUNT_TIMEOUT = 10.0
+
+
 class KernelMounter:
-    """The real thing."""
+    """The real thing, each call in a child with a deadline (bounded.py): while the kernel is
+    stuck removing a virtio-fs device, every virtio-fs mount(2) waits for it for good."""
 
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
-        syscalls.mount(source, target, fstype, flags, data)
+        keep = [int(target.rsplit("/", 1)[1])] if target.startswith("/proc/self/fd/") else []
+        call = functools.partial(syscalls.mount, source, target, fstype, flags, data)
+        code = bounded.run(lambda: call() or 0, MOUNT_TIMEOUT, keep=keep)
+        if code == bounded.TIMED_OUT:
+            raise OSError(errno.ETIMEDOUT, f"mount(2) did not return within {MOUNT_TIMEOUT:.0f}s")
+        if code:
+            raise OSError(code, os.strerror(code))
 
     def umount(self, target: str, *, lazy: bool = False) -> None:
-        syscalls.umount(target, lazy=lazy)
+        """umount2(2) in a child too: when the last user of a virtio-fs mount lets go, the
+        kernel says goodbye to the host's daemon (FUSE_DESTROY) and waits for its answer, in
+        the task that let go. With MNT_DETACH the mount is gone from the tree before that."""
+        call = functools.partial(syscalls.umount, target, lazy=lazy)
+        code = bounded.run(lambda: call() or 0, UMOUNT_TIMEOUT)
+        if code == bounded.TIMED_OUT:
+            if lazy:
+                log.warning(
+                    "Detached %s; the kernel's clean-up of it waits for its host daemon.", target
+                )
+                return
+            raise OSError(errno.ETIMEDOUT, f"umount(2) did not return within {UMOUNT_TIMEOUT:.0f}s")
+        if code:
+            raise OSError(code, os.strerror(code))
 
 
 @dataclass(frozen=True)
@@ -128,7 +154,8 @@ def _mount(
         return Outcome(
             action, False, False, f"Failed to mount share {action.tag!r} on {where}: {message}"
         )
-    return Outcome(action, True, True, f"Mounted share {action.tag!r} on {where}.")
+    note = f" Warning: {action.warning}." if action.warning else ""
+    return Outcome(action, True, True, f"Mounted share {action.tag!r} on {where}.{note}")
 
 
 def _unmount_stale(action: Action, sysroot: SysRoot, mounter: Mounter, dry_run: bool) -> Outcome:

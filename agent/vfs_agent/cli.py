@@ -192,13 +192,22 @@ def mount(ctx: ops.Context, tag: str, path: str | None, dry_run: bool, as_json: 
 @main.command()
 @click.argument("target", metavar="TAG|PATH")
 @click.option("--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
+@click.option(
+    "--abort",
+    is_flag=True,
+    help="For a mount whose host daemon died: abort its FUSE connection where the kernel "
+    "allows it, then detach it at once. The kernel cannot abort virtio-fs connections: "
+    "requests already sent wait until the host answers or removes the device.",
+)
 @dry_run_option
 @json_option
 @pass_ops
 @handle_errors
-def umount(ctx: ops.Context, target: str, lazy: bool, dry_run: bool, as_json: bool) -> None:
+def umount(
+    ctx: ops.Context, target: str, lazy: bool, abort: bool, dry_run: bool, as_json: bool
+) -> None:
     """Unmount a share: every mount of TAG, or the share mounted at PATH."""
-    paths = ops.umount(ctx, target, lazy=lazy, dry_run=dry_run)
+    paths = ops.umount(ctx, target, lazy=lazy, abort=abort, dry_run=dry_run)
     verb = "would unmount" if dry_run else "unmounted"
     if as_json:
         emit_json({"unmounted": paths, "dry_run": dry_run})

@@ -4,7 +4,9 @@ Sources, each a function of the system root:
 - discover_sysfs: /sys/fs/virtiofs/<n>/{tag,device} (Linux >= 6.9);
 - discover_9p: /sys/bus/virtio/devices/virtioN/mount_tag;
 - discover_pci (discovery_pci.py): the virtio-pci config window, for older kernels.
-`discover()` combines them and says whether the virtio-fs list is known to be complete.
+`discover()` combines them and says whether the virtio-fs list is known to be complete. On kernels
+with /sys/fs/virtiofs, a device the driver holds without an entry there is being removed: it is
+reported as a problem, not looked up elsewhere (its share is gone).
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ SYSFS_VIRTIOFS = "/sys/fs/virtiofs"
 VIRTIO_DEVICES = "/sys/bus/virtio/devices"
 VIRTIO_ID_FS = 0x1A
 VIRTIO_ID_9P = 0x09
+# A device the virtiofs driver still holds after its /sys/fs/virtiofs entry went: the kernel is
+# removing it, which takes a moment, or for good when requests to a dead virtiofsd are in flight
+# (the removal waits for them while holding virtio-fs's global lock).
+REMOVAL_STUCK = (
+    "virtio-fs device {device} is being removed; if this stays, requests to its host daemon are "
+    "stuck in flight (did the host's virtiofsd die?): until they end, no virtio-fs device can be "
+    "added and every virtio-fs mount waits (a guest reboot ends it)"
+)
 
 
 @dataclass(frozen=True)
@@ -86,12 +96,21 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
     known = {s.device for s in virtiofs}
     unexplained = [d for d in devices if d not in known]
     problems: list[str] = []
+    if sysroot.exists(SYSFS_VIRTIOFS):
+        removing = [d for d in unexplained if _driver(sysroot, d) == "virtiofs"]
+        unexplained = [d for d in unexplained if d not in removing]
+        problems += [REMOVAL_STUCK.format(device=d) for d in removing]
     if unexplained and pci:
         virtiofs, problems = _from_other_sources(sysroot, virtiofs, unexplained)
         known = {s.device for s in virtiofs}
         unexplained = [d for d in devices if d not in known]
     shares = sorted(set(virtiofs) | set(discover_9p(sysroot)))
     return Discovery(tuple(shares), complete=not unexplained, problems=tuple(problems))
+
+
+def _driver(sysroot: SysRoot, device: str) -> str | None:
+    link = sysroot.readlink(f"{VIRTIO_DEVICES}/{device}/driver")
+    return posixpath.basename(link) if link else None
 
 
 def _from_other_sources(

@@ -43,3 +43,4 @@ class Mounted:
     source: str
     options: tuple[str, ...] = field(default=())
     super_options: tuple[str, ...] = field(default=())
+    device: str = ""  # "major:minor" of the filesystem (a FUSE mount's connection number)

@@ -1,10 +1,12 @@
-"""Loading a filesystem module before the first mount that needs it, and the virtio driver of
-a share device that was added where nothing loads drivers (modprobe: the only subprocess)."""
+"""Loading a filesystem module before the first mount that needs it, the virtio driver of
+a share device that was added where nothing loads drivers (modprobe: the only subprocess), and
+probing again a share device its driver refused."""
 
 from __future__ import annotations
 
 import subprocess
 
+from vfs_agent.discovery import VIRTIO_DEVICES, VIRTIO_ID_9P, VIRTIO_ID_FS, virtio_devices
 from vfs_agent.model import Transport
 from vfs_agent.sysroot import SysRoot
 
@@ -12,6 +14,8 @@ MODULES = {Transport.VIRTIOFS: ["virtiofs"], Transport.NINEP: ["9pnet_virtio", "
 # The virtio driver of each kind of share device (also the name of its module).
 DRIVERS = {Transport.VIRTIOFS: "virtiofs", Transport.NINEP: "9pnet_virtio"}
 VIRTIO_DRIVERS = "/sys/bus/virtio/drivers"
+VIRTIO_DRIVERS_PROBE = "/sys/bus/virtio/drivers_probe"
+DEVICE_IDS = {Transport.VIRTIOFS: VIRTIO_ID_FS, Transport.NINEP: VIRTIO_ID_9P}
 
 
 def filesystem_registered(sysroot: SysRoot, fstype: str) -> bool:
@@ -40,6 +44,28 @@ def ensure_driver(sysroot: SysRoot, transport: Transport) -> str | None:
     if sysroot.exists(f"{VIRTIO_DRIVERS}/{driver}") or str(sysroot.root) != "/":
         return None
     return _modprobe(driver)
+
+
+def bind_unbound(sysroot: SysRoot, transport: Transport) -> list[str]:
+    """Ask the kernel to probe share devices of `transport` that have no driver although it is
+    registered, and return those that are bound now. The virtio-fs driver refuses a device
+    whose tag another device still holds (EEXIST), and nothing probes it again by itself: the
+    host plugged a share while the guest was still removing the previous device with that tag.
+    Only acts on the running system (root /)."""
+    if str(sysroot.root) != "/" or not sysroot.exists(f"{VIRTIO_DRIVERS}/{DRIVERS[transport]}"):
+        return []
+    bound = []
+    for name in virtio_devices(sysroot, DEVICE_IDS[transport]):
+        if sysroot.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
+            continue
+        try:
+            with open(sysroot.path(VIRTIO_DRIVERS_PROBE), "w") as probe:
+                probe.write(name)
+        except OSError:
+            continue  # still refused (the old device is not gone yet): the next event retries
+        if sysroot.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
+            bound.append(name)
+    return bound
 
 
 def _modprobe(module: str) -> str | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-
 from vfs_agent.escape import unescape_octal
 from vfs_agent.model import Mounted
 from vfs_agent.sysroot import SysRoot
@@ -28,6 +25,7 @@ def parse_mountinfo(text: str) -> list[Mounted]:
                     fstype=unescape_octal(fields[sep + 1]),
                     source=unescape_octal(fields[sep + 2]),
                     options=tuple(fields[5].split(",")),
+                    device=fields[2],
                     super_options=tuple(fields[sep + 3].split(","))
                     if len(fields) > sep + 3
                     else (),
@@ -46,17 +44,3 @@ def read_mount_table(sysroot: SysRoot) -> list[Mounted]:
 def top_mounts(table: list[Mounted]) -> dict[str, Mounted]:
     """The visible (top-most) mount at each target."""
     return {entry.target: entry for entry in table}
-
-
-def probe_dead(sysroot: SysRoot, table: list[Mounted], fstypes: frozenset[str]) -> frozenset[str]:
-    """Targets of mounts of these types whose filesystem answers ENOTCONN (device gone)."""
-    dead = set()
-    for entry in top_mounts(table).values():
-        if entry.fstype not in fstypes:
-            continue
-        try:
-            os.stat(sysroot.path(entry.target))
-        except OSError as e:
-            if e.errno == errno.ENOTCONN:
-                dead.add(entry.target)
-    return frozenset(dead)

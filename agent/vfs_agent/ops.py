@@ -12,12 +12,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.fuse_abort import abort_connection
 from vfs_agent.installed import udev_rule_installed
 from vfs_agent.lock import mount_lock
-from vfs_agent.model import Transport
-from vfs_agent.modules import ensure_filesystem
-from vfs_agent.mounttable import top_mounts
-from vfs_agent.observe import SHARE_FSTYPES, Observed, observe
+from vfs_agent.model import Mounted, Transport
+from vfs_agent.modules import bind_unbound, ensure_filesystem
+from vfs_agent.mounttable import read_mount_table, top_mounts
+from vfs_agent.observe import SHARE_FSTYPES, Observed, nonempty_dirs, observe
 from vfs_agent.outputs import sync_unit_dir, write_fstab_block
 from vfs_agent.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.policy import Policy, Rule, RuleRef, TransportChoice
@@ -76,10 +77,21 @@ class Planned:
     actions: list[Action]
 
 
-def current_plan(ctx: Context, policy: Policy | None = None) -> Planned:
+def current_plan(
+    ctx: Context, policy: Policy | None = None, *, mountpoints: bool = True
+) -> Planned:
+    """The plan for what is attached and mounted now. With `mountpoints`, the directories the
+    plan would mount on are looked at too (a non-empty one warns or is refused); generated
+    units and fstab lines leave that to the mount itself (systemd warns the same way)."""
     policy = policy or ctx.policy()
     observed = observe(ctx.sysroot)
-    actions = plan(observed.discovery, policy, observed.table, observed.dead)
+    args = (observed.discovery, policy, observed.table, observed.dead, observed.unresponsive)
+    actions = plan(*args)
+    if mountpoints:
+        paths = [a.path for a in actions if a.kind is ActionKind.MOUNT and a.path]
+        nonempty = nonempty_dirs(ctx.sysroot, paths)
+        if nonempty:
+            actions = plan(*args, nonempty)
     return Planned(policy, observed, actions)
 
 
@@ -99,6 +111,8 @@ def reconcile(
 ) -> list[Outcome]:
     """Discover, plan and apply under the mount lock: mount-all, and every daemon event."""
     with ctx.locked(dry_run):
+        if not dry_run:
+            _bind_unbound(ctx)
         planned = current_plan(ctx, policy)
         return _apply(ctx, planned.actions, dry_run, mounter, systemd)
 
@@ -130,12 +144,23 @@ def mount_one(
 
 
 def umount(
-    ctx: Context, target: str, *, lazy: bool, dry_run: bool, mounter: Mounter | None = None
+    ctx: Context,
+    target: str,
+    *,
+    lazy: bool,
+    dry_run: bool,
+    abort: bool = False,
+    mounter: Mounter | None = None,
 ) -> list[str]:
-    """Unmount a share by mount path or by tag (every mount of it). Returns the paths."""
+    """Unmount a share by mount path or by tag (every mount of it). Returns the paths.
+
+    With `abort`, the FUSE connection of each mount is aborted first where the kernel allows it
+    (fuse_abort.py), then the mount is detached: the way out of a mount whose virtiofsd died.
+    The mount table is read, never the mounts themselves, so a hung mount cannot hang this.
+    """
     mounter = mounter or KernelMounter()
     with ctx.locked(dry_run):
-        table = observe(ctx.sysroot).table
+        table = read_mount_table(ctx.sysroot)
         shares = [e for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
         if target.startswith("/"):
             chosen = [e for e in shares if e.target == target.rstrip("/") or e.target == target]
@@ -145,16 +170,64 @@ def umount(
             chosen = [e for e in shares if e.source == target]
             if not chosen:
                 raise OperationError(f"share {target!r} is not mounted")
-        paths = sorted((e.target for e in chosen), key=lambda p: -p.count("/"))
-        for path in paths:
+        if abort:
+            not_fuse = [e.target for e in chosen if e.fstype != Transport.VIRTIOFS.value]
+            if not_fuse:
+                raise OperationError(
+                    f"{', '.join(not_fuse)}: --abort applies to virtio-fs mounts only "
+                    "(9p has no FUSE connection); use --lazy"
+                )
+        chosen.sort(key=lambda e: -e.target.count("/"))
+        for entry in chosen:
             if dry_run:
                 continue
+            if abort:
+                _abort(ctx, entry)
             try:
-                mounter.umount(str(ctx.sysroot.path(path)), lazy=lazy)
+                mounter.umount(str(ctx.sysroot.path(entry.target)), lazy=lazy or abort)
             except OSError as e:
                 hint = "; retry with --lazy" if e.errno == errno.EBUSY and not lazy else ""
-                raise OperationError(f"Failed to unmount {path}: {e.strerror}{hint}") from None
-        return paths
+                raise OperationError(
+                    f"Failed to unmount {entry.target}: {e.strerror}{hint}"
+                ) from None
+        return [e.target for e in chosen]
+
+
+def _bind_unbound(ctx: Context) -> None:
+    """Share devices the driver refused while an older device with their tag was going away
+    (a quick re-plug) can bind once it is gone; nothing else retries them."""
+    bound = [name for t in Transport for name in bind_unbound(ctx.sysroot, t)]
+    if bound:
+        log.info(
+            "Bound %s, refused while a device with the same tag was going away.", ", ".join(bound)
+        )
+
+
+def _abort(ctx: Context, entry: Mounted) -> None:
+    fields = {"TAG": entry.source, "MOUNT_PATH": entry.target}
+    try:
+        aborted = abort_connection(ctx.sysroot, entry.device)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OperationError(
+            f"Failed to abort the FUSE connection of {entry.target} (device {entry.device}): {why}"
+        ) from None
+    if aborted:
+        log.warning(
+            "Aborted the FUSE connection of share %r on %s.",
+            entry.source,
+            entry.target,
+            extra=fields,
+        )
+    else:
+        log.warning(
+            "The kernel offers no abort for the virtio-fs mount of %r on %s; detaching it so "
+            "nothing new enters it. Requests already sent to its device wait until the host "
+            "answers or removes the device.",
+            entry.source,
+            entry.target,
+            extra=fields,
+        )
 
 
 def _apply(
@@ -198,7 +271,7 @@ def generated_units(
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """Units for the current plan. `bind_device` None: bind to the share's device unit when
     vfs-agent's udev rule is installed (without it those device units never appear)."""
-    planned = current_plan(ctx)
+    planned = current_plan(ctx, mountpoints=False)
     origin = ", ".join(planned.policy.files) or "the built-in default policy"
     if bind_device is None:
         bind_device = udev_rule_installed(ctx.sysroot)
@@ -215,7 +288,7 @@ def write_units(
 
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
     """The fstab block, and the wanted shares fstab cannot express."""
-    actions = current_plan(ctx).actions
+    actions = current_plan(ctx, mountpoints=False).actions
     skipped = [
         Skipped(a.tag, a.path, why)
         for a in actions

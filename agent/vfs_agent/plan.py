@@ -1,13 +1,15 @@
 """plan(discovery, policy, mount table) -> actions: what mount-all would do, and why.
 
-Pure and deterministic: no I/O. Liveness of existing mounts (ENOTCONN) is probed at the edge and
-passed in as `dead`.
+Pure and deterministic: no I/O. Liveness of existing mounts is probed at the edge (liveness.py)
+and passed in: `dead` (ENOTCONN, the device is gone) and `unresponsive` (no answer: the host's
+daemon is gone while the device stays). Nothing is planned that would touch an unresponsive
+mount or a path below it, so no executor can hang on one.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -16,7 +18,7 @@ from vfs_agent.model import Mounted, Share, Transport
 from vfs_agent.mount_options import kernel_options, transport_problem
 from vfs_agent.mounttable import top_mounts
 from vfs_agent.paths import derived_path, expand_path, path_problem
-from vfs_agent.policy import Policy, RuleRef, TransportChoice, UnknownTags
+from vfs_agent.policy import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
 
 
 class ActionKind(StrEnum):
@@ -27,10 +29,11 @@ class ActionKind(StrEnum):
     ABSENT = "absent"  # a rule names the tag, but no such share is attached
     CONFLICT = "conflict"  # two tags for one path, or the path holds another filesystem
     REFUSE = "refuse"  # unsafe path or unusable options
+    UNRESPONSIVE = "unresponsive"  # the mount at (or above) the path does not answer: left alone
 
 
 # Kinds that describe a mount the policy wants (generators write units/lines for these).
-WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT})
+WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT, ActionKind.UNRESPONSIVE})
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Action:
     rule: str | None = None  # which rule decided, for humans
     source_file: str | None = None  # the policy layer that decided (the rule's, or defaults')
     device_timeout: int | None = None  # seconds the boot waits for the share's device
+    warning: str | None = None  # something a person should know, though the action goes on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,7 @@ class Action:
             "rule": self.rule,
             "layer": self.source_file,
             "reason": self.reason,
+            "warning": self.warning,
         }
 
 
@@ -72,7 +77,8 @@ class _Want:
     ref: RuleRef | None
     present: bool
     why: str
-    device_timeout: int
+    device_timeout: int | None
+    on_nonempty: NonEmpty
     layer: str  # the policy layer that decided: the rule's, or the one that set defaults.unknown
 
 
@@ -81,8 +87,11 @@ def plan(
     policy: Policy,
     table: list[Mounted],
     dead: frozenset[str] = frozenset(),
+    unresponsive: frozenset[str] = frozenset(),
+    nonempty: frozenset[str] = frozenset(),
 ) -> list[Action]:
-    """Decide, for every share and every rule, what to do. See ActionKind."""
+    """Decide, for every share and every rule, what to do. See ActionKind. `nonempty`: paths
+    that are directories holding files (the edge looks at the paths of a first plan's mounts)."""
     actions: list[Action] = []
     wants: list[_Want] = []
     by_tag: dict[str, list[Share]] = defaultdict(list)
@@ -116,6 +125,10 @@ def plan(
                 actions.append(_action(ActionKind.CONFLICT, want, f"{path} is claimed by {tags}"))
             continue
         want = group[0]
+        hung = _hung_mount(path, unresponsive) if want.present else None
+        if hung is not None:
+            actions.append(_action(ActionKind.UNRESPONSIVE, want, _hung_reason(hung)))
+            continue
         elsewhere = [t for t in mounted_at[(want.transport.value, want.tag)] if t != path]
         if want.ref is None and elsewhere and want.present:
             # Only the default rule would mount it; it is in use already (the root filesystem
@@ -123,7 +136,7 @@ def plan(
             why = f"already mounted at {', '.join(elsewhere)}; no rule names this tag"
             actions.append(Action(ActionKind.IGNORE, want.tag, why, None, want.transport))
             continue
-        actions += _against_table(want, top.get(path), dead, stale_done)
+        actions += _against_table(want, top.get(path), dead, stale_done, path in nonempty)
 
     present = {(s.transport, s.tag) for s in discovery.shares}
     for entry in top.values():
@@ -133,6 +146,8 @@ def plan(
         gone = (transport, entry.source) not in present and (
             discovery.complete or transport is Transport.NINEP
         )
+        if entry.target in unresponsive and not gone:
+            continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
             actions.append(
@@ -212,8 +227,11 @@ def _want(
     options = kernel_options(policy.options_for(rule), transport)
     required = rule.required if rule else False
     timeout = policy.device_timeout_for(rule)
+    nonempty = policy.on_nonempty_for(rule)
     layer = ref.file if ref else policy.unknown_from
-    return _Want(tag, transport, path, options, required, ref, present, why, timeout, layer)
+    return _Want(
+        tag, transport, path, options, required, ref, present, why, timeout, nonempty, layer
+    )
 
 
 def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
@@ -225,13 +243,19 @@ def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
 
 
 def _against_table(
-    want: _Want, entry: Mounted | None, dead: frozenset[str], stale_done: set[str]
+    want: _Want, entry: Mounted | None, dead: frozenset[str], stale_done: set[str], nonempty: bool
 ) -> list[Action]:
     if not want.present:
         named = want.ref.describe() if want.ref else "the policy"
         return [
             _action(ActionKind.ABSENT, want, f"named by {named}, but no such share is attached")
         ]
+    if entry is None and nonempty:
+        if want.on_nonempty is NonEmpty.REFUSE:
+            why = f"refusing {want.path}: the directory is not empty (on_nonempty: refuse)"
+            return [_action(ActionKind.REFUSE, want, why)]
+        warning = f"{want.path} is not empty: its files are hidden while the share is mounted"
+        return [replace(_action(ActionKind.MOUNT, want, want.why), warning=warning)]
     if entry is None:
         return [_action(ActionKind.MOUNT, want, want.why)]
     if entry.fstype == want.transport.value and entry.source == want.tag:
@@ -250,6 +274,20 @@ def _against_table(
         ]
     holder = f"{entry.fstype} {entry.source!r}"
     return [_action(ActionKind.CONFLICT, want, f"{want.path} already holds {holder}")]
+
+
+def _hung_mount(path: str, unresponsive: frozenset[str]) -> str | None:
+    """The unresponsive mount at `path` or at one of its parents, if any."""
+    return next(
+        (m for m in unresponsive if path == m or path.startswith(m.rstrip("/") + "/")), None
+    )
+
+
+def _hung_reason(hung: str) -> str:
+    return (
+        f"the mount at {hung} does not answer (has the host's virtio-fs daemon died?); "
+        f"left alone; 'vfs-agent umount --abort {hung}' recovers it"
+    )
 
 
 def _action(kind: ActionKind, want: _Want, reason: str) -> Action:

@@ -22,13 +22,19 @@ MAX_TAG_BYTES = 36
 GLOB_CHARS = frozenset("*?[")
 DEFAULT_MOUNT_ROOT = "/mnt/virtiofs"
 DEFAULT_OPTIONS = ("nosuid", "nodev")
-DEFAULT_DEVICE_TIMEOUT = 10
 BUILT_IN = "the built-in default"
 
 
 class UnknownTags(StrEnum):
     IGNORE = "ignore"
     MOUNT = "mount"
+
+
+class NonEmpty(StrEnum):
+    """What to do when a share's mountpoint is a directory that already holds files."""
+
+    WARN = "warn"  # mount anyway (the files are hidden while it is mounted), and say so
+    REFUSE = "refuse"  # do not mount there
 
 
 class TransportChoice(StrEnum):
@@ -50,6 +56,7 @@ class Rule:
     ignore: bool = False
     transport: TransportChoice = TransportChoice.AUTO
     device_timeout: int | None = None  # seconds; None: defaults.device_timeout
+    on_nonempty: NonEmpty | None = None  # None: defaults.on_nonempty
 
     def matches(self, tag: str) -> bool:
         return self.tag == tag or (is_glob(self.tag) and fnmatch.fnmatchcase(tag, self.tag))
@@ -72,7 +79,8 @@ class Defaults:
     mount_root: str = DEFAULT_MOUNT_ROOT
     options: tuple[str, ...] = DEFAULT_OPTIONS
     unknown: UnknownTags = UnknownTags.MOUNT
-    device_timeout: int = DEFAULT_DEVICE_TIMEOUT
+    device_timeout: int | None = None  # None: systemd's DefaultDeviceTimeoutSec (90 s)
+    on_nonempty: NonEmpty = NonEmpty.WARN
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class DefaultsPatch:
     options: tuple[str, ...] | None = None
     unknown: UnknownTags | None = None
     device_timeout: int | None = None
+    on_nonempty: NonEmpty | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,12 @@ class Policy:
     def options_for(self, rule: Rule | None) -> tuple[str, ...]:
         return merge_options(self.defaults.options, rule.options if rule else ())
 
-    def device_timeout_for(self, rule: Rule | None) -> int:
+    def on_nonempty_for(self, rule: Rule | None) -> NonEmpty:
+        if rule is not None and rule.on_nonempty is not None:
+            return rule.on_nonempty
+        return self.defaults.on_nonempty
+
+    def device_timeout_for(self, rule: Rule | None) -> int | None:
         if rule is not None and rule.device_timeout is not None:
             return rule.device_timeout
         return self.defaults.device_timeout

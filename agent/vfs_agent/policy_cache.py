@@ -14,12 +14,20 @@ from dataclasses import asdict
 from typing import Any
 
 from vfs_agent.kernel_cmdline import fingerprint_text
-from vfs_agent.policy import Defaults, Policy, Rule, RuleRef, TransportChoice, UnknownTags
+from vfs_agent.policy import (
+    Defaults,
+    NonEmpty,
+    Policy,
+    Rule,
+    RuleRef,
+    TransportChoice,
+    UnknownTags,
+)
 from vfs_agent.policy_layers import SYSTEM_CREDENTIALS, Layer, LayerKind, policy_layers
 from vfs_agent.sysroot import SysRoot, write_atomic
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 2
+FORMAT = 3
 
 
 def fingerprint(sysroot: SysRoot, layers: list[Layer]) -> str:
@@ -57,7 +65,11 @@ def to_json(policy: Policy, print_: str, layers: list[Layer]) -> str:
 def from_json(data: dict[str, Any]) -> Policy:
     d = data["defaults"]
     defaults = Defaults(
-        d["mount_root"], tuple(d["options"]), UnknownTags(d["unknown"]), int(d["device_timeout"])
+        d["mount_root"],
+        tuple(d["options"]),
+        UnknownTags(d["unknown"]),
+        None if d["device_timeout"] is None else int(d["device_timeout"]),
+        NonEmpty(d["on_nonempty"]),
     )
     rules = []
     for r in data["rules"]:
@@ -69,6 +81,7 @@ def from_json(data: dict[str, Any]) -> Policy:
             r["ignore"],
             TransportChoice(r["transport"]),
             r["device_timeout"],
+            None if r["on_nonempty"] is None else NonEmpty(r["on_nonempty"]),
         )
         rules.append(RuleRef(rule, r["file"], r["index"]))
     return Policy(

@@ -20,12 +20,12 @@ from vfs_agent.escape import tag_bytes
 from vfs_agent.mount_options import option_problem
 from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy import (
-    DEFAULT_DEVICE_TIMEOUT,
     DEFAULT_MOUNT_ROOT,
     DEFAULT_OPTIONS,
     MAX_TAG_BYTES,
     DefaultsPatch,
     FileSection,
+    NonEmpty,
     Rule,
     TransportChoice,
     UnknownTags,
@@ -102,9 +102,15 @@ class DefaultsSection(BaseModel):
     unknown: UnknownTags = Field(
         UnknownTags.MOUNT, description="What to do with tags that no rule names."
     )
-    device_timeout: DeviceTimeout = Field(
-        DEFAULT_DEVICE_TIMEOUT,
-        description="Seconds systemd waits at boot for a share's device before giving up.",
+    device_timeout: DeviceTimeout | None = Field(
+        None,
+        description="Seconds systemd waits at boot for a required share's device before giving "
+        "up; unset: systemd's own DefaultDeviceTimeoutSec (90 s).",
+    )
+    on_nonempty: NonEmpty = Field(
+        NonEmpty.WARN,
+        description="A mountpoint that already holds files: warn (mount; its files are hidden "
+        "while mounted) or refuse (do not mount there).",
     )
 
 
@@ -129,6 +135,9 @@ class RuleModel(BaseModel):
     )
     device_timeout: DeviceTimeout | None = Field(
         None, description="Seconds systemd waits at boot for this share's device."
+    )
+    on_nonempty: NonEmpty | None = Field(
+        None, description="warn or refuse: a mountpoint that already holds files."
     )
 
     @model_validator(mode="after")
@@ -172,6 +181,7 @@ def to_section(name: str, parsed: PolicyFile) -> FileSection:
             ignore=m.ignore,
             transport=m.transport,
             device_timeout=m.device_timeout,
+            on_nonempty=m.on_nonempty,
         )
         for m in parsed.mounts
     )

@@ -2,8 +2,9 @@
 
 With `bind_device`, each unit binds to the share's device unit, which vfs-agent's udev rule
 creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
-- the boot waits for a required share's device at most `device_timeout` seconds, and a failure
-  fails only that mount and what depends on it (local-fs.target merely wants it);
+- the boot waits for a required share's device at most `device_timeout` seconds (unset:
+  systemd's DefaultDeviceTimeoutSec, 90 s), and a failure fails only that mount and what
+  depends on it (local-fs.target merely wants it);
 - an optional share is started by its device alone, so an absent one costs the boot nothing;
 - a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left.

@@ -29,9 +29,8 @@ def plan_text(actions: list[Action]) -> str:
         return "Nothing to do: no shares are attached and the policy names none."
     rows = [["ACTION", "TAG", "PATH", "OPTIONS", "WHY"]]
     for a in actions:
-        rows.append(
-            [a.kind.value, show(a.tag), a.path or "-", ",".join(a.options) or "-", a.reason]
-        )
+        why = f"{a.reason}; warning: {a.warning}" if a.warning else a.reason
+        rows.append([a.kind.value, show(a.tag), a.path or "-", ",".join(a.options) or "-", why])
     return table(rows)
 
 

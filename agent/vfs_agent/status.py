@@ -16,6 +16,7 @@ class Health(StrEnum):
     NOT_MOUNTED = "not-mounted"  # the policy wants it, it is not mounted
     ELSEWHERE = "mounted-elsewhere"  # mounted, but not (only) where the policy says
     DEAD = "dead"  # mounted, but the mount answers ENOTCONN (device gone)
+    UNRESPONSIVE = "unresponsive"  # mounted, but the mount does not answer (host daemon gone)
     IGNORED = "ignored"  # the policy leaves it alone
     ABSENT = "absent"  # the policy names it, no such share is attached
     BLOCKED = "blocked"  # the policy wants it but the path is refused or in conflict
@@ -59,7 +60,7 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
     for share in observed.discovery.shares:
         action = decided.get((share.tag, share.transport))
         where = tuple(dict.fromkeys(mounts.get((share.transport.value, share.tag), [])))
-        health, detail = _health(action, where, observed.dead)
+        health, detail = _health(action, where, observed.dead, observed.unresponsive)
         out.append(
             ShareStatus(
                 share.tag,
@@ -103,7 +104,7 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
                     None,
                     None,
                     (action.path or "",),
-                    Health.DEAD,
+                    Health.UNRESPONSIVE if action.path in observed.unresponsive else Health.DEAD,
                     action.reason,
                 )
             )
@@ -111,18 +112,32 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
 
 
 def _health(
-    action: Action | None, where: tuple[str, ...], dead: frozenset[str]
+    action: Action | None,
+    where: tuple[str, ...],
+    dead: frozenset[str],
+    unresponsive: frozenset[str],
 ) -> tuple[Health, str]:
+    hung = [path for path in where if path in unresponsive]
+    if hung:
+        return Health.UNRESPONSIVE, (
+            f"the mount does not answer (has the host's virtio-fs daemon died?); "
+            f"'vfs-agent umount --abort {hung[0]}' recovers it"
+        )
     if any(path in dead for path in where):
         return Health.DEAD, "the mount answers ENOTCONN; run 'vfs-agent mount-all' to clean up"
     if action is None or action.kind is ActionKind.IGNORE:
         if where:
             return Health.ELSEWHERE, "mounted by hand; the policy ignores it"
         return Health.IGNORED, action.reason if action else "not in the plan"
+    if action.kind is ActionKind.UNRESPONSIVE:
+        return Health.UNRESPONSIVE, action.reason
     if action.kind in (ActionKind.CONFLICT, ActionKind.REFUSE):
         return Health.BLOCKED, action.reason
     if action.path in where:
         return Health.MOUNTED, "mounted as planned"
     if where:
         return Health.ELSEWHERE, f"the policy wants it at {action.path}"
-    return Health.NOT_MOUNTED, f"the policy wants it at {action.path}; run 'vfs-agent mount-all'"
+    detail = f"the policy wants it at {action.path}; run 'vfs-agent mount-all'"
+    if action.warning:
+        detail += f" (warning: {action.warning})"
+    return Health.NOT_MOUNTED, detail

@@ -65,6 +65,12 @@ def explain_mount_error(err: OSError, tag: str, transport: Transport) -> str:
         return "busy: something is already mounted there or the share is in use"
     if code == errno.EINVAL:
         return "the kernel rejected the options or the tag (EINVAL); check the rule's options"
+    if code == errno.ETIMEDOUT:
+        return (
+            f"{err.strerror}: the kernel is stuck removing a virtio-fs device whose host daemon "
+            "died, and every virtio-fs mount waits for that until the guest reboots "
+            "(see 'vfs-agent status')"
+        )
     if code == errno.ENOTCONN:
         return "the share's device is gone (ENOTCONN); unplugged shares must be unmounted"
     if code in (errno.ELOOP, errno.ENOTDIR):

@@ -208,3 +208,42 @@ def test_a_missing_required_share_fails_only_its_dependents(guest: VM) -> None:
     assert "Timed out waiting for device dev-virtiofs-by\\x2dtag-absent\\x2dreq.device" in journal
     assert "Dependency failed for srv-req.mount - virtio-fs share absent-req." in journal
     assert "Dependency failed for needs-req.service" in journal
+
+
+SLOW_UDEV_POLICY = """\
+version: 1
+mounts:
+  - {tag: present-a, path: /srv/a, required: true}
+"""
+SLOW_TAG_HELPER = """\
+#!/bin/sh
+# Test only: a loaded machine, where udev names the share's device unit late.
+sleep 25
+exec /usr/lib/vfs-agent/vfs-agent-tag-id.real "$@"
+"""
+
+
+def test_a_slow_udev_delays_but_never_fails_a_present_required_share(guest: VM) -> None:
+    """The policy sets no device_timeout, so systemd's own DefaultDeviceTimeoutSec (90 s)
+    applies: a device unit that appears 25 s late (well past the 10 s vfs-agent once set)
+    still gets the required share and its RequiresMountsFor= consumer up."""
+    guest.put_file("/etc/vfs-agent/policy.yaml", SLOW_UDEV_POLICY)
+    helper = "/usr/lib/vfs-agent/vfs-agent-tag-id"
+    guest.run(f"mv {helper} {helper}.real", check=True)
+    guest.put_file(helper, SLOW_TAG_HELPER, mode=0o755)
+    guest.run("systemctl disable needs-req.service", check=True)
+    guest.reboot()
+    guest.wait_system_running()
+    assert mounted(guest).get("/srv/a") == "present-a"
+    assert show(guest, "needs-a.service", "ActiveState")["ActiveState"] == "active"
+    assert guest.get_file("/run/needs-a.txt") == b"present-a\n"
+    journal = guest.run("journalctl -b --no-pager -o cat", check=True).stdout
+    assert "Timed out waiting for device" not in journal
+    device = show(guest, f"{DEV}present\\x2da.device", "ActiveEnterTimestampMonotonic")
+    userspace = guest.run(
+        "systemctl show --value --property=UserspaceTimestampMonotonic", check=True
+    ).stdout
+    late = int(device["ActiveEnterTimestampMonotonic"]) - int(userspace)
+    print(f"slow udev: the share's device unit came {late / 1e6:.1f}s after systemd started")
+    assert late > 10_000_000  # past the 10 s default vfs-agent used to set
+    assert not guest.run(f"ls /run/systemd/generator/{DEV}present\\\\x2da.device.d").ok

@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -204,6 +205,7 @@ class VM:
         self.channel: Channel | None = None
         self.shares: dict[str, ShareHandle] = {}
         self._free_ports: list[str] = []
+        self._unplugging: dict[str, ShareHandle] = {}  # device id -> share being removed
         self._counter = 0
         self.started_at = 0.0  # time.monotonic() when QEMU was started
         self._locked = False
@@ -585,10 +587,77 @@ class VM:
         qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
         self._drop_share(handle)
 
+    def unplug_shares(self, tags: Sequence[str], timeout: float = 120.0) -> None:
+        """device_del every share at once (a burst), then wait for every DEVICE_DELETED."""
+        handles = []
+        for tag in tags:
+            handle = self.shares.get(tag)
+            if handle is None:
+                raise HarnessError(f"{self.config.name} has no share tagged {tag!r}")
+            handles.append(handle)
+        qmp = self._qmp()
+        for handle in handles:
+            qmp.execute("device_del", {"id": handle.ident})
+        # Each chardev goes the moment its device does: QEMU 7.2 crashed (SIGSEGV) when a
+        # virtiofsd hung up on a deleted device whose chardev was still there.
+        pending = {handle.ident: handle for handle in handles}
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = max(1.0, deadline - time.monotonic())
+            event = qmp.wait_event("DEVICE_DELETED", left, lambda d: d.get("device") in pending)
+            ident = event["data"]["device"]
+            qmp.execute("chardev-remove", {"id": f"chr-{ident}"})
+            pending.pop(ident)
+        for handle in handles:
+            self._drop_share(handle)
+
+    def request_unplug(self, tag: str) -> None:
+        """device_del without waiting for the guest's ack: a guest cannot finish removing a
+        virtio-fs device while requests to a dead virtiofsd are in flight. The device keeps
+        its slot until QEMU stops; its tag is free for a new share at once."""
+        handle = self.shares.pop(tag, None)
+        if handle is None:
+            raise HarnessError(f"{self.config.name} has no share tagged {tag!r}")
+        self._qmp().execute("device_del", {"id": handle.ident})
+        self._unplugging[handle.ident] = handle
+
+    def free_slots(self) -> int:
+        """Hot-plug slots (PCIe root ports) with no device on them."""
+        return len(self._free_ports)
+
+    def unplugs_pending(self) -> list[str]:
+        """Tags whose request_unplug() the guest has not acknowledged yet."""
+        return [handle.tag for handle in self._unplugging.values()]
+
+    def collect_unplugged(self) -> list[str]:
+        """Finish the request_unplug()s the guest has acknowledged since; returns their tags."""
+        qmp = self._qmp()
+        qmp.execute("query-status")  # reads what QEMU sent so far, events included
+        done = []
+        for event in list(qmp.events):
+            ident = event.get("data", {}).get("device")
+            if event["event"] != "DEVICE_DELETED" or ident not in self._unplugging:
+                continue
+            qmp.events.remove(event)
+            handle = self._unplugging.pop(ident)
+            qmp.execute("chardev-remove", {"id": f"chr-{handle.ident}"})
+            self._drop_share(handle)
+            done.append(handle.tag)
+        return done
+
+    def kill_share_daemon(self, tag: str) -> None:
+        """SIGKILL the virtiofsd of a share, as a crash would; the device stays attached."""
+        handle = self.shares.get(tag)
+        if handle is None or handle.daemon is None:
+            raise HarnessError(f"{self.config.name} has no running daemon for {tag!r}")
+        os.killpg(handle.daemon.pid, signal.SIGKILL)
+        handle.daemon.wait(10.0)
+
     def _drop_share(self, handle: ShareHandle) -> None:
         if handle.daemon is not None and not handle.daemon.wait(3.0):
             handle.daemon.stop()
-        self.shares.pop(handle.tag, None)
+        if self.shares.get(handle.tag) is handle:
+            del self.shares[handle.tag]
         self._free_ports.append(handle.bus)
         self._socket(handle).unlink(missing_ok=True)
 

@@ -134,3 +134,15 @@ def test_without_the_udev_rule_units_do_not_bind_to_devices(tree: FakeTree, tmp_
     assert run_generator(tree, out).returncode == 0
     assert "BindsTo" not in (out / "mnt-media.mount").read_text()
     assert not list(out.glob("*.device.wants"))
+
+
+def test_without_device_timeout_systemd_waits_its_own_default(tree: FakeTree, tmp_path: Path):
+    """No policy value: no JobRunningTimeoutSec drop-in, so systemd's DefaultDeviceTimeoutSec
+    (90 s) applies and a slow udev never fails a present required share."""
+    tree.policy("version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media, required: true}\n")
+    out = tmp_path / "normal"
+    done = run_generator(tree, out)
+    assert done.returncode == 0, done.stderr
+    assert (out / "mnt-media.mount").is_file()
+    assert (out / "local-fs.target.wants/mnt-media.mount").is_symlink()
+    assert not list(out.rglob("*timeout*"))

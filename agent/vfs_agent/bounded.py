@@ -1,0 +1,121 @@
+"""Run a system call that can hang for good in a forked child, and wait for it with a deadline.
+
+With a dead virtiofsd, a request to its mount never ends, and once the guest starts removing
+such a device the kernel holds virtio-fs's global lock until those requests end: every later
+virtio-fs mount(2) waits for it too. Neither can be interrupted. Such calls run here: the child
+keeps nothing open but the descriptors it needs and one pipe for its answer (no stdout, no lock
+file, no socket), so a child that never returns holds nothing the agent or its caller waits for.
+A late child is left alone (a signal would only move it into uninterruptible sleep) and reaped
+when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+TIMED_OUT = -1  # the answer of a child that missed the deadline
+
+_CHILDREN: set[int] = set()  # children of this process not yet reaped
+
+
+@dataclass(frozen=True)
+class Child:
+    pid: int
+    answer_fd: int
+
+
+def spawn(call: Callable[[], int], *, keep: Iterable[int] = (), name: bytes = b"") -> Child:
+    """Fork; the child runs `call` (returning an errno, 0 for success) and exits. Descriptors
+    in `keep` stay open in the child; `name` is what it shows in ps."""
+    reap()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    kept = sorted({*keep, write_end})
+    pid = os.fork()
+    if pid == 0:  # the child: a few system calls, then _exit; never returns
+        code = 0
+        try:
+            low = 0
+            for fd in kept:
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 65536)
+            if name:
+                with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
+                    comm.write(name)
+            try:
+                code = call()
+            except OSError as e:
+                code = e.errno or 0
+            os.write(write_end, str(code).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _CHILDREN.add(pid)
+    return Child(pid, read_end)
+
+
+def wait(children: Iterable[Child], timeout: float) -> dict[int, int]:
+    """The answer of each child (by pid), TIMED_OUT for those that missed the deadline."""
+    pending = {child.answer_fd: child for child in children}
+    answers: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(list(pending), [], [], left)
+            for fd in ready:
+                child = pending.pop(fd)
+                text = os.read(fd, 16)
+                os.close(fd)
+                with contextlib.suppress(ChildProcessError):  # reap() may have been first
+                    os.waitpid(child.pid, 0)  # it answered, so it is exiting: nothing blocks
+                _CHILDREN.discard(child.pid)
+                answers[child.pid] = int(text) if text else TIMED_OUT
+    finally:
+        for fd, child in pending.items():
+            os.close(fd)
+            answers[child.pid] = TIMED_OUT
+    return answers
+
+
+def run(call: Callable[[], int], timeout: float, *, keep: Iterable[int] = ()) -> int:
+    """One call in a child: its errno (0: success), or TIMED_OUT."""
+    child = spawn(call, keep=keep)
+    return wait([child], timeout)[child.pid]
+
+
+def reap() -> None:
+    """Collect children that have ended since (the daemon runs for long)."""
+    for pid in list(_CHILDREN):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _CHILDREN.discard(pid)
+
+
+def unreaped() -> frozenset[int]:
+    return frozenset(_CHILDREN)
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    """A file of this machine's /proc/PID (children are processes here, whatever the root)."""
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: tells a PID from a later process that reused it."""
+    fields = proc_file(pid, "stat").rsplit(b")", 1)[-1].split()
+    return fields[19].decode() if len(fields) > 19 else None

@@ -1,0 +1,324 @@
+"""A share whose host daemon died: the probe never hangs the agent, the planner leaves the mount
+alone, status says `unresponsive`, and `umount --abort` aborts its FUSE connection where the
+kernel lists it (never for virtio-fs) and detaches the mount.
+
+A real hung FUSE mount needs a guest (tests/guest/test_host_faults.py); here a statfs that blocks
+stands in for it inside the forked probe, which exercises the same deadline, memory and reaping."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from faketree import FakeTree
+from test_apply import RecordingMounter
+
+from vfs_agent import bounded, liveness, ops
+from vfs_agent.cli import main
+from vfs_agent.discovery import Discovery, discover
+from vfs_agent.fuse_abort import connection_id
+from vfs_agent.liveness import Liveness, probe
+from vfs_agent.model import Mounted, Share, Transport
+from vfs_agent.plan import ActionKind, plan
+from vfs_agent.policy import merge
+from vfs_agent.policy_load import parse_text
+from vfs_agent.policy_model import to_section
+from vfs_agent.sysroot import SysRoot
+
+V = Transport.VIRTIOFS
+POLICY = """\
+version: 1
+mounts:
+  - {tag: media_tag, path: /mnt/media}
+  - {tag: inner, path: /mnt/media/inner}
+  - {tag: other, path: /mnt/other}
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_probe_left_behind() -> Iterator[None]:
+    """Stuck probe children of one test must not be seen by the next."""
+    yield
+    for pid in bounded.unreaped():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while bounded.unreaped() and time.monotonic() < deadline:
+        bounded.reap()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def hanging_stat(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Paths whose statfs(2) blocks (as on a FUSE mount whose daemon died) or fails ENOTCONN."""
+    hang: set[str] = set()
+    real_statvfs = os.statvfs
+
+    def fake_statvfs(path: str) -> os.statvfs_result:
+        if str(path).endswith("/dead"):
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        if str(path) in hang:
+            time.sleep(3600)
+        return real_statvfs(path)
+
+    monkeypatch.setattr(liveness.os, "statvfs", fake_statvfs)
+    return hang
+
+
+def test_probe_sorts_alive_dead_and_unresponsive_within_the_deadline(
+    tmp_path: Path, hanging_stat: set[str]
+) -> None:
+    for name in ("ok", "dead", "hung"):
+        (tmp_path / name).mkdir()
+    hanging_stat.add(str(tmp_path / "hung"))
+    started = time.monotonic()
+    mounts = [("/ok", "0:1"), ("/dead", "0:2"), ("/hung", "0:3")]
+    result = probe(SysRoot(tmp_path), mounts, "virtio1=61", timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    assert result == {
+        "/ok": Liveness.ALIVE,
+        "/dead": Liveness.DEAD,
+        "/hung": Liveness.UNRESPONSIVE,
+    }
+    # The stuck child is remembered: the next look at the same devices sends no second probe.
+    [stuck] = bounded.unreaped()
+    assert (tmp_path / "run/vfs-agent/probes/0_3").read_text().startswith(f"{stuck}\n")
+    again = probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio1=61", timeout=0.5)
+    assert again == {"/hung": Liveness.UNRESPONSIVE}
+    assert bounded.unreaped() == {stuck}
+    # Once the devices change (the host removed the dead one), the mount is probed afresh.
+    probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio2=61", timeout=0.2)
+    assert len(bounded.unreaped()) == 2
+    for pid in bounded.unreaped():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while bounded.unreaped() and time.monotonic() < deadline:
+        bounded.reap()
+        time.sleep(0.05)
+    assert not bounded.unreaped(), "probe children must be reaped once they end"
+
+
+def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> None:
+    """`vfs-agent status | ...` must end when vfs-agent ends, even if a probe child hangs."""
+    script = (
+        "import os, sys, time\n"
+        "from vfs_agent import liveness\n"
+        "from pathlib import Path\nfrom vfs_agent.sysroot import SysRoot\n"
+        "os.statvfs = lambda p: time.sleep(3600)\n"
+        f"root = SysRoot(Path({str(tmp_path)!r}))\n"
+        "print(liveness.probe(root, [('/x', '0:9')], '', timeout=0.2))\n"
+        "for pid in liveness.bounded.unreaped():\n"
+        "    print('child', pid, flush=True)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert "UNRESPONSIVE" in done.stdout
+    assert time.monotonic() - started < 10
+    [child] = [
+        int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("child")
+    ]
+    os.kill(child, signal.SIGKILL)
+
+
+def shares(*tags: str) -> Discovery:
+    return Discovery(tuple(Share(t, V, f"virtio{i}") for i, t in enumerate(tags)), True)
+
+
+def pol() -> object:
+    return merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+
+
+def test_plan_leaves_an_unresponsive_mount_and_everything_below_it_alone() -> None:
+    table = [Mounted(100, 1, "/mnt/media", "virtiofs", "media_tag", device="0:100")]
+    actions = plan(
+        shares("media_tag", "inner", "other"),
+        pol(),  # type: ignore[arg-type]
+        table,
+        unresponsive=frozenset({"/mnt/media"}),
+    )
+    kinds = {a.tag: a.kind for a in actions}
+    assert kinds == {
+        "media_tag": ActionKind.UNRESPONSIVE,
+        "inner": ActionKind.UNRESPONSIVE,
+        "other": ActionKind.MOUNT,
+    }
+    inner = next(a for a in actions if a.tag == "inner")
+    assert "umount --abort /mnt/media" in inner.reason
+
+
+def test_an_unresponsive_mount_whose_share_is_gone_is_detached() -> None:
+    table = [Mounted(100, 1, "/mnt/media", "virtiofs", "media_tag", device="0:100")]
+    actions = plan(
+        shares("other"),
+        pol(),  # type: ignore[arg-type]
+        table,
+        unresponsive=frozenset({"/mnt/media"}),
+    )
+    stale = [a for a in actions if a.kind is ActionKind.UNMOUNT_STALE]
+    assert [a.path for a in stale] == ["/mnt/media"]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> FakeTree:
+    root = FakeTree(tmp_path / "root")
+    for tag in ("media_tag", "other"):
+        root.virtiofs(tag)
+    root.policy(POLICY)
+    root.mounted(("virtiofs", "media_tag", "/mnt/media"), ("virtiofs", "other", "/mnt/other"))
+    return root
+
+
+def test_status_reports_unresponsive_and_keeps_the_others(
+    tree: FakeTree, hanging_stat: set[str]
+) -> None:
+    hanging_stat.add(str(tree.root / "mnt/media"))
+    (tree.root / "mnt/other").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["--root", str(tree.root), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    health = {s["tag"]: s["health"] for s in json.loads(result.stdout)["shares"]}
+    assert health == {"media_tag": "unresponsive", "other": "mounted", "inner": "absent"}
+
+
+def test_connection_id_is_the_kernels_dev_t_encoding() -> None:
+    assert connection_id("0:53") == 53
+    assert connection_id("259:3") == (259 << 20) | 3
+
+
+def test_umount_abort_writes_the_connection_abort_then_detaches(tree: FakeTree) -> None:
+    abort = tree.write("sys/fs/fuse/connections/100/abort", "")
+    mounter = RecordingMounter()
+    paths = ops.umount(
+        ops.Context(SysRoot(tree.root)),
+        "media_tag",
+        lazy=False,
+        abort=True,
+        dry_run=False,
+        mounter=mounter,
+    )
+    assert paths == ["/mnt/media"]
+    assert abort.read_text() == "1\n"
+    assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
+
+
+def test_umount_abort_of_virtiofs_detaches_and_says_the_kernel_cannot_abort(
+    tree: FakeTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """virtio-fs connections are not in fusectl (the kernel marks them no_control)."""
+    mounter = RecordingMounter()
+    with caplog.at_level("WARNING"):
+        paths = ops.umount(
+            ops.Context(SysRoot(tree.root)),
+            "/mnt/media",
+            lazy=False,
+            abort=True,
+            dry_run=False,
+            mounter=mounter,
+        )
+    assert paths == ["/mnt/media"]
+    assert mounter.unmounts == [(str(tree.root / "mnt/media"), True)]
+    assert "The kernel offers no abort for the virtio-fs mount of 'media_tag'" in caplog.text
+
+
+def test_umount_abort_refuses_9p(tmp_path: Path) -> None:
+    root = FakeTree(tmp_path / "root")
+    root.ninep("p9")
+    root.policy("version: 1\n")
+    root.mounted(("9p", "p9", "/mnt/p9"))
+    result = CliRunner().invoke(main, ["--root", str(root.root), "umount", "--abort", "p9"])
+    assert result.exit_code == 1
+    assert "--abort applies to virtio-fs mounts only" in result.stderr
+
+
+def test_bounded_run_returns_the_errno_or_times_out_without_waiting_for_the_child() -> None:
+    def fails() -> int:
+        raise OSError(errno.EBUSY, "busy")
+
+    assert bounded.run(lambda: 0, 5) == 0
+    assert bounded.run(fails, 5) == errno.EBUSY
+    started = time.monotonic()
+    assert bounded.run(lambda: time.sleep(3600) or 0, 0.3) == bounded.TIMED_OUT
+    assert time.monotonic() - started < 2
+
+
+def test_bounded_child_keeps_only_the_descriptors_it_is_given(tmp_path: Path) -> None:
+    kept = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    dropped = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+
+        def check() -> int:
+            os.fstat(kept)
+            try:
+                os.fstat(dropped)
+            except OSError:
+                return 0
+            return errno.EEXIST  # the child still had it
+
+        assert bounded.run(check, 5, keep=[kept]) == 0
+    finally:
+        os.close(kept)
+        os.close(dropped)
+
+
+def test_a_device_stuck_in_removal_is_reported_and_not_looked_up_elsewhere(tmp_path: Path) -> None:
+    """The virtiofs driver still holds the device, its /sys/fs/virtiofs entry is gone: the
+    kernel is removing it. Its share is gone (a mount of it is stale), and the PCI window is
+    not asked for a tag the kernel no longer offers."""
+    root = FakeTree(tmp_path / "root")
+    root.virtiofs("alive")
+    removing = root.virtiofs("victim", sysfs=False)
+    (root.root / f"sys/bus/virtio/devices/{removing}/driver").symlink_to(
+        "../../../../bus/virtio/drivers/virtiofs"
+    )
+    found = discover(SysRoot(root.root))
+    assert [s.tag for s in found.shares] == ["alive"]
+    assert found.complete
+    [problem] = found.problems
+    assert problem.startswith(f"virtio-fs device {removing} is being removed;")
+
+
+NONEMPTY = """\
+version: 1
+mounts:
+  - {tag: media_tag, path: /mnt/media}
+  - {tag: other, path: /mnt/other, on_nonempty: refuse}
+"""
+
+
+def test_a_mountpoint_holding_files_warns_or_is_refused(tmp_path: Path) -> None:
+    root = FakeTree(tmp_path / "root")
+    for tag in ("media_tag", "other"):
+        root.virtiofs(tag)
+    root.policy(NONEMPTY)
+    root.write("mnt/media/old-file", "hidden by the mount\n")
+    root.write("mnt/other/old-file", "hidden by the mount\n")
+    result = CliRunner().invoke(main, ["--root", str(root.root), "plan", "--json"])
+    assert result.exit_code == 0, result.output
+    actions = {a["tag"]: a for a in json.loads(result.stdout)["actions"]}
+    assert actions["media_tag"]["action"] == "mount"
+    assert actions["media_tag"]["warning"] == (
+        "/mnt/media is not empty: its files are hidden while the share is mounted"
+    )
+    assert actions["other"]["action"] == "refuse"
+    assert "not empty (on_nonempty: refuse)" in actions["other"]["reason"]
+    status = CliRunner().invoke(main, ["--root", str(root.root), "status", "--json"])
+    health = {s["tag"]: s for s in json.loads(status.stdout)["shares"]}
+    assert "warning: /mnt/media is not empty" in health["media_tag"]["detail"]
+    assert health["other"]["health"] == "blocked"
+    # An empty directory, or none at all, is no reason to warn.
+    (root.root / "mnt/media/old-file").unlink()
+    result = CliRunner().invoke(main, ["--root", str(root.root), "plan", "--json"])
+    assert {a["tag"]: a["warning"] for a in json.loads(result.stdout)["actions"]} == {
+        "media_tag": None,
+        "other": None,
+    }
