@@ -44,7 +44,7 @@ mounts:
 """
 BROKEN_POLICY = "version: 1\nmounts:\n  - {tag: cred_a, path: relative/oops}\n"
 BROKEN_MESSAGE = (
-    "credential vfs-agent.policy:3:27: mounts[0].path: path 'relative/oops' is not absolute"
+    "credential vfs-agent.policy:3:25: mounts[0].path: path 'relative/oops' is not absolute"
 )
 CRED_SHARES = ["cred_a", "glob b", "plain_c"]
 
