@@ -129,6 +129,8 @@ def status(ctx: ops.Context, as_json: bool) -> None:
                 "kernel": kernel.to_dict(),
                 "discovery_complete": planned.observed.discovery.complete,
                 "discovery_problems": list(planned.observed.discovery.problems),
+                "policy_layers": list(planned.policy.files),
+                "policy_warnings": list(planned.policy.warnings),
                 "shares": [s.to_dict() for s in shares],
             }
         )
@@ -171,6 +173,7 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
         emit_json(
             {
                 "policy_files": list(planned.policy.files),
+                "policy_warnings": list(planned.policy.warnings),
                 "discovery_complete": planned.observed.discovery.complete,
                 "actions": [a.to_dict() for a in planned.actions],
                 "not_persistent": [vars(skip) for skip in unwritable],
@@ -350,6 +353,7 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
     from vfs_agent.policy_model import to_section
     from vfs_agent.sysroot import SysRoot
 
+    warnings: list[str] = []
     try:
         if file is not None:
             sysroot, name = SysRoot(Path("/")), str(Path(file).absolute())
@@ -358,7 +362,7 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
         else:
             sysroot = policy_location(ctx.sysroot, ctx.policy_path)[0]
             policy = load_policy(ctx.sysroot, ctx.policy_path)
-            files = list(policy.files)
+            files, warnings = list(policy.files), list(policy.warnings)
         check_conflicts(sysroot, policy)
     except PolicyError as e:
         if as_json:
@@ -368,8 +372,10 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
                 click.echo(str(problem), err=True)
         sys.exit(EXIT_USAGE)
     if as_json:
-        emit_json({"valid": True, "files": files})
+        emit_json({"valid": True, "files": files, "warnings": warnings})
     else:
+        for warning in warnings:  # an ignored credential or command-line argument
+            click.echo(f"vfs-agent: warning: {warning}", err=True)
         click.echo(f"policy is valid: {', '.join(files) or 'no files, built-in defaults'}")
 
 
@@ -385,12 +391,13 @@ def policy_compile(ctx: ops.Context) -> None:
     after writing the policy, so the image's first boot has it too.
     """
     from vfs_agent import policy_cache
+    from vfs_agent.policy_layers import policy_layers
     from vfs_agent.policy_load import load_policy
 
     if ctx.policy_path is not None:
         raise click.UsageError("policy compile works on the default policy files; drop --policy")
     policy = load_policy(ctx.sysroot)
-    policy_cache.write(ctx.sysroot, policy)
+    policy_cache.write(ctx.sysroot, policy, policy_layers(ctx.sysroot, None))
     click.echo(
         f"compiled {', '.join(policy.files) or 'the built-in defaults'} to "
         f"{ctx.sysroot.path(policy_cache.CACHE)}"
@@ -472,3 +479,30 @@ def cloud_init_apply(ctx: ops.Context) -> None:
     if ctx.policy_path is not None:
         raise click.UsageError("cloud-init apply works on the default policy files; drop --policy")
     sys.exit(apply(ctx))
+
+
+@main.command("host-config")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@handle_errors
+def host_config(file: Path, as_json: bool) -> None:
+    """Turn policy FILE into what the VM's definition needs (run it on the host).
+
+    Prints the libvirt <sysinfo>/<smbios> XML, the QEMU -smbios and -fw_cfg arguments and the
+    kernel command line that hand FILE to the guest as the systemd credential
+    vfs-agent.policy, and the equivalent vfs_agent.mount= arguments when the policy has only
+    exact tags with a path and options. FILE is validated first (exit 2 if invalid).
+    """
+    from vfs_agent.host_config import host_config as render
+    from vfs_agent.host_config import host_config_text
+    from vfs_agent.policy_load import load_file
+    from vfs_agent.policy_model import to_section
+    from vfs_agent.sysroot import SysRoot
+
+    path = str(file.absolute())
+    section = to_section(path, load_file(SysRoot(Path("/")), path, check_modes=False))
+    config = render(file.read_bytes(), section, path)
+    if as_json:
+        emit_json(config.to_dict())
+    else:
+        click.echo(host_config_text(config))

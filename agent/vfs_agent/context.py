@@ -5,6 +5,7 @@ the mount code) so that commands such as `kernel` start without them."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from vfs_agent import policy_cache
 from vfs_agent.lock import mount_lock
 from vfs_agent.policy import Policy
 from vfs_agent.sysroot import SysRoot
+
+log = logging.getLogger(__name__)
 
 
 class OperationError(Exception):
@@ -34,13 +37,14 @@ class Context:
         return self._policy(save_compiled=True)
 
     def _policy(self, *, save_compiled: bool) -> Policy:
-        if self.policy_path is None:
-            compiled = policy_cache.load(self.sysroot)
-            if compiled is not None:
-                return compiled
-        from vfs_agent.policy_load import load_policy
+        compiled = policy_cache.load(self.sysroot) if self.policy_path is None else None
+        if compiled is None:
+            from vfs_agent.policy_load import load_policy
 
-        return load_policy(self.sysroot, self.policy_path, save_compiled=save_compiled)
+            compiled = load_policy(self.sysroot, self.policy_path, save_compiled=save_compiled)
+        for warning in compiled.warnings:  # host layers left out: the journal or stderr
+            log.warning("%s", warning)
+        return compiled
 
     @contextlib.contextmanager
     def locked(self, dry_run: bool) -> Iterator[None]:

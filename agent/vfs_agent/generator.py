@@ -2,7 +2,8 @@
 
 It is on the boot's critical path, so it imports no pydantic, click or pyudev: it uses the
 compiled policy (policy_cache) and loads the full validator only when that is stale. It never
-fails the boot: an invalid policy is logged to the kernel log and produces no units.
+fails the boot: an invalid policy file is logged to the kernel log and produces no units; an
+invalid credential or `vfs_agent.mount=` argument is logged there and left out.
 """
 
 from __future__ import annotations
@@ -18,25 +19,29 @@ from vfs_agent.outputs import write_units
 from vfs_agent.plan import plan
 from vfs_agent.policy import Policy
 from vfs_agent.policy_cache import load as load_cached
+from vfs_agent.policy_layers import SYSTEM_CREDENTIALS, credentials_directory
 from vfs_agent.render_systemd import render_units
 from vfs_agent.sysroot import SysRoot
 
 IDENT = "vfs-agent-generator"
 
 
-def _load_policy(sysroot: SysRoot) -> Policy:
-    cached = load_cached(sysroot)
+def _load_policy(sysroot: SysRoot, credentials_dir: str) -> Policy:
+    cached = load_cached(sysroot, credentials_dir)
     if cached is not None:
         return cached
     from vfs_agent.policy_load import load_policy  # slow path: YAML + pydantic
 
     # A generator writes nothing outside its output directories, so no cache refresh here.
-    return load_policy(sysroot)
+    return load_policy(sysroot, credentials_dir=credentials_dir)
 
 
-def generate(sysroot: SysRoot, normal_dir: Path) -> int:
-    """Write the units into `normal_dir`; returns how many were written."""
-    policy = _load_policy(sysroot)
+def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_CREDENTIALS) -> int:
+    """Write the units into `normal_dir`; returns how many were written. The credential
+    `vfs-agent.policy` is read from `credentials_dir` (systemd passes $CREDENTIALS_DIRECTORY)."""
+    policy = _load_policy(sysroot, credentials_dir)
+    for warning in policy.warnings:  # an invalid host layer: reported, left out, boot goes on
+        kmsg(ERR, IDENT, warning)
     actions = plan(discover(sysroot, pci=False), policy, [])
     origin = ", ".join(policy.files) or "the built-in default policy"
     units, skipped = render_units(
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> int:
     # VFS_AGENT_ROOT lets tests and image builds point the generator at another tree.
     sysroot = SysRoot(Path(os.environ.get("VFS_AGENT_ROOT", "/")))
     try:
-        count = generate(sysroot, Path(argv[0]))
+        count = generate(sysroot, Path(argv[0]), credentials_directory())
     except Exception as e:  # never fail the boot
         from vfs_agent.policy_load import PolicyError
 

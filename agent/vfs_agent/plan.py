@@ -49,7 +49,7 @@ class Action:
     options: tuple[str, ...] = field(default=())
     required: bool = False
     rule: str | None = None  # which rule decided, for humans
-    source_file: str | None = None  # the policy file of that rule
+    source_file: str | None = None  # the policy layer that decided (the rule's, or defaults')
     device_timeout: int | None = None  # seconds the boot waits for the share's device
     warning: str | None = None  # something a person should know, though the action goes on
 
@@ -62,6 +62,7 @@ class Action:
             "options": list(self.options),
             "required": self.required,
             "rule": self.rule,
+            "layer": self.source_file,
             "reason": self.reason,
             "warning": self.warning,
         }
@@ -81,6 +82,7 @@ class _Want:
     why: str
     device_timeout: int | None
     on_nonempty: NonEmpty
+    layer: str  # the policy layer that decided: the rule's, or the one that set defaults.unknown
 
 
 def plan(
@@ -184,10 +186,24 @@ def _decide_present(
         return
     if ref is not None and ref.rule.ignore:
         why = f"ignored by {described}"
-        actions.append(Action(ActionKind.IGNORE, tag, why, None, chosen.transport, rule=described))
+        actions.append(
+            Action(
+                ActionKind.IGNORE,
+                tag,
+                why,
+                None,
+                chosen.transport,
+                rule=described,
+                source_file=ref.file,
+            )
+        )
     elif ref is None and policy.defaults.unknown is UnknownTags.IGNORE:
-        why = "no rule names this tag and defaults.unknown is 'ignore'"
-        actions.append(Action(ActionKind.IGNORE, tag, why, None, chosen.transport))
+        why = f"no rule names this tag and defaults.unknown is 'ignore' ({policy.unknown_from})"
+        actions.append(
+            Action(
+                ActionKind.IGNORE, tag, why, None, chosen.transport, source_file=policy.unknown_from
+            )
+        )
     else:
         wants.append(_want(tag, chosen.transport, ref, policy, present=True))
 
@@ -203,7 +219,8 @@ def _want(
     tag: str, transport: Transport, ref: RuleRef | None, policy: Policy, *, present: bool
 ) -> _Want:
     if ref is None:
-        path, why = derived_path(policy.defaults.mount_root, tag), "defaults.unknown is 'mount'"
+        path = derived_path(policy.defaults.mount_root, tag)
+        why = f"defaults.unknown is 'mount' ({policy.unknown_from})"
     elif ref.rule.path:
         path, why = expand_path(ref.rule.path, tag), f"path from {ref.describe()}"
     else:
@@ -214,7 +231,10 @@ def _want(
     required = rule.required if rule else False
     timeout = policy.device_timeout_for(rule)
     nonempty = policy.on_nonempty_for(rule)
-    return _Want(tag, transport, path, options, required, ref, present, why, timeout, nonempty)
+    layer = ref.file if ref else policy.unknown_from
+    return _Want(
+        tag, transport, path, options, required, ref, present, why, timeout, nonempty, layer
+    )
 
 
 def _absent_want(ref: RuleRef, policy: Policy, complete: bool) -> _Want:
@@ -283,7 +303,7 @@ def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
         want.options,
         want.required,
         want.ref.describe() if want.ref else None,
-        want.ref.file if want.ref else None,
+        want.layer,
         want.device_timeout,
     )
 

@@ -3,8 +3,9 @@
 Validation lives in policy_model.py (pydantic) and policy_load.py; this module imports neither,
 so the boot-time generator can use a compiled policy without loading pydantic.
 
-Merge rule (documented in the README): files are read in order — the main policy file, then
-policy.d/*.yaml in lexical order. `defaults` merge key by key, a later file overriding an earlier
+Merge rule (documented in the README): layers are read in order — the main policy file, then
+policy.d/*.yaml in lexical order, then the host's layers and cloud-init's drop-in
+(policy_layers.py). `defaults` merge key by key, a later file overriding an earlier
 one. Rules are matched last file first and, within one file, top to bottom; the first rule whose
 tag pattern matches decides. So a drop-in can override the image's policy for a tag.
 """
@@ -24,6 +25,7 @@ MAX_TAG_BYTES = 36
 GLOB_CHARS = frozenset("*?[")
 DEFAULT_MOUNT_ROOT = "/mnt/virtiofs"
 DEFAULT_OPTIONS = ("nosuid", "nodev")
+BUILT_IN = "the built-in default"
 
 
 class UnknownTags(StrEnum):
@@ -84,7 +86,7 @@ class RuleRef:
 class Defaults:
     mount_root: str = DEFAULT_MOUNT_ROOT
     options: tuple[str, ...] = DEFAULT_OPTIONS
-    unknown: UnknownTags = UnknownTags.IGNORE
+    unknown: UnknownTags = UnknownTags.MOUNT
     device_timeout: int | None = None  # None: systemd's DefaultDeviceTimeoutSec (90 s)
     on_nonempty: NonEmpty = NonEmpty.WARN
 
@@ -115,7 +117,9 @@ class Policy:
 
     defaults: Defaults
     rules: tuple[RuleRef, ...]  # in match order: last file first, then top to bottom
-    files: tuple[str, ...]  # the files it came from, in read order
+    files: tuple[str, ...]  # the layers it came from (file paths or layer names), in read order
+    unknown_from: str = BUILT_IN  # the layer whose defaults.unknown holds
+    warnings: tuple[str, ...] = ()  # problems of host layers that were ignored
 
     def match(self, tag: str) -> RuleRef | None:
         """The first rule in match order whose pattern matches `tag` (Rule.matches). An exact
@@ -169,8 +173,11 @@ class Policy:
 def merge(files: list[FileSection]) -> Policy:
     """Merge files given in read order (see the module docstring)."""
     defaults = Defaults()
+    unknown_from = BUILT_IN
     for section in files:
         patch = section.defaults
+        if patch.unknown is not None:
+            unknown_from = section.name
         written = {f.name: getattr(patch, f.name) for f in fields(patch)}
         defaults = replace(defaults, **{k: v for k, v in written.items() if v is not None})
     rules = tuple(
@@ -178,7 +185,7 @@ def merge(files: list[FileSection]) -> Policy:
         for section in reversed(files)
         for index, rule in enumerate(section.rules)
     )
-    return Policy(defaults, rules, tuple(section.name for section in files))
+    return Policy(defaults, rules, tuple(section.name for section in files), unknown_from)
 
 
 def empty_policy() -> Policy:

@@ -1,9 +1,12 @@
 """The validated, merged policy compiled to JSON, so the boot-time generator and the reporting
 commands can skip YAML and pydantic. The cache names a fingerprint of everything the loader's
-verdict depends on: the vfs-agent version, the policy files' names, contents, modes and owners
-(and whether the owner is one the loader accepts for the user reading it). Any change makes it
-stale, and then the full loader runs. It is written by every command that acts on the default
-policy and by `vfs-agent policy compile` (which an image builder runs with --root).
+verdict depends on: the vfs-agent version and every policy layer (policy_layers.py): the files'
+names, contents, modes and owners (and whether the owner is one the loader accepts for the user
+reading it), the credential's contents, the kernel command line's `vfs_agent.mount=` arguments.
+Any change makes it stale, and then the full loader runs. The warnings about ignored host
+layers are kept with it, so a cached boot still reports them. It is written by every command
+that acts on the default policy and by `vfs-agent policy compile` (which an image builder runs
+with --root).
 
 The cache is trusted no more than the policy: it is used only when it and its directory pass
 the same owner and mode rules (strict_modes), it is a bounded regular file, and every value in
@@ -20,9 +23,11 @@ import posixpath
 from dataclasses import asdict
 
 from vfs_agent import __version__
+from vfs_agent.kernel_cmdline import fingerprint_text
 from vfs_agent.mount_options import option_problem
 from vfs_agent.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy import (
+    BUILT_IN,
     MAX_TAG_BYTES,
     Defaults,
     NonEmpty,
@@ -33,7 +38,8 @@ from vfs_agent.policy import (
     UnknownTags,
     is_glob,
 )
-from vfs_agent.policy_files import POLICY_MAX, policy_files
+from vfs_agent.policy_files import POLICY_MAX
+from vfs_agent.policy_layers import SYSTEM_CREDENTIALS, Layer, LayerKind, policy_layers
 from vfs_agent.safe_io import read_regular
 from vfs_agent.strict_modes import mode_problems
 from vfs_agent.sysroot import SysRoot, write_atomic
@@ -43,14 +49,23 @@ if TYPE_CHECKING:
     from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 4
+FORMAT = 5
 CACHE_MAX = 4 << 20  # bytes
 
 
-def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
+def fingerprint(sysroot: SysRoot, layers: list[Layer]) -> str:
     digest = hashlib.sha256(f"format {FORMAT} vfs-agent {__version__}\n".encode())
     euid = os.geteuid()
-    for name in files:
+    for layer in layers:
+        digest.update(f"{layer.kind}\0{layer.name}\0".encode())
+        if layer.kind is LayerKind.CMDLINE:
+            text = read_regular(sysroot.path(layer.path), POLICY_MAX).decode(errors="replace")
+            digest.update(fingerprint_text(text).encode() + b"\0")
+            continue
+        if layer.kind is LayerKind.CREDENTIAL:  # systemd owns the credential's file and mode
+            digest.update(read_regular(sysroot.path(layer.path), POLICY_MAX) + b"\0")
+            continue
+        name = layer.path
         # Names inside the root, so a cache compiled into an image (--root) holds at its boot.
         for part in (posixpath.dirname(name), name):
             host = sysroot.path(part)
@@ -66,13 +81,16 @@ def fingerprint(sysroot: SysRoot, files: list[str]) -> str:
     return digest.hexdigest()
 
 
-def to_json(policy: Policy, print_: str) -> str:
+def to_json(policy: Policy, print_: str, layers: list[Layer]) -> str:
     data = {
         "format": FORMAT,
         "fingerprint": print_,
         "defaults": asdict(policy.defaults),
         "rules": [{"file": r.file, "index": r.index, **asdict(r.rule)} for r in policy.rules],
         "files": list(policy.files),
+        "layers": [layer.name for layer in layers],
+        "unknown_from": policy.unknown_from,
+        "warnings": list(policy.warnings),
     }
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
@@ -106,7 +124,13 @@ def from_json(data: dict[str, Any]) -> Policy:
         if r["file"] not in files or type(r["index"]) is not int or r["index"] < 0:
             raise ValueError("rule origin")
         rules.append(RuleRef(rule, r["file"], r["index"]))
-    return Policy(defaults, tuple(rules), tuple(files))
+    unknown_from = data["unknown_from"]
+    if not isinstance(unknown_from, str) or unknown_from not in (BUILT_IN, *files):
+        raise ValueError("unknown_from")
+    warnings = data["warnings"]
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise ValueError("warnings")
+    return Policy(defaults, tuple(rules), tuple(files), unknown_from, tuple(warnings))
 
 
 def _printable(text: str) -> bool:
@@ -150,9 +174,9 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def write(sysroot: SysRoot, policy: Policy) -> None:
-    """Compile `policy` (as the loader returned it for the current files) into CACHE."""
-    text = to_json(policy, fingerprint(sysroot, list(policy.files)))
+def write(sysroot: SysRoot, policy: Policy, layers: list[Layer]) -> None:
+    """Compile `policy` (as the loader returned it for the current `layers`) into CACHE."""
+    text = to_json(policy, fingerprint(sysroot, layers), layers)
     if sysroot.read_text(CACHE) != text:
         # 0755 whatever the umask: a group-writable directory would make load() distrust the
         # cache for good.
@@ -160,15 +184,16 @@ def write(sysroot: SysRoot, policy: Policy) -> None:
         write_atomic(sysroot.path(CACHE), text, mode=0o644)
 
 
-def save(sysroot: SysRoot, policy: Policy) -> None:
-    """Best effort: a read-only /var or a non-root user just means no cache."""
+def save(sysroot: SysRoot, policy: Policy, layers: list[Layer]) -> None:
+    """Best effort: a read-only /var or a non-root user just means no cache. `layers` are
+    those the policy was read from (an ignored credential included)."""
     with contextlib.suppress(OSError):
-        write(sysroot, policy)
+        write(sysroot, policy, layers)
 
 
-def load(sysroot: SysRoot) -> Policy | None:
+def load(sysroot: SysRoot, credentials_dir: str = SYSTEM_CREDENTIALS) -> Policy | None:
     """The cached policy if it is trusted (owner, mode, contents re-checked) and matches the
-    current files exactly, else None."""
+    current layers exactly, else None."""
     path = sysroot.path(CACHE)
     if mode_problems(path):
         return None
@@ -176,10 +201,10 @@ def load(sysroot: SysRoot) -> Policy | None:
         data = json.loads(read_regular(path, CACHE_MAX))
         if not isinstance(data, dict):
             return None
-        files = policy_files(sysroot, None)
-        if data.get("format") != FORMAT or data.get("files") != files:
+        layers = policy_layers(sysroot, None, credentials_dir)
+        if data.get("format") != FORMAT or data.get("layers") != [x.name for x in layers]:
             return None
-        if data.get("fingerprint") != fingerprint(sysroot, files):
+        if data.get("fingerprint") != fingerprint(sysroot, layers):
             return None
         return from_json(data)
     except (OSError, ValueError, KeyError, TypeError, RecursionError):

@@ -33,7 +33,8 @@ class _Claim:
 
 def check_conflicts(sysroot: SysRoot, policy: Policy) -> None:
     """Raise PolicyError listing every static conflict of a policy loaded from `sysroot`."""
-    positions = {name: file_positions(sysroot, name) for name in policy.files}
+    # Host layers (the credential, the kernel command line) have no file to point into.
+    positions = {name: file_positions(sysroot, name) for name in policy.files if name[:1] == "/"}
     problems = static_conflicts(policy, positions)
     if problems:
         raise PolicyError(sorted(problems, key=lambda p: (p.file, p.line, p.column)))

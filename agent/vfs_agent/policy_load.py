@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from vfs_agent import policy_cache
 from vfs_agent.policy import FileSection, Policy, empty_policy, merge
 from vfs_agent.policy_errors import PolicyError as PolicyError  # re-exported
 from vfs_agent.policy_errors import PolicyProblem as PolicyProblem
-from vfs_agent.policy_files import POLICY_MAX, policy_files
+from vfs_agent.policy_files import POLICY_MAX
+from vfs_agent.policy_layers import SYSTEM_CREDENTIALS, LayerKind, policy_layers
 from vfs_agent.policy_model import PolicyFile, to_section
 from vfs_agent.pydantic_compat import (
     BaseModel,
@@ -35,27 +37,41 @@ Loc = tuple[str | int, ...]
 
 
 def load_policy(
-    sysroot: SysRoot, explicit: str | None = None, *, save_compiled: bool = False
+    sysroot: SysRoot,
+    explicit: str | None = None,
+    *,
+    save_compiled: bool = False,
+    credentials_dir: str = SYSTEM_CREDENTIALS,
 ) -> Policy:
-    """Read, check and merge the policy. Raises PolicyError listing every problem found.
+    """Read, check and merge the policy's layers (policy_layers.py). Raises PolicyError listing
+    every problem of the files; problems of the host's layers (credential, kernel command line)
+    are returned in `Policy.warnings` and those parts left out, so they never stop a boot.
     With `save_compiled`, the result is cached for the boot-time generator (policy_cache):
     the commands that act on the policy do it (mount-all, the daemon); reports do not."""
     sysroot, explicit = policy_location(sysroot, explicit)
-    files = policy_files(sysroot, explicit)
-    if not files:
+    layers = policy_layers(sysroot, explicit, credentials_dir)
+    if not layers:
         return empty_policy()
     parsed: list[FileSection] = []
     problems: list[PolicyProblem] = []
-    for name in files:
+    warnings: list[str] = []
+    from vfs_agent.policy_host import load_host_layer  # it imports this module
+
+    for layer in layers:
+        if layer.kind is not LayerKind.FILE:
+            section, ignored = load_host_layer(sysroot, layer)
+            warnings += ignored
+            parsed += [section] if section else []
+            continue
         try:
-            parsed.append(to_section(name, load_file(sysroot, name)))
+            parsed.append(to_section(layer.name, load_file(sysroot, layer.path)))
         except PolicyError as e:
             problems += e.problems
     if problems:
         raise PolicyError(problems)
-    policy = merge(parsed)
+    policy = replace(merge(parsed), warnings=tuple(warnings))
     if explicit is None and save_compiled:
-        policy_cache.save(sysroot, policy)
+        policy_cache.save(sysroot, policy, layers)
     return policy
 
 
@@ -182,6 +198,17 @@ def _text_position(text: str, offset: int) -> tuple[int, int]:
     """1-based line and column of a character offset."""
     line = text.count("\n", 0, offset) + 1
     return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def validate_data(data: dict[str, Any], name: str, column: int) -> PolicyFile:
+    """Validate a policy built in code (not parsed from YAML, so every problem is placed at
+    line 1, `column`): the kernel command line's rules get the files' checks and messages."""
+    try:
+        return validate(PolicyFile, data)
+    except ValidationError as e:
+        positions: dict[Loc, tuple[int, int]] = {(): (1, column)}
+        details = error_details(PolicyFile, e, data)
+        raise PolicyError([_problem(err, positions, name) for err in details]) from None
 
 
 def _duplicate_tags(

@@ -98,7 +98,7 @@ class DefaultsSection(StrictModel):
         list(DEFAULT_OPTIONS), description="Mount options applied to every mount."
     )
     unknown: UnknownTags = Field(
-        UnknownTags.IGNORE, description="What to do with tags that no rule names."
+        UnknownTags.MOUNT, description="What to do with tags that no rule names."
     )
     device_timeout: DeviceTimeout | None = Field(
         None,

@@ -110,7 +110,11 @@ def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
         "[Unit]",
         f"Description=virtio-fs share {esc(ascii(action.tag)[1:-1])}",
     ]
-    if action.source_file and setting_problem(action.source_file) is None:
+    if (
+        action.source_file
+        and action.source_file.startswith("/")  # a file, not a host layer
+        and setting_problem(action.source_file) is None
+    ):
         unit.append(f"SourcePath={esc(action.source_file)}")
     if device:
         unit += [f"BindsTo={device}", f"After={device}"]

@@ -82,7 +82,7 @@ def status_text(r: KernelReport, shares: list[ShareStatus]) -> str:
     if not shares:
         lines.append("No shares attached, and the policy names none.")
         return "\n".join(lines)
-    rows = [["TAG", "TRANSPORT", "HEALTH", "MOUNTED AT", "DETAIL"]]
+    rows = [["TAG", "TRANSPORT", "HEALTH", "MOUNTED AT", "DECIDED BY", "DETAIL"]]
     for s in shares:
         rows.append(
             [
@@ -90,6 +90,7 @@ def status_text(r: KernelReport, shares: list[ShareStatus]) -> str:
                 s.transport.value if s.transport else "-",
                 s.health.value,
                 ", ".join(s.mounted_at) or "-",
+                s.layer or "-",
                 s.detail,
             ]
         )

@@ -32,6 +32,7 @@ class ShareStatus:
     mounted_at: tuple[str, ...]
     health: Health
     detail: str
+    layer: str | None = None  # the policy layer that decided (file, credential, command line)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class ShareStatus:
             "mounted_at": list(self.mounted_at),
             "health": self.health.value,
             "detail": self.detail,
+            "layer": self.layer,
         }
 
 
@@ -69,6 +71,7 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
                 where,
                 health,
                 detail,
+                action.source_file if action else None,
             )
         )
         seen.add((share.tag, share.transport))
@@ -80,7 +83,15 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
         health = Health.ABSENT if action.kind is ActionKind.ABSENT else Health.BLOCKED
         out.append(
             ShareStatus(
-                action.tag, action.transport, None, None, action.path, (), health, action.reason
+                action.tag,
+                action.transport,
+                None,
+                None,
+                action.path,
+                (),
+                health,
+                action.reason,
+                action.source_file,
             )
         )
     for action in actions:

@@ -214,7 +214,10 @@ class TestValidUserData:
 
     def test_named_shares_were_mounted_when_runcmd_ran(self, guest: VM) -> None:
         seen = runcmd_mounts(guest)
-        assert set(seen) == {"ci_media", "ci_data"}  # not_named: defaults.unknown is ignore
+        assert set(seen) == {"ci_media", "ci_data", "not_named"}
+        # No rule names not_named: the zero-config default mounts it under mount_root.
+        assert seen["not_named"][0] == "/mnt/virtiofs/not_named"
+        assert {"nosuid", "nodev"} <= set(seen["not_named"][1].split(","))
         assert seen["ci_media"][0] == "/mnt/ci-media"
         assert "ro" in seen["ci_media"][1].split(",")
         assert seen["ci_data"][0] == "/srv/ci-data"
@@ -277,7 +280,13 @@ class TestBrokenUserData:
         hook = "vfs-agent-cloud-init.service"
         assert unit_property(guest, hook, "Result") == "success"  # exit 0 by design
         assert unit_property(guest, "cloud-final.service", "Result") == "success"
-        assert runcmd_mounts(guest) == {}  # runcmd ran; nothing was mounted
+        # runcmd ran; the broken drop-in was never applied: whatever was mounted by then is
+        # where the zero-config default puts it, and every share ends up there.
+        seen = runcmd_mounts(guest)
+        assert all(target == f"/mnt/virtiofs/{tag}" for tag, (target, _) in seen.items()), seen
+        now = guest.run("findmnt --json --list -o SOURCE,TARGET -t virtiofs", check=True).stdout
+        targets = {r["source"]: r["target"] for r in json.loads(now)["filesystems"]}
+        assert targets == {tag: f"/mnt/virtiofs/{tag}" for tag in SHARES}
 
     def test_a_clear_error_in_the_journal_and_cloud_init_output_log(self, guest: VM) -> None:
         text = journal(guest, "vfs-agent-cloud-init.service")

@@ -49,10 +49,12 @@ mounts:
 NOT_LOADED = "virtiofs is available as a module but not loaded"
 DAEMON_LOG = "/var/log/vfs-agent-daemon.log"
 DAEMON = "^/usr/bin/python3 /usr/local/bin/vfs-agent -v"  # pgrep -f pattern
-# A daemon that has nothing to mount at start-up (so it does not load virtiofs then).
+# A daemon that has nothing to mount at start-up (so it does not load virtiofs then): the
+# boot-time shares are left alone (not the zero-config default), only LATE_TAG is wanted.
 LATE_POLICY_PATH = "/etc/vfs-agent/late.yaml"
 LATE_POLICY = f"""\
 version: 1
+defaults: {{unknown: ignore}}
 mounts:
   - {{tag: {LATE_TAG}, path: /srv/late}}
 """

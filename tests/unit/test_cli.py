@@ -106,7 +106,10 @@ def test_generate_fstab_output_keeps_every_other_byte(tree: FakeTree, tmp_path: 
     )
     # A second run with another policy replaces only the block.
     fstab.write_bytes(first + b"/dev/vdb /data ext4 defaults 0 2\n")
-    tree.policy("version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/m2, required: true}\n")
+    tree.policy(
+        "version: 1\ndefaults: {unknown: ignore}\n"
+        "mounts:\n  - {tag: media_tag, path: /mnt/m2, required: true}\n"
+    )
     run(tree, "generate", "fstab", "--output", str(fstab))
     text = fstab.read_bytes()
     assert (

@@ -128,8 +128,13 @@ def test_valid_key_writes_the_dropin_and_mounts_its_shares(boot: Harness) -> Non
     # The drop-in passes `policy check` (modes included) and joins the default policy files.
     load_file(boot.ctx.sysroot, DROPIN)
     assert DROPIN in load_policy(boot.ctx.sysroot).files
-    assert [(m[0], m[2]) for m in boot.mounter.mounts] == [("media_tag", "virtiofs")]
+    # media_tag where the drop-in says; "other" by the zero-config default (unknown: mount).
+    assert [(m[0], m[2]) for m in boot.mounter.mounts] == [
+        ("media_tag", "virtiofs"),
+        ("other", "virtiofs"),
+    ]
     assert boot.mounter.mounts[0][1] == str(boot.tree.root / "mnt/media")
+    assert boot.mounter.mounts[1][1] == str(boot.tree.root / "mnt/virtiofs/other")
     assert any("wrote /etc/vfs-agent/policy.d/50-cloud-init.yaml" in m for m in boot.out.infos)
     assert boot.systemctl == [
         ["daemon-reload"],
@@ -204,7 +209,8 @@ def test_absent_key_removes_the_dropin_of_an_earlier_boot(boot: Harness) -> None
         ["daemon-reload"],
         ["try-reload-or-restart", "--no-block", "vfs-agent.service"],
     ]
-    assert boot.mounter.mounts[1:] == []  # mounted once, at the first boot only
+    # media_tag and (zero-config) other, mounted once, at the first boot only
+    assert [m[0] for m in boot.mounter.mounts] == ["media_tag", "other"]
     assert boot.run(query_json(None, {})) == 0
     assert boot.out.infos == [
         "the cloud-config has no vfs_agent key and there is no policy; nothing to do"
@@ -221,7 +227,11 @@ def test_a_policy_from_write_files_is_applied_without_a_key(boot: Harness) -> No
     with the same files, only mount-all runs (idempotent)."""
     write_policy(boot.tree.root / "etc/vfs-agent/policy.d/60-shares.yaml", WRITE_FILES_POLICY)
     assert boot.run(query_json("#cloud-config\nruncmd: [true]\n")) == 0
-    assert [m[1] for m in boot.mounter.mounts] == [str(boot.tree.root / "mnt/media")]
+    # media_tag where the file says; the other share where zero-config puts it.
+    assert [m[1] for m in boot.mounter.mounts] == [
+        str(boot.tree.root / "mnt/media"),
+        str(boot.tree.root / "mnt/virtiofs/other"),
+    ]
     assert boot.systemctl == [
         ["daemon-reload"],
         ["try-reload-or-restart", "--no-block", "vfs-agent.service"],

@@ -24,11 +24,18 @@ mounts:
 """
 
 
-def run_generator(tree: FakeTree, out: Path, *extra: str, importtime: bool = False):
+def run_generator(
+    tree: FakeTree,
+    out: Path,
+    *extra: str,
+    importtime: bool = False,
+    env: dict[str, str] | None = None,
+):
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"},
         "VFS_AGENT_ROOT": str(tree.root),
         "VFS_AGENT_KMSG": str(tree.root / "kmsg"),
+        **(env or {}),
     }
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.run(

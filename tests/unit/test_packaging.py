@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 from test_manpage import plain, walk_help
 
+from vfs_agent.policy import UnknownTags, merge
+from vfs_agent.policy_load import parse_text
+from vfs_agent.policy_model import to_section
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Everything the packages install outside the Python module directory, the same in both.
@@ -186,7 +190,11 @@ def test_deb_units_are_rendered_for_usr(deb: Path, tmp_path: Path) -> None:
     assert generator.read_text().startswith("#!/usr/bin/python3 ")
     policy = (tmp_path / "etc/vfs-agent/policy.yaml").read_text()
     assert re.search(r"^version: 1$", policy, re.M)
-    assert re.search(r"^  unknown: ignore", policy, re.M)
+    # Zero-config: the installed policy leaves defaults.unknown at its default, mount.
+    assert not re.search(r"^\s+unknown:", policy, re.M)
+    assert re.search(r"^  # unknown: mount ", policy, re.M)
+    section = to_section("policy.yaml", parse_text(policy, "policy.yaml"))
+    assert merge([section]).defaults.unknown is UnknownTags.MOUNT
 
 
 def test_rpm_files_match_the_deb_outside_the_python_directory(

@@ -47,7 +47,20 @@ def test_rule_path_and_options_default_nosuid_nodev():
     assert media.path == "/mnt/media"
     assert media.options == ("nosuid", "nodev", "ro")
     assert "rule 1" in media.reason
+    # Zero-config: a tag no rule names goes to <mount_root>/<tag> with the default options.
+    other = by_tag(actions)[("other", ActionKind.MOUNT)]
+    assert (other.path, other.options) == ("/mnt/virtiofs/other", ("nosuid", "nodev"))
+    assert other.reason == "defaults.unknown is 'mount' (the built-in default)"
+    assert other.source_file == "the built-in default"
+
+
+def test_unknown_ignore_leaves_unnamed_tags_alone():
+    actions = plan(
+        shares("media_tag", "other"), pol(MEDIA, "version: 1\ndefaults: {unknown: ignore}\n"), []
+    )
+    assert by_tag(actions)[("media_tag", ActionKind.MOUNT)].path == "/mnt/media"
     assert by_tag(actions)[("other", ActionKind.IGNORE)].path is None
+    assert not any(a.tag == "other" and a.kind is ActionKind.MOUNT for a in actions)
 
 
 def test_unknown_mount_confines_hostile_tags():
