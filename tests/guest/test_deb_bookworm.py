@@ -140,9 +140,16 @@ def test_units_enabled_and_the_daemon_runs(guest: VM) -> None:
 
 
 def test_kernel_says_virtiofs_is_a_module(guest: VM) -> None:
-    """Nothing is mounted yet (the default policy ignores unnamed tags), so the module udev
+    """Zero-config mounted the boot-time share; with that mount stopped, the module udev
     loaded at coldplug can be removed: then `kernel` must say `module`, and `loaded` again
     once it is back."""
+    mounts = findmnt(guest)
+    assert list(mounts.values()) == [BOOT_TAG], mounts  # zero-config, under mount_root
+    units = [
+        guest.run(["systemd-escape", "--path", "--suffix=mount", target], check=True).stdout.strip()
+        for target in mounts
+    ]
+    guest.run(["systemctl", "stop", *units], check=True)
     assert findmnt(guest) == {}
     guest.run(["modprobe", "-r", "virtiofs"], check=True)
     rc, report = vfs(guest, "kernel")
@@ -152,6 +159,8 @@ def test_kernel_says_virtiofs_is_a_module(guest: VM) -> None:
     guest.run(["modprobe", "virtiofs"], check=True)
     rc, report = vfs(guest, "kernel")
     assert rc == 0 and report["virtiofs"] == "loaded", report
+    guest.run(["systemctl", "start", *units], check=True)
+    assert findmnt(guest) == mounts
 
 
 def test_a_broken_policy_is_reported_with_its_position_on_pydantic_1(guest: VM) -> None:
