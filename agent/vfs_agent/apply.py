@@ -35,7 +35,7 @@ class KernelMounter:
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         keep = [int(target.rsplit("/", 1)[1])] if target.startswith("/proc/self/fd/") else []
         call = functools.partial(syscalls.mount, source, target, fstype, flags, data)
-        code = bounded.run(lambda: call() or 0, MOUNT_TIMEOUT, keep=keep)
+        code = bounded.run(lambda: call() or 0, MOUNT_TIMEOUT, keep=keep, name=b"vfs-agent-mount")
         if code == bounded.TIMED_OUT:
             raise OSError(errno.ETIMEDOUT, f"mount(2) did not return within {MOUNT_TIMEOUT:.0f}s")
         if code:
@@ -46,7 +46,7 @@ class KernelMounter:
         kernel says goodbye to the host's daemon (FUSE_DESTROY) and waits for its answer, in
         the task that let go. With MNT_DETACH the mount is gone from the tree before that."""
         call = functools.partial(syscalls.umount, target, lazy=lazy)
-        code = bounded.run(lambda: call() or 0, UMOUNT_TIMEOUT)
+        code = bounded.run(lambda: call() or 0, UMOUNT_TIMEOUT, name=b"vfs-agent-umount")
         if code == bounded.TIMED_OUT:
             if lazy:
                 log.warning(

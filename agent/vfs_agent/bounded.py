@@ -85,9 +85,11 @@ def wait(children: Iterable[Child], timeout: float) -> dict[int, int]:
     return answers
 
 
-def run(call: Callable[[], int], timeout: float, *, keep: Iterable[int] = ()) -> int:
+def run(
+    call: Callable[[], int], timeout: float, *, keep: Iterable[int] = (), name: bytes = b""
+) -> int:
     """One call in a child: its errno (0: success), or TIMED_OUT."""
-    child = spawn(call, keep=keep)
+    child = spawn(call, keep=keep, name=name)
     return wait([child], timeout)[child.pid]
 
 

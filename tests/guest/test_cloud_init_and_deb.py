@@ -335,7 +335,8 @@ class TestWriteFiles:
 
     def test_the_shares_were_mounted_when_runcmd_ran(self, guest: VM) -> None:
         seen = runcmd_mounts(guest)
-        assert set(seen) == {"ci_media", "ci_data"}
+        assert set(seen) == {"ci_media", "ci_data", "not_named"}
+        assert seen["not_named"][0] == "/mnt/virtiofs/not_named"  # zero-config
         assert seen["ci_media"][0] == "/mnt/ci-media"
         assert "ro" in seen["ci_media"][1].split(",")
         assert seen["ci_data"][0] == "/srv/ci-data"
@@ -369,7 +370,11 @@ class TestWriteFilesBroken:
         assert boot.state in ("running", "degraded")
         no_failed_units_of_ours(guest)
         assert unit_property(guest, "cloud-final.service", "Result") == "success"
-        assert runcmd_mounts(guest) == {}  # runcmd ran; nothing was mounted
+        # runcmd ran; nothing was mounted from the broken file: the shares are where the
+        # image's zero-config default put them at boot.
+        assert {tag: where for tag, (where, _) in runcmd_mounts(guest).items()} == {
+            tag: f"/mnt/virtiofs/{tag}" for tag in ("ci_media", "ci_data", "not_named")
+        }
         message = f"{WRITTEN}:4:11: mounts[0].path: path 'relative/oops' is not absolute"
         assert message in journal(guest, "vfs-agent-cloud-init.service")
         output_log = guest.get_file("/var/log/cloud-init-output.log").decode(errors="replace")

@@ -45,10 +45,16 @@ def share_mounts(guest: VM) -> list[tuple[str, str]]:
 
 
 def daemon_pid(guest: VM) -> int | None:
+    """The one daemon process. Its forked children (a probe or a mount(2) with a deadline)
+    carry the same command line, so a process whose parent also matches is not counted."""
     out = guest.run(
         "pgrep -f '^/usr/bin/python3 /usr/local/bin/vfs-agent -v daemon'"
+        " | xargs -r ps -o pid=,ppid= -p"
     ).stdout.split()
-    return int(out[0]) if len(out) == 1 else None
+    pairs = [(int(pid), int(ppid)) for pid, ppid in zip(out[::2], out[1::2], strict=True)]
+    pids = {pid for pid, _ in pairs}
+    daemons = [pid for pid, ppid in pairs if ppid not in pids]
+    return daemons[0] if len(daemons) == 1 else None
 
 
 def resources(guest: VM, pid: int) -> dict[str, int]:
