@@ -25,13 +25,13 @@ from test_apply import RecordingMounter
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.core.model import Mounted, Share, Transport
+from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.plan import ActionKind, plan
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
 from vfs_agent.system import bounded, liveness
-from vfs_agent.system.discovery import Discovery, discover
+from vfs_agent.system.discovery import discover
 from vfs_agent.system.fuse_abort import connection_id
 from vfs_agent.system.liveness import Liveness, probe
 from vfs_agent.system.sysroot import SysRoot

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
-from vfs_agent.core.model import Mounted, Transport
+from vfs_agent.core.model import SHARE_FSTYPES, Mounted, Observed, Transport
+from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.core.render_fstab import fstab_problem, render_block
 from vfs_agent.core.render_systemd import Skipped, UnitFile, render_units
@@ -20,8 +21,8 @@ from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.system.fuse_abort import abort_connection
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound, ensure_filesystem
-from vfs_agent.system.mount_table import read_mount_table, top_mounts
-from vfs_agent.system.observe import SHARE_FSTYPES, Observed, nonempty_dirs, observe
+from vfs_agent.system.mount_table import read_mount_table
+from vfs_agent.system.observe import nonempty_dirs, observe
 from vfs_agent.systemd.installed import udev_rule_installed
 from vfs_agent.systemd.units import managed_unit, start_unit
 

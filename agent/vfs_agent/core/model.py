@@ -1,4 +1,6 @@
-"""Plain data that flows between discovery, the mount table, the planner and the executors."""
+"""Plain data that flows between discovery, the mount table, the planner and the executors.
+
+The observing edges (system/) fill these in; the pure core (plan, status, renderers) reads them."""
 
 from __future__ import annotations
 
@@ -44,3 +46,24 @@ class Mounted:
     options: tuple[str, ...] = field(default=())
     super_options: tuple[str, ...] = field(default=())
     device: str = ""  # "major:minor" of the filesystem (a FUSE mount's connection number)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    shares: tuple[Share, ...]
+    # True when every attached virtio-fs device's tag is known; only then may a mount whose tag
+    # is absent be treated as stale.
+    complete: bool
+    problems: tuple[str, ...] = field(default=())
+
+
+# The filesystem types of share mounts: what liveness probes and status look at.
+SHARE_FSTYPES = frozenset(t.value for t in Transport)
+
+
+@dataclass(frozen=True)
+class Observed:
+    discovery: Discovery
+    table: list[Mounted]
+    dead: frozenset[str]  # share mounts that answer ENOTCONN (device gone)
+    unresponsive: frozenset[str]  # share mounts that did not answer at all (daemon gone)

@@ -12,12 +12,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from vfs_agent.core.model import Mounted, Share, Transport
+from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.mount_options import kernel_options, transport_problem
+from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.paths import derived_path, expand_path, path_problem
 from vfs_agent.policy.types import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
-from vfs_agent.system.discovery import Discovery
-from vfs_agent.system.mount_table import top_mounts
 
 TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
 if TYPE_CHECKING:

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from vfs_agent.core.model import Transport
+from vfs_agent.core.model import SHARE_FSTYPES, Observed, Transport
 from vfs_agent.core.plan import Action, ActionKind
-from vfs_agent.system.observe import SHARE_FSTYPES, Observed
 
 
 class Health(StrEnum):

@@ -11,9 +11,8 @@ reports devices the kernel is still removing (removing_devices).
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
 
-from vfs_agent.core.model import Share, Source, Transport
+from vfs_agent.core.model import Discovery, Share, Source, Transport
 from vfs_agent.system.sysroot import SysRoot
 
 SYSFS_VIRTIOFS = "/sys/fs/virtiofs"
@@ -27,15 +26,6 @@ REMOVAL_STUCK = (
     "stuck in flight (did the host's virtiofsd die?): until they end, no virtio-fs device can be "
     "added and every virtio-fs mount waits (a guest reboot ends it)"
 )
-
-
-@dataclass(frozen=True)
-class Discovery:
-    shares: tuple[Share, ...]
-    # True when every attached virtio-fs device's tag is known; only then may a mount whose tag
-    # is absent be treated as stale.
-    complete: bool
-    problems: tuple[str, ...] = field(default=())
 
 
 def read_tag(raw: bytes) -> str:

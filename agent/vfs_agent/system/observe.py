@@ -6,23 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from vfs_agent.core.model import Mounted, Transport
-from vfs_agent.system.discovery import Discovery, discover
+from vfs_agent.core.model import SHARE_FSTYPES, Observed
+from vfs_agent.core.mountinfo import top_mounts
+from vfs_agent.system.discovery import discover
 from vfs_agent.system.liveness import Liveness, probe
-from vfs_agent.system.mount_table import read_mount_table, top_mounts
+from vfs_agent.system.mount_table import read_mount_table
 from vfs_agent.system.sysroot import SysRoot
-
-SHARE_FSTYPES = frozenset(t.value for t in Transport)
-
-
-@dataclass(frozen=True)
-class Observed:
-    discovery: Discovery
-    table: list[Mounted]
-    dead: frozenset[str]  # share mounts that answer ENOTCONN (device gone)
-    unresponsive: frozenset[str]  # share mounts that did not answer at all (daemon gone)
 
 
 def observe(sysroot: SysRoot) -> Observed:
