@@ -143,7 +143,9 @@ def main() -> int:
             vm.put_file("/root/timer.py", TIMER)
             base = median_run(vm, args.runs, "python3", "-c", "pass")
             # /run is a tmpfs, like the generator directories systemd hands over.
-            imports = median_run(vm, args.runs, "python3", "-c", "import vfs_agent.generator")
+            imports = median_run(
+                vm, args.runs, "python3", "-c", "import vfs_agent.systemd.generator"
+            )
             fast = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")
             vm.run("rm /var/lib/vfs-agent/policy.json", check=True)
             slow = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")

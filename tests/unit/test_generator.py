@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree
 
-from vfs_agent.installed import RULE_NAME
-from vfs_agent.policy_cache import CACHE
-from vfs_agent.policy_load import load_policy
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.policy.compiled import CACHE
+from vfs_agent.policy.load import load_policy
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.systemd.installed import RULE_NAME
 
 POLICY = """\
 version: 1
@@ -43,7 +43,8 @@ def run_generator(
             sys.executable,
             *flags,
             "-c",
-            "import sys; from vfs_agent.generator import main; sys.exit(main(sys.argv[1:]))",
+            "import sys; from vfs_agent.systemd.generator import main;"
+            " sys.exit(main(sys.argv[1:]))",
             str(out),
             *extra,
         ],
