@@ -176,7 +176,7 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
                 "policy_warnings": list(planned.policy.warnings),
                 "discovery_complete": planned.observed.discovery.complete,
                 "actions": [a.to_dict() for a in planned.actions],
-                "not_persistent": [vars(skip) for skip in unwritable],
+                "not_persistent": [skip.to_dict() for skip in unwritable],
             }
         )
     else:
