@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from clirunner import cli_runner
-from faketree import FakeTree
-from treeutil import snapshot
+from faketree import FakeTree, snapshot
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
