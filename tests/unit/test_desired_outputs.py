@@ -101,7 +101,8 @@ def test_every_share_without_a_unit_is_named_with_why(tree: FakeTree):
         assert skipped == [
             "vfs-agent: skipped 'bad\\\\': the tag 'bad\\\\' ends with a backslash, which systemd"
             " reads as a line continuation",
-            "vfs-agent: skipped 'private': ignored by rule 3 ('private') in /etc/vfs-agent/policy.yaml",
+            "vfs-agent: skipped 'private': ignored by rule 3 ('private') in"
+            " /etc/vfs-agent/policy.yaml",
             "vfs-agent: skipped 'twin-a': /srv/twin is claimed by 'twin-a', 'twin-b'",
             "vfs-agent: skipped 'twin-b': /srv/twin is claimed by 'twin-a', 'twin-b'",
             "vfs-agent: skipped 'unnamed': no rule names this tag and defaults.unknown is"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
+from vfs_agent.core import desired
+from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.model import SHARE_FSTYPES, Mounted, Observed, Transport
 from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.plan import Action, ActionKind, plan
-from vfs_agent.core import desired
-from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.render_systemd import Skipped, UnitFile
 from vfs_agent.execute.apply import KernelMounter, Mounter, Outcome, apply_plan
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
