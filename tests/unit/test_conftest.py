@@ -9,7 +9,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-INNER_TESTS = '''
+INNER_TESTS = """
 import logging
 
 from vfs_agent.system.log import setup_logging
@@ -26,7 +26,7 @@ def test_2_the_next_test_starts_from_the_defaults(caplog):
     logging.getLogger("vfs_agent.x").debug("not shown: the root logger's WARNING applies")
     logging.getLogger("vfs_agent.x").warning("seen by caplog")
     assert [r.getMessage() for r in caplog.records] == ["seen by caplog"]
-'''
+"""
 
 
 def test_logging_is_reset_between_tests(pytester: pytest.Pytester) -> None:
