@@ -40,8 +40,8 @@ def cmdline(tree: FakeTree, text: str) -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    tree = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    tree = fake_tree
     for tag in ("media_tag", "cmd_tag", "other", "ci_tag"):
         tree.virtiofs(tag)
     cmdline(tree, "BOOT_IMAGE=/vmlinuz root=/dev/vda ro quiet")

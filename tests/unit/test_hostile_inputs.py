@@ -51,8 +51,8 @@ ALL_COMMANDS = [
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    root = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    root = fake_tree
     root.virtiofs("media_tag")
     root.policy(POLICY)
     return root
