@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(
     for item in written:
         item.add_marker(pytest.mark.guest)
     result = yield
+    kept = set(items)  # -k and -m deselect inside the yield
+    written = [item for item in written if item in kept]
     ours = set(written)
     slots = [i for i, item in enumerate(items) if item in ours]
     for slot, item in zip(slots, written, strict=True):
