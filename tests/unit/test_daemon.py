@@ -87,8 +87,8 @@ def wait_for(predicate, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    tree = FakeTree(tmp_path / "root")
+def setup(fake_tree: FakeTree):
+    tree = fake_tree
     tree.policy(POLICY)
     tree.virtiofs("media_tag", index=1)
     return tree, PipeEvents(), FakeKernel(tree)

@@ -47,9 +47,15 @@ class UnitFile:
 
 @dataclass(frozen=True)
 class Skipped:
+    """A share that gets no unit or fstab line, and why."""
+
     tag: str
     path: str | None
     why: str
+    ignored: bool = False  # the policy says to leave it (not a problem)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"tag": self.tag, "path": self.path, "why": self.why}
 
 
 def device_alias(tag: str) -> str:
