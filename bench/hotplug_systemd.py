@@ -23,6 +23,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -90,11 +91,16 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
     for i in range(n):
         tag = f"unit-{i % 3}"
         path = f"/srv/unit/{tag}/payload.txt"
-        _, seen = events_since(vm, 0)
+        seen = events_since(vm, 0)[1]
         out = arm(vm, "up", path)
         vm.hotplug_share(tag, share)
         up.append(collect(vm, out))
-        events, seen = events_since(vm, seen)
+        events = events_since(vm, seen)[0]
+        for _ in range(50):  # udevadm monitor may write its last line after the mount
+            if any(e[0] == "UDEV" and e[2] == "bind" for e in events):
+                break
+            time.sleep(0.1)
+            events = events_since(vm, seen)[0]
         mount = f"srv-unit-{tag.replace('-', chr(92) + 'x2d')}.mount"
         device = f"dev-virtiofs-by\\x2dtag-{tag.replace('-', chr(92) + 'x2d')}.device"
         t0 = first(events, "KERNEL", "add")
@@ -108,7 +114,6 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
         }
         previous = t0
         split: Split = {}
-
         for _name, key in STEPS:
             split[key] = stamps[key] - previous
             previous = stamps[key]
