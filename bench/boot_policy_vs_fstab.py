@@ -97,6 +97,7 @@ def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
     )
     report = vm.run(
         "systemd-analyze; systemd-analyze critical-chain multi-user.target --no-pager;"
+        " systemd-analyze critical-chain local-fs.target --no-pager;"
         " systemd-analyze blame --no-pager | head -25",
         timeout=120,
     ).stdout
