@@ -35,7 +35,8 @@ SETUPS = {"without watchdog": "[Service]\nWatchdogSec=0\n", "packaged (WatchdogS
 SAMPLE = """pid=$(systemctl show -P MainPID vfs-agent.service)
 cat /proc/$pid/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'
 cat /proc/$pid/task/*/schedstat | awk '{s += $3} END {print s}'
-awk '/^(VmRSS|VmHWM|Threads):/ {print $2}' /proc/$pid/status
+awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} /^Threads:/ {t = $2} END {print r, h, t}' \
+    /proc/$pid/status
 echo $pid
 """
 
