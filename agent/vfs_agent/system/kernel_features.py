@@ -61,7 +61,7 @@ class KernelReport:
 
 
 def kernel_release(sysroot: SysRoot) -> str:
-    text = sysroot.read_text("/proc/sys/kernel/osrelease")
+    text = sysroot.read_optional("/proc/sys/kernel/osrelease")
     if text:
         return text.strip()
     releases = sysroot.listdir("/lib/modules") or sysroot.listdir("/usr/lib/modules")
@@ -87,35 +87,33 @@ def module_state(sysroot: SysRoot, release: str, fstype: str, module: str) -> Mo
     registered = filesystem_registered(sysroot, fstype)
     loaded = any(
         line.split(" ", 1)[0] == module
-        for line in (sysroot.read_text("/proc/modules") or "").splitlines()
+        for line in (sysroot.read_optional("/proc/modules") or "").splitlines()
     )
     directory = _modules_dir(sysroot, release)
-    if _module_listed(sysroot.read_text(f"{directory}/modules.builtin"), module):
+    if _module_listed(sysroot.read_optional(f"{directory}/modules.builtin"), module):
         return ModuleState.BUILTIN
     if loaded:
         return ModuleState.LOADED
     if registered:
         return ModuleState.BUILTIN
-    if _module_listed(sysroot.read_text(f"{directory}/modules.dep"), module):
+    if _module_listed(sysroot.read_optional(f"{directory}/modules.dep"), module):
         return ModuleState.MODULE
     return ModuleState.MISSING
 
 
 def kernel_config(sysroot: SysRoot, release: str) -> str | None:
-    text = sysroot.read_text(f"/boot/config-{release}")
+    text = sysroot.read_optional(f"/boot/config-{release}")
     if text is not None:
         return text
-    raw = sysroot.read_bytes("/proc/config.gz")
-    if raw is None:
-        return None
     try:
-        return gzip.decompress(raw).decode("utf-8", "replace")
-    except OSError:
+        raw = sysroot.read_bytes("/proc/config.gz")
+        return None if raw is None else gzip.decompress(raw).decode("utf-8", "replace")
+    except OSError:  # unreadable or not gzip: DAX shows as unknown
         return None
 
 
 def lockdown_state(sysroot: SysRoot) -> str | None:
-    text = sysroot.read_text("/sys/kernel/security/lockdown")
+    text = sysroot.read_optional("/sys/kernel/security/lockdown")
     match = re.search(r"\[(\w+)\]", text or "")
     return match.group(1) if match else None
 
