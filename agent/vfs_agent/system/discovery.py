@@ -22,6 +22,10 @@ SYSFS_VIRTIOFS = "/sys/fs/virtiofs"
 VIRTIO_DEVICES = "/sys/bus/virtio/devices"
 VIRTIO_ID_FS = 0x1A
 VIRTIO_ID_9P = 0x09
+UNLISTABLE = (
+    "cannot list {path} ({why}): shares are not known to be complete, so no mount is taken for "
+    "stale"
+)
 UNREADABLE_9P_TAG = (
     "cannot read the tag of 9p device {device} ({path}: {why}); its share is not mounted, and "
     "no 9p mount is taken for stale, until the tag can be read"
@@ -61,8 +65,13 @@ def sysfs_tags(sysroot: SysRoot) -> list[SysfsTag]:
     """Every entry of /sys/fs/virtiofs with a tag, or with a tag file that exists but cannot
     be read. An entry whose tag file is gone (the device is being removed) or empty is left
     out."""
+    try:
+        entries = sysroot.listdir(SYSFS_VIRTIOFS)
+    except OSError as e:
+        why = e.strerror or str(e)
+        return [SysfsTag("", None, None, UNLISTABLE.format(path=SYSFS_VIRTIOFS, why=why))]
     found = []
-    for entry in sysroot.listdir(SYSFS_VIRTIOFS):
+    for entry in entries:
         where = f"{SYSFS_VIRTIOFS}/{entry}"
         link = sysroot.readlink(f"{where}/device")
         device = posixpath.basename(link) if link else None
@@ -91,7 +100,8 @@ def _shares(items: list[SysfsTag]) -> list[Share]:
 
 
 def virtio_devices(sysroot: SysRoot, device_id: int) -> list[str]:
-    """Names (virtioN) of the virtio devices of one type, from their `device` attribute."""
+    """Names (virtioN) of the virtio devices of one type, from their `device` attribute.
+    Raises OSError when the virtio bus cannot be listed."""
     out = []
     for name in sysroot.listdir(VIRTIO_DEVICES):
         try:
@@ -130,8 +140,11 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
     config space, which the boot-time generator should not do)."""
     listed = sysfs_tags(sysroot)
     virtiofs = _shares(listed)
+    try:
+        devices = virtio_devices(sysroot, VIRTIO_ID_FS)
+    except OSError as e:
+        return _without_bus(listed, e)
     problems: list[str] = []
-    devices = virtio_devices(sysroot, VIRTIO_ID_FS)
     known = {s.device for s in virtiofs}
     unexplained = [d for d in devices if d not in known]
     if pci and sysroot.exists(SYSFS_VIRTIOFS):
@@ -141,17 +154,28 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
         problems += more
         known = {s.device for s in virtiofs}
         unexplained = [d for d in devices if d not in known]
-    # An unreadable tag matters while no other source named its device's share.
+    # An unreadable tag matters while no other source named its device's share; an unlistable
+    # /sys/fs/virtiofs (no device) always.
     unreadable = [i.problem for i in listed if i.problem and i.device not in known]
+    complete = not unexplained and not any(i.problem and i.device is None for i in listed)
     ninep, ninep_problems = discover_9p(sysroot)
     shares = sorted(set(virtiofs) | set(ninep))
     problems = unreadable + problems + ninep_problems
     return Discovery(
         tuple(shares),
-        complete=not unexplained,
+        complete=complete,
         problems=tuple(problems),
         ninep_complete=not ninep_problems,
     )
+
+
+def _without_bus(listed: list[SysfsTag], error: OSError) -> Discovery:
+    """The virtio bus cannot be listed: what sysfs names, and nothing known to be complete
+    (so no mount is taken for stale)."""
+    bus = UNLISTABLE.format(path=VIRTIO_DEVICES, why=error.strerror or str(error))
+    problems = (*[i.problem for i in listed if i.problem], bus)
+    shares = tuple(sorted(_shares(listed)))
+    return Discovery(shares, complete=False, problems=problems, ninep_complete=False)
 
 
 def removing_devices(sysroot: SysRoot) -> list[str]:

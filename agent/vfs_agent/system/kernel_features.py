@@ -1,4 +1,7 @@
-"""What the kernel supports for virtio-fs and 9p, read from /proc, /sys and /lib/modules."""
+"""What the kernel supports for virtio-fs and 9p, read from /proc, /sys and /lib/modules.
+
+A hint for people: a file that cannot be read counts as absent here (SysRoot.read_optional),
+and the report says "unknown" where that leaves it unsure."""
 
 from __future__ import annotations
 
@@ -64,7 +67,9 @@ def kernel_release(sysroot: SysRoot) -> str:
     text = sysroot.read_optional("/proc/sys/kernel/osrelease")
     if text:
         return text.strip()
-    releases = sysroot.listdir("/lib/modules") or sysroot.listdir("/usr/lib/modules")
+    releases = sysroot.listdir_optional("/lib/modules") or sysroot.listdir_optional(
+        "/usr/lib/modules"
+    )
     return releases[-1] if len(releases) >= 1 else "unknown"
 
 
@@ -118,6 +123,13 @@ def lockdown_state(sysroot: SysRoot) -> str | None:
     return match.group(1) if match else None
 
 
+def _devices(sysroot: SysRoot, device_id: int) -> list[str]:
+    try:
+        return virtio_devices(sysroot, device_id)
+    except OSError:  # an unlistable bus: discovery reports it; here, no device known
+        return []
+
+
 def kernel_report(sysroot: SysRoot) -> KernelReport:
     release = kernel_release(sysroot)
     virtiofs = module_state(sysroot, release, "virtiofs", "virtiofs")
@@ -129,8 +141,8 @@ def kernel_report(sysroot: SysRoot) -> KernelReport:
         virtiofs=virtiofs,
         ninep=ninep,
         sysfs_tags=sysroot.exists(SYSFS_VIRTIOFS),
-        virtiofs_devices=tuple(virtio_devices(sysroot, VIRTIO_ID_FS)),
-        ninep_devices=tuple(virtio_devices(sysroot, VIRTIO_ID_9P)),
+        virtiofs_devices=tuple(_devices(sysroot, VIRTIO_ID_FS)),
+        ninep_devices=tuple(_devices(sysroot, VIRTIO_ID_9P)),
         dax=dax,
         lockdown=lockdown_state(sysroot),
     )

@@ -56,7 +56,11 @@ def bind_unbound(sysroot: SysRoot, transport: Transport) -> list[str]:
     if str(sysroot.root) != "/" or not sysroot.exists(f"{VIRTIO_DRIVERS}/{DRIVERS[transport]}"):
         return []
     bound = []
-    for name in virtio_devices(sysroot, DEVICE_IDS[transport]):
+    try:
+        devices = virtio_devices(sysroot, DEVICE_IDS[transport])
+    except OSError:
+        return []  # an unlistable bus: discovery reports it
+    for name in devices:
         if sysroot.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
             continue
         try:

@@ -4,7 +4,8 @@
 image directory. Paths given to it are absolute paths *inside* that root. Readers tell a file
 that is absent (None, or an empty listing) from one that is there but cannot be read (the
 OSError is raised: EACCES, EIO, not a regular file, too large), so a caller decides what an
-unreadable file means instead of losing it silently. Every file is replaced through
+unreadable file means instead of losing it silently; the *_optional readers are for hints
+only (kernel facts a report shows as unknown). Every file is replaced through
 system/atomic.py (`write_atomic`, also this class's method). Code that needs the host path
 itself (mount(2) through an fd, the PCI config window, the lock) takes `path()`.
 """
@@ -55,6 +56,13 @@ class SysRoot:
                 return None
             raise
 
+    def listdir_optional(self, inner: str) -> list[str]:
+        """listdir() for a listing that is only a hint: unreadable counts as empty."""
+        try:
+            return self.listdir(inner)
+        except OSError:
+            return []
+
     def read_optional(self, inner: str) -> str | None:
         """read_text() for a file whose content is only a hint (kernel facts a report shows
         as "unknown" when missing): unreadable counts as absent. Never for anything whose
@@ -68,11 +76,14 @@ class SysRoot:
         return self.path(inner).exists()
 
     def listdir(self, inner: str) -> list[str]:
-        """Sorted entries of a directory; empty when it does not exist."""
+        """Sorted entries of a directory; empty when it does not exist. A directory that is
+        there but cannot be listed raises OSError (EACCES, EIO, ...)."""
         try:
             return sorted(os.listdir(self.path(inner)))
-        except OSError:
-            return []
+        except OSError as e:
+            if e.errno in ABSENT:
+                return []
+            raise
 
     def readlink(self, inner: str) -> str | None:
         try:
