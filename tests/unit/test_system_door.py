@@ -459,3 +459,25 @@ def test_action_and_share_status_are_built_by_keyword() -> None:
         ShareStatus("t", None, None, None, None, (), Health.ABSENT, "x")  # type: ignore[misc]
     action = Action(kind=ActionKind.MOUNT, tag="t", reason="why", transport=Transport.VIRTIOFS)
     assert action.to_dict()["tag"] == "t"
+
+
+def test_a_fifo_in_place_of_the_credential_is_reported_not_waited_on(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tree = FakeTree(tmp_path)
+    tree.virtiofs("media_tag")
+    credential = tmp_path / "run/credentials/@system/vfs-agent.policy"
+    credential.parent.mkdir(parents=True)
+    os.mkfifo(credential)
+    done = subprocess.run(
+        [sys.executable, "-m", "vfs_agent", "--root", str(tmp_path), "plan", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = json.loads(done.stdout)["policy_warnings"]
+    assert "is a FIFO, not a regular file" in warnings[0]
+    assert warnings[1].endswith("invalid, ignoring it; the other policy layers still apply.")
