@@ -29,7 +29,7 @@ from vfs_agent.system.atomic import remove_durably, symlink_atomic, write_atomic
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.safe_io import FileRefused
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.install import Layout, install
+from vfs_agent.commands.install import Layout, install
 
 PACKAGE = Path(vfs_agent.__file__).parent
 
