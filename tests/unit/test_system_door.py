@@ -20,6 +20,7 @@ from faketree import FakeTree
 import vfs_agent
 from vfs_agent.commands import cloud_init
 from vfs_agent.commands.cli import main
+from vfs_agent.commands.install import Layout, install
 from vfs_agent.core.render_systemd import render_units
 from vfs_agent.policy import compiled as policy_cache
 from vfs_agent.policy.layers import policy_layers
@@ -29,7 +30,6 @@ from vfs_agent.system.atomic import remove_durably, symlink_atomic, write_atomic
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.safe_io import FileRefused
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.commands.install import Layout, install
 
 PACKAGE = Path(vfs_agent.__file__).parent
 
