@@ -53,7 +53,8 @@ def read_tag(raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class SysfsTag:
-    """One /sys/fs/virtiofs/<entry>: its device and its tag, or why the tag is unknown."""
+    """One /sys/fs/virtiofs/<entry>: its device and its tag, or why the tag is unknown. An
+    entry "" without a device stands for the directory itself when it cannot be listed."""
 
     entry: str
     device: str | None  # the virtio device (virtioN) its `device` link names
