@@ -175,6 +175,7 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
                 "policy_files": list(planned.policy.files),
                 "policy_warnings": list(planned.policy.warnings),
                 "discovery_complete": planned.observed.discovery.complete,
+                "discovery_problems": list(planned.observed.discovery.problems),
                 "actions": [a.to_dict() for a in planned.actions],
                 "not_persistent": [skip.to_dict() for skip in unwritable],
             }
@@ -185,6 +186,8 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
         click.echo(plan_text(planned.actions))
         for skip in unwritable:
             click.echo(f"* no fstab line or unit for {show(skip.tag)}: {skip.why}")
+        for problem in planned.observed.discovery.problems:
+            click.echo(f"* {problem}")
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:
