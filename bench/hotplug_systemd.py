@@ -10,10 +10,11 @@ the guest from the first kernel uevent, as bench/hotplug_latency.py does (the QM
 is not counted). The systemd path runs the udev helper for every virtio-fs device event; the
 daemon path runs no process per event.
 
-Where the systemd path's time goes, per hotplug, on the guest's monotonic clock: the kernel's
-and udevd's events as `udevadm monitor` saw them (kernel `add` and `bind` of the virtio device,
-udevd done with the `bind` that carries the rule's alias), then systemd's own timestamps of the
-device unit (active) and of the mount unit (job started, mounted), then the poller's "readable".
+Where the systemd path's time goes, per hotplug, on the guest's monotonic clock, from the
+kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
+timestamps of the device unit (active) and of the mount unit (job started, mounted), then the
+poller's "readable" (its own receipt of that uevent, a few ms apart); and udevd's marks
+(done with the `add`, the kernel's `bind`, done with the `bind`).
 """
 
 from __future__ import annotations
@@ -48,14 +49,20 @@ MONITOR = (
 )
 # KERNEL[2345.678901] add      /devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio3 (virtio)
 EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)")
-# The steps of the split, each from the end of the one before.
+# The steps of the split, each from the end of the one before. The rule matches the virtio
+# device's `add` (its driver is bound by the time udevd handles it), so the device unit comes
+# from that event, before udevd has handled the `bind`.
 STEPS = (
-    ("kernel: virtio add -> bind (driver probe)", "k_bind"),
-    ("udevd: bind event, rules and helper", "u_bind"),
-    ("systemd: udev event -> device unit active", "device"),
-    ("systemd: device active -> mount job starts", "mount_start"),
-    ("mount job: mount(8) -> mounted", "mounted"),
-    ("mounted -> poller reads the file", "readable"),
+    ("uevent -> device unit active (udevd, systemd)", "device"),
+    ("device active -> mount job starts", "mount_start"),
+    ("mount job (executor, mount(8), mount(2))", "mounted"),
+    ("mounted -> the poller reads the file", "readable"),
+)
+# udevd's own marks, from the first kernel uevent (not a chain).
+UDEV_MARKS = (
+    ("udevd done with the `add`", "u_add"),
+    ("kernel `bind` uevent", "k_bind"),
+    ("udevd done with the `bind`", "u_bind"),
 )
 
 
@@ -104,16 +111,19 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
         mount = f"srv-unit-{tag.replace('-', chr(92) + 'x2d')}.mount"
         device = f"dev-virtiofs-by\\x2dtag-{tag.replace('-', chr(92) + 'x2d')}.device"
         t0 = first(events, "KERNEL", "add")
-        stamps = {
+        marks = {
+            "u_add": first(events, "UDEV", "add"),
             "k_bind": first(events, "KERNEL", "bind"),
             "u_bind": first(events, "UDEV", "bind"),
+        }
+        stamps = {
             "device": monotonic(vm, device, "ActiveEnterTimestampMonotonic"),
             "mount_start": monotonic(vm, mount, "InactiveExitTimestampMonotonic"),
             "mounted": monotonic(vm, mount, "ActiveEnterTimestampMonotonic"),
             "readable": t0 + up[-1],
         }
         previous = t0
-        split: Split = {}
+        split: Split = {key: mark - t0 for key, mark in marks.items()}
         for _name, key in STEPS:
             split[key] = stamps[key] - previous
             previous = stamps[key]
@@ -161,7 +171,11 @@ def main() -> int:
     print("where the systemd path's time goes (median ms per step; min-max):")
     for name, key in STEPS:
         ms = [s[key] * 1000 for s in splits]
-        print(f"  {name:44} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
+        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
+    print("udevd's marks (median ms from the kernel's `add` uevent; min-max):")
+    for name, key in UDEV_MARKS:
+        ms = [s[key] * 1000 for s in splits]
+        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
     return 0
 
 
