@@ -65,6 +65,9 @@ class FakeKernel:
         self.calls.append(f"umount{' -l' if lazy else ''} {inner}")
         self.tree.mounted(*self.entries)
 
+    def load_filesystem(self, transport: Transport) -> str | None:
+        return None
+
 
 POLICY = """\
 version: 1
@@ -91,7 +94,7 @@ def setup(tmp_path: Path):
 
 
 def run_daemon(tree, events, kernel, script, **kwargs) -> Daemon:
-    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, mounter=kernel, **kwargs)
+    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, kernel=kernel, **kwargs)
     failures: list[BaseException] = []
 
     def guarded() -> None:
