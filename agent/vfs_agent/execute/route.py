@@ -6,6 +6,7 @@ The whole table (`route`):
 | -------------------------- | ------- | ------------ | --------- | ------- | ------------- |
 | keep ignore absent         | any     | any          | any       | any     | VERDICT       |
 | conflict refuse            | any     | any          | any       | any     | VERDICT       |
+| unresponsive               | any     | any          | any       | any     | VERDICT       |
 | mount, unmount-stale       | yes     | any          | any       | any     | DRY_RUN       |
 | unmount-stale              | no      | any          | any       | any     | KERNEL        |
 | mount                      | no      | no           | any       | any     | KERNEL        |

@@ -8,7 +8,7 @@ from vfs_agent.execute.route import Step
 
 
 class Verdict:
-    """keep, ignore, absent, conflict, refuse: reported, never carried out."""
+    """keep, ignore, absent, conflict, refuse, unresponsive: reported, never carried out."""
 
     def carry_out(self, step: Step) -> Outcome:
         action = step.action
@@ -20,4 +20,4 @@ class Verdict:
         if kind is ActionKind.ABSENT:
             message = f"share {action.tag!r} is not attached"
             return Outcome(action, not action.required, False, message)
-        return Outcome(action, False, False, action.reason)  # CONFLICT, REFUSE
+        return Outcome(action, False, False, action.reason)  # CONFLICT, REFUSE, UNRESPONSIVE
