@@ -36,6 +36,9 @@ class RecordingKernel:
         self.loaded.append(transport)
         return self.missing.get(transport)
 
+    def load_driver(self, transport: Transport) -> str | None:
+        return None
+
 
 def apply(
     actions: list[Action], root: Path, kernel: RecordingKernel, *, dry_run: bool = False

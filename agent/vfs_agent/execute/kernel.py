@@ -17,7 +17,7 @@ from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 from vfs_agent.system import bounded, syscalls
 from vfs_agent.system.fuse_abort import abort_connection
-from vfs_agent.system.kernel_modules import ensure_filesystem
+from vfs_agent.system.kernel_modules import ensure_driver, ensure_filesystem
 from vfs_agent.system.sysroot import SysRoot
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ class KernelCalls(Protocol):
     def umount(self, target: str, *, lazy: bool = False) -> None: ...
     def load_filesystem(self, transport: Transport) -> str | None:
         """Make `transport`'s filesystem known to the kernel; None when ready, else why not."""
+        ...
+
+    def load_driver(self, transport: Transport) -> str | None:
+        """Register the virtio driver of `transport`'s devices; None when ready, else why not."""
         ...
 
 
@@ -70,6 +74,9 @@ class LiveKernelCalls:
 
     def load_filesystem(self, transport: Transport) -> str | None:
         return ensure_filesystem(self.sysroot, transport)
+
+    def load_driver(self, transport: Transport) -> str | None:
+        return ensure_driver(self.sysroot, transport)
 
 
 class KernelExecutor:
