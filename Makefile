@@ -90,6 +90,7 @@ bench-boot: setup
 bench-host: venv
 	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/plan_scale.py
+	$(VENV)/bin/python bench/executors.py
 
 # Every benchmark (guests, one at a time): the host ones, boot reliability, hotplug latency
 # against busybox uevent, hotplug through systemd units against the daemon, mount-all of 24
