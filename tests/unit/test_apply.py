@@ -5,8 +5,9 @@ from pathlib import Path
 from vfs_agent.core.model import Transport
 from vfs_agent.core.mount_options import MS_NODEV, MS_NOSUID, MS_RDONLY
 from vfs_agent.core.plan import Action, ActionKind
-from vfs_agent.execute.apply import Executors, apply_plan, gather_steps
+from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.outcome import Outcome
+from vfs_agent.execute.route import Step
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -45,7 +46,7 @@ def apply(
 ) -> list[Outcome]:
     sysroot = SysRoot(root)
     run = Executors.pick(sysroot, dry_run=dry_run, kernel=kernel)
-    return apply_plan(gather_steps(actions, sysroot), run)
+    return apply_plan([Step(a) for a in actions], run)
 
 
 def mount_action(tag: str, path: str, options=("nosuid", "nodev"), required=False) -> Action:

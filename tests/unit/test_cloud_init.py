@@ -22,10 +22,10 @@ from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
 from vfs_agent.commands.cloud_init import DROPIN, CloudInitError, apply
+from vfs_agent.commands.install import Layout
 from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.load import PolicyError, load_file, load_policy, parse_text
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.install import Layout
 
 USER_DATA = """\
 #cloud-config

@@ -12,10 +12,11 @@ import pytest
 from faketree import FakeTree
 from test_apply import RecordingKernel, mount_action
 
+from vfs_agent.commands import operations as ops
 from vfs_agent.core.model import Mounted, Transport
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_systemd import GENERATED_MARK
-from vfs_agent.execute.apply import Executors, apply_plan, gather_steps
+from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.dry_run import DryRun
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.kernel import KernelExecutor, LiveKernelCalls
@@ -218,13 +219,13 @@ def test_the_managed_unit_of_each_mount_is_gathered(tree: FakeTree):
         mount_action("o", "/mnt/other"),
         stale("/mnt/media"),
     ]
-    sysroot = SysRoot(tree.root)
+    ctx = ops.Context(SysRoot(tree.root))
     tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
-    assert [s.unit for s in gather_steps(actions, sysroot)] == [None, None, None]  # no systemd
+    assert [s.unit for s in ops.gather_steps(ctx, actions)] == [None, None, None]  # no systemd
     tree.write("run/systemd/system/.keep", "")
-    assert [s.unit for s in gather_steps(actions, sysroot)] == ["mnt-media.mount", None, None]
+    assert [s.unit for s in ops.gather_steps(ctx, actions)] == ["mnt-media.mount", None, None]
     tree.write("etc/systemd/system/mnt-other.mount", "[Mount]\n")  # not vfs-agent's
-    assert gather_steps(actions, sysroot)[1].unit is None
+    assert ops.gather_steps(ctx, actions)[1].unit is None
 
 
 @pytest.mark.parametrize(

@@ -410,12 +410,10 @@ def test_root_never_starts_a_unit_with_the_hosts_systemctl(
     from vfs_agent.core.render_systemd import GENERATED_MARK
     from vfs_agent.execute import systemd as execute_systemd
     from vfs_agent.execute.apply import Executors
-    from vfs_agent.systemd import units as systemd_units
 
     tree.write("run/systemd/system/.keep", "")
     tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
     started: list[str] = []
-    monkeypatch.setattr(systemd_units, "start_unit", lambda name, **_: started.append(name))
     monkeypatch.setattr(execute_systemd, "start_unit", lambda name, **_: started.append(name))
     real_run = subprocess.run
 

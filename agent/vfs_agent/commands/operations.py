@@ -14,15 +14,17 @@ from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.core.render_fstab import fstab_problem, render_block
 from vfs_agent.core.render_systemd import Skipped, UnitFile, render_units
-from vfs_agent.execute.apply import Executors, apply_plan, gather_steps
+from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome
+from vfs_agent.execute.route import Step
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
 from vfs_agent.system.observe import nonempty_dirs, observe
 from vfs_agent.systemd.installed import udev_rule_installed
+from vfs_agent.systemd.units import managed_unit
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,18 @@ def _bind_unbound(ctx: Context) -> None:
 
 
 def _apply(ctx: Context, actions: list[Action], run: Executors) -> list[Outcome]:
-    return apply_plan(gather_steps(actions, ctx.sysroot), run)
+    return apply_plan(gather_steps(ctx, actions), run)
+
+
+def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
+    """Each action with the fact its routing needs, read once here at the edge: the vfs-agent
+    generated unit systemd has for its path (only a mount can go to systemd)."""
+    return [
+        Step(
+            a, managed_unit(ctx.sysroot, a.path) if a.kind is ActionKind.MOUNT and a.path else None
+        )
+        for a in actions
+    ]
 
 
 def generated_units(

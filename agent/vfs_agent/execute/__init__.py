@@ -17,9 +17,10 @@ others.
 - `verdict`: actions that change nothing (keep, ignore, absent, conflict, refuse, unresponsive).
 
 Which executor carries out an action is decided by `route.route(step, situation)`, a pure
-function of data: the action's kind, the managed unit of its path (gathered at the edge by
-`apply.gather_steps`), whether the root is the running system (`SysRoot.live`, the one place
-that decides it), the systemd mode and dry run; its whole table is in `route`'s docstring.
+function of data: the action's kind, the managed unit of its path (read once at the edge, by
+`commands.operations.gather_steps`), whether the root is the running system (`SysRoot.live`,
+the one place that decides it), the systemd mode and dry run; its whole table is in `route`'s
+docstring, and an import-linter contract keeps it free of I/O.
 A command picks its executors once from its options (`apply.Executors.pick`) and hands them
 to `apply.apply_plan`, which routes each step and logs each outcome (`outcome.log_outcome`,
 journal fields TAG, MOUNT_PATH, ACTION).

@@ -1,12 +1,10 @@
-"""Carry out a plan: gather the facts routing needs, route each action to its executor, log
-each outcome."""
+"""Carry out a plan: route each step to its executor, log each outcome."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.execute.dry_run import DryRun
 from vfs_agent.execute.executor import Executor, Unmounter
 from vfs_agent.execute.kernel import KernelCalls, KernelExecutor
@@ -15,7 +13,6 @@ from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
 from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart
 from vfs_agent.execute.verdict import Verdict
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.units import managed_unit
 
 
 @dataclass(frozen=True)
@@ -55,14 +52,6 @@ class Executors:
 
     def executor(self, step: Step) -> Executor:
         return self.by_route[route(step, self.situation)]
-
-
-def gather_steps(actions: list[Action], sysroot: SysRoot) -> list[Step]:
-    """Each action with the managed unit of its path (only a mount can go to systemd)."""
-    return [
-        Step(a, managed_unit(sysroot, a.path) if a.kind is ActionKind.MOUNT and a.path else None)
-        for a in actions
-    ]
 
 
 def apply_plan(steps: list[Step], executors: Executors) -> list[Outcome]:

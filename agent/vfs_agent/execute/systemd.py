@@ -3,11 +3,24 @@ systemd through that unit, never behind its back (systemd would not know the uni
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
-from vfs_agent.systemd.units import start_unit
+
+
+def start_unit(name: str, *, timeout: float = 120) -> str | None:
+    """`systemctl start NAME`; None on success, else why it failed."""
+    try:
+        done = subprocess.run(
+            ["systemctl", "start", name], capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"systemctl start {name} failed: {e}"
+    if done.returncode != 0:
+        return done.stderr.strip() or f"systemctl start {name} exited {done.returncode}"
+    return None
 
 
 class SystemdStart:

@@ -1,8 +1,7 @@
-"""Which shares systemd mounts itself (through generated .mount units), and starting them."""
+"""Which shares systemd mounts itself (through generated .mount units); execute/systemd.py
+starts them."""
 
 from __future__ import annotations
-
-import subprocess
 
 from vfs_agent.core.escape import mount_unit_name
 from vfs_agent.system.generated_files import is_ours
@@ -23,17 +22,4 @@ def managed_unit(sysroot: SysRoot, path: str) -> str | None:
     for directory in UNIT_DIRS:
         if is_ours(sysroot.path(f"{directory}/{name}")):
             return name
-    return None
-
-
-def start_unit(name: str, *, timeout: float = 120) -> str | None:
-    """`systemctl start NAME`; None on success, else why it failed."""
-    try:
-        done = subprocess.run(
-            ["systemctl", "start", name], capture_output=True, text=True, timeout=timeout
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"systemctl start {name} failed: {e}"
-    if done.returncode != 0:
-        return done.stderr.strip() or f"systemctl start {name} exited {done.returncode}"
     return None
