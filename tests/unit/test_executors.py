@@ -158,6 +158,15 @@ def test_each_filesystem_is_loaded_once_before_its_first_mount(tmp_path: Path):
     assert [m[0] for m in kernel.mounts] == ["a", "n", "b"]
 
 
+def test_each_plan_loads_again_with_the_same_executors(tmp_path: Path):
+    """The daemon picks its executors once and applies one plan per reconcile."""
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=False, kernel=kernel)
+    apply_plan([Step(mount_action("a", "/mnt/a")), Step(mount_action("b", "/mnt/b"))], run)
+    apply_plan([Step(mount_action("c", "/mnt/c"))], run)
+    assert kernel.loaded == [Transport.VIRTIOFS, Transport.VIRTIOFS]
+
+
 def test_enodev_names_the_problem_loading_the_filesystem(tmp_path: Path):
     kernel = RecordingKernel(fail={"t": errno.ENODEV}, missing={Transport.VIRTIOFS: "no module"})
     outcome = KernelExecutor(SysRoot(tmp_path), kernel).carry_out(Step(mount_action("t", "/m")))

@@ -23,6 +23,7 @@ class Executors:
     situation: Situation
     by_route: Mapping[Route, Executor]
     unmounter: Unmounter  # for `vfs-agent umount`
+    kernel: KernelExecutor
 
     @classmethod
     def pick(
@@ -44,7 +45,7 @@ class Executors:
             Route.SYSTEMD_LEAVE: LeftToSystemd(),
             Route.OTHER_ROOT: OtherRootSystemd(sysroot.root),
         }
-        return cls(situation, by_route, dry if dry_run else here)
+        return cls(situation, by_route, dry if dry_run else here, here)
 
     @property
     def dry_run(self) -> bool:
@@ -57,6 +58,7 @@ class Executors:
 def apply_plan(steps: list[Step], executors: Executors) -> list[Outcome]:
     """Carry out every step in order, each by the executor its route names; one failure never
     stops the others."""
+    executors.kernel.begin_plan()
     outcomes = []
     for step in steps:
         outcome = executors.executor(step).carry_out(step)

@@ -88,6 +88,11 @@ class KernelExecutor:
         self.calls = calls or LiveKernelCalls(sysroot)
         self._loaded: dict[Transport, str | None] = {}  # each transport's load problem, once
 
+    def begin_plan(self) -> None:
+        """Forget which filesystems were loaded: each plan loads them again before its first
+        mount (a daemon's later reconcile finds a module someone unloaded meanwhile)."""
+        self._loaded.clear()
+
     def carry_out(self, step: Step) -> Outcome:
         action = step.action
         if action.kind is ActionKind.UNMOUNT_STALE:
