@@ -72,7 +72,9 @@ def run(pythonpath: Path, argv: list[str]) -> tuple[float, float, int, bytes]:
 
 
 def route_ns() -> float:
-    action = Action(ActionKind.MOUNT, "t", "r", "/srv/t", Transport.VIRTIOFS)
+    action = Action(
+        kind=ActionKind.MOUNT, tag="t", reason="r", path="/srv/t", transport=Transport.VIRTIOFS
+    )
     step, situation = Step(action, "srv-t.mount"), Situation(live=True, dry_run=False)
     number = 200_000
     best = min(timeit.repeat(lambda: route(step, situation), number=number, repeat=5))

@@ -50,7 +50,15 @@ def apply(
 
 
 def mount_action(tag: str, path: str, options=("nosuid", "nodev"), required=False) -> Action:
-    return Action(ActionKind.MOUNT, tag, "test", path, Transport.VIRTIOFS, tuple(options), required)
+    return Action(
+        kind=ActionKind.MOUNT,
+        tag=tag,
+        reason="test",
+        path=path,
+        transport=Transport.VIRTIOFS,
+        options=tuple(options),
+        required=required,
+    )
 
 
 def test_mount_creates_the_mountpoint_and_passes_flags(tmp_path: Path):
@@ -100,7 +108,13 @@ def test_dry_run_creates_and_mounts_nothing(tmp_path: Path):
 def test_stale_mounts_are_unmounted_lazily_and_prepare_runs_once_per_type(tmp_path: Path):
     kernel = RecordingKernel()
     actions = [
-        Action(ActionKind.UNMOUNT_STALE, "gone", "gone", "/mnt/gone", Transport.VIRTIOFS),
+        Action(
+            kind=ActionKind.UNMOUNT_STALE,
+            tag="gone",
+            reason="gone",
+            path="/mnt/gone",
+            transport=Transport.VIRTIOFS,
+        ),
         mount_action("a", "/mnt/a"),
         mount_action("b", "/mnt/b"),
     ]
@@ -110,6 +124,13 @@ def test_stale_mounts_are_unmounted_lazily_and_prepare_runs_once_per_type(tmp_pa
 
 
 def test_absent_required_share_fails(tmp_path: Path):
-    action = Action(ActionKind.ABSENT, "gone", "why", "/mnt/gone", Transport.VIRTIOFS, (), True)
+    action = Action(
+        kind=ActionKind.ABSENT,
+        tag="gone",
+        reason="why",
+        path="/mnt/gone",
+        transport=Transport.VIRTIOFS,
+        required=True,
+    )
     [outcome] = apply([action], tmp_path, RecordingKernel())
     assert outcome.fatal and "not attached" in outcome.message

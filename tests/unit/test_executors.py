@@ -53,7 +53,13 @@ def tree(tmp_path: Path) -> FakeTree:
 
 
 def stale(path: str = "/mnt/gone") -> Action:
-    return Action(ActionKind.UNMOUNT_STALE, "gone", "its share is gone", path, Transport.VIRTIOFS)
+    return Action(
+        kind=ActionKind.UNMOUNT_STALE,
+        tag="gone",
+        reason="its share is gone",
+        path=path,
+        transport=Transport.VIRTIOFS,
+    )
 
 
 # --- dry run ---------------------------------------------------------------------------------
@@ -110,7 +116,14 @@ def test_a_dry_run_plan_loads_mounts_and_starts_nothing(tmp_path: Path, systemct
     ],
 )
 def test_verdicts_change_nothing(kind: ActionKind, required: bool, ok: bool, message: str):
-    action = Action(kind, "t", "the reason", "/mnt/t", Transport.VIRTIOFS, (), required)
+    action = Action(
+        kind=kind,
+        tag="t",
+        reason="the reason",
+        path="/mnt/t",
+        transport=Transport.VIRTIOFS,
+        required=required,
+    )
     outcome = Verdict().carry_out(Step(action))
     assert (outcome.ok, outcome.changed, outcome.message) == (ok, False, message)
 
@@ -130,8 +143,9 @@ def test_a_unit_that_fails_to_start_says_why_in_systemctls_words(systemctl: Path
     outcome = SystemdStart().carry_out(Step(action, "fail-t.mount"))
     assert not outcome.ok and outcome.fatal and not outcome.changed
     assert outcome.message == (
-        "Failed to mount share 't' on /mnt/t via fail-t.mount: Job for fail-t.mount failed "
-        "because the control process exited with error code."
+        "Failed to mount share 't' on /mnt/t via fail-t.mount: systemctl start fail-t.mount "
+        "failed: exit status 1: Job for fail-t.mount failed because the control process exited "
+        "with error code."
     )
 
 
@@ -151,7 +165,9 @@ def test_left_to_systemd_and_another_roots_systemd_start_nothing(systemctl: Path
 def test_each_filesystem_is_loaded_once_before_its_first_mount(tmp_path: Path):
     kernel = RecordingKernel()
     here = KernelExecutor(SysRoot(tmp_path), kernel)
-    nine = Action(ActionKind.MOUNT, "n", "r", "/mnt/n", Transport.NINEP, (), False)
+    nine = Action(
+        kind=ActionKind.MOUNT, tag="n", reason="r", path="/mnt/n", transport=Transport.NINEP
+    )
     for action in (stale(), mount_action("a", "/mnt/a"), nine, mount_action("b", "/mnt/b")):
         here.carry_out(Step(action))
     assert kernel.loaded == [Transport.VIRTIOFS, Transport.NINEP]

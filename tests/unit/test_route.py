@@ -48,7 +48,7 @@ def test_the_table_covers_every_action_kind():
 
 @pytest.mark.parametrize(("kind", "dry", "unit", "live", "mode"), COMBINATIONS)
 def test_route(kind: ActionKind, dry: bool, unit: bool, live: bool, mode: SystemdMode):
-    action = Action(kind, "t", "why", "/mnt/t", Transport.VIRTIOFS)
+    action = Action(kind=kind, tag="t", reason="why", path="/mnt/t", transport=Transport.VIRTIOFS)
     step = Step(action, "mnt-t.mount" if unit else None)
     situation = Situation(live=live, dry_run=dry, systemd=mode)
     assert route(step, situation) is expected(kind, dry, unit, live, mode)

@@ -147,7 +147,11 @@ class Daemon:
         return False
 
     def _reconcile(self, state: DaemonState, why: str) -> list[Outcome]:
-        outcomes = ops.reconcile(self.ctx, state.policy, self.executors)
+        try:
+            outcomes = ops.reconcile(self.ctx, state.policy, self.executors)
+        except OSError as e:  # the mount table could not be read (EIO): nothing was changed
+            log.error("Failed to reconcile after %s: %s; the next event retries, ignoring.", why, e)
+            return []
         state.reconciles += 1
         for outcome in outcomes:
             path = outcome.action.path

@@ -3,24 +3,16 @@ systemd through that unit, never behind its back (systemd would not know the uni
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
+from vfs_agent.system.tools import run_tool
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
-    """`systemctl start NAME`; None on success, else why it failed."""
-    try:
-        done = subprocess.run(
-            ["systemctl", "start", name], capture_output=True, text=True, timeout=timeout
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"systemctl start {name} failed: {e}"
-    if done.returncode != 0:
-        return done.stderr.strip() or f"systemctl start {name} exited {done.returncode}"
-    return None
+    """`systemctl start NAME`; None on success, else why it failed (system/tools.py)."""
+    return run_tool(["systemctl", "start", name], timeout)
 
 
 class SystemdStart:
