@@ -96,6 +96,7 @@ bench-boot: setup
 bench-host: venv
 	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/plan_scale.py
+	$(VENV)/bin/python bench/executors.py
 
 # What a user of a systemd guest feels (guests, one at a time; figures in README "Timings"):
 # the boot to multi-user.target with the policy against hand-written fstab (BOOTS of each,

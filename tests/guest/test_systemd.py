@@ -204,6 +204,33 @@ def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, ho
     wait_until("extra-1 unmounted", lambda: "/srv/extra/extra-1" not in mounted(guest))
 
 
+def outcome_of(guest: VM, command: str, tag: str) -> dict[str, object]:
+    result = guest.run(f"{command} --json")
+    assert result.rc == 0, str(result)
+    [outcome] = [o for o in json.loads(result.stdout)["outcomes"] if o["tag"] == tag]
+    return outcome
+
+
+def test_commands_by_hand_start_the_shares_unit(guest: VM) -> None:
+    """A share whose path has a generated unit is mounted through it (`systemctl start`), never
+    behind systemd's back: the unit is active afterwards and nothing is stacked. A dry run says
+    so and starts nothing."""
+    for command in ("vfs-agent mount-all", "vfs-agent mount present-b"):
+        guest.run("systemctl stop srv-b.mount", check=True)
+        assert "/srv/b" not in mounted(guest)
+        dry = outcome_of(guest, f"{command} --dry-run", "present-b")
+        assert (dry["message"], dry["changed"]) == ("would start srv-b.mount", False)
+        assert show(guest, "srv-b.mount", "ActiveState")["ActiveState"] == "inactive"
+        done = outcome_of(guest, command, "present-b")
+        message = "Mounted share 'present-b' on /srv/b (srv-b.mount)."
+        assert (done["message"], done["ok"], done["changed"]) == (message, True, True), command
+        assert show(guest, "srv-b.mount", "ActiveState")["ActiveState"] == "active"
+        targets = guest.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+        assert targets.count("/srv/b") == 1, targets
+    again = outcome_of(guest, "vfs-agent mount-all", "present-b")
+    assert (again["action"], again["changed"]) == ("keep", False)
+
+
 def test_a_missing_required_share_fails_only_its_dependents(guest: VM) -> None:
     guest.put_file("/etc/vfs-agent/policy.yaml", POLICY + REQUIRED_ABSENT)
     guest.put_file("/etc/systemd/system/needs-req.service", NEEDS_REQ)

@@ -56,6 +56,7 @@ class FakeKernel:
         self.tree = tree
         self.entries: list[tuple[str, str, str]] = []
         self.calls: list[str] = []
+        self.drivers: list[Transport] = []
 
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         inner = "/" + os.path.relpath(os.readlink(target), self.tree.root)
@@ -68,6 +69,13 @@ class FakeKernel:
         self.entries = [e for e in self.entries if e[2] != inner]
         self.calls.append(f"umount{' -l' if lazy else ''} {inner}")
         self.tree.mounted(*self.entries)
+
+    def load_filesystem(self, transport: Transport) -> str | None:
+        return None
+
+    def load_driver(self, transport: Transport) -> str | None:
+        self.drivers.append(transport)
+        return None
 
 
 POLICY = """\
@@ -95,7 +103,7 @@ def setup(fake_tree: FakeTree):
 
 
 def run_daemon(tree, events, kernel, script, **kwargs) -> Daemon:
-    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, mounter=kernel, **kwargs)
+    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, kernel=kernel, **kwargs)
     failures: list[BaseException] = []
 
     def guarded() -> None:
@@ -192,21 +200,20 @@ def test_a_share_device_added_without_its_driver_gets_the_driver_loaded_then_mou
     """Debian 12 without udevd: virtiofs.ko is not loaded, so a hot-plugged virtio-fs device
     stays unbound and no `bind` uevent ever comes; the daemon must load the driver itself."""
     tree, events, kernel = setup
-    loads: list[Transport] = []
 
     def script() -> None:
         wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
         device = tree.virtiofs("data-1", index=3)
         path = f"/devices/pci0000:00/0000:00:06.0/0000:03:00.0/{device}"
         events.push(ShareEvent("add", "virtio", path, None, None, FS_MODALIAS))
-        wait_for(lambda: loads == [Transport.VIRTIOFS])
+        wait_for(lambda: kernel.drivers == [Transport.VIRTIOFS])
         # The driver binds (it now knows the tag); only its uevent brings the mount.
         events.push(ShareEvent("bind", "virtio", path, None, "virtiofs"))
         wait_for(lambda: "mount data-1 /srv/data-1" in kernel.calls)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    run_daemon(tree, events, kernel, script, load_driver=lambda t: loads.append(t))
-    assert loads == [Transport.VIRTIOFS]
+    run_daemon(tree, events, kernel, script)
+    assert kernel.drivers == [Transport.VIRTIOFS]
     assert kernel.calls == ["mount media_tag /mnt/media", "mount data-1 /srv/data-1"]
 
 
