@@ -21,8 +21,12 @@ from test_apply import RecordingMounter
 from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.commands.cloud_init import DROPIN, CloudInitError, apply
-from vfs_agent.policy.load import PolicyError, load_file, load_policy, parse_text
+from vfs_agent.commands.cloud_init import DROPIN, apply
+from vfs_agent.policy import cloud_config
+from vfs_agent.policy.cloud_config import CloudInitError
+from vfs_agent.policy.document import parse_text
+from vfs_agent.policy.load import PolicyError, load_file, load_policy
+from vfs_agent.system import cloud_init as cloud_init_edges
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd.install import Layout
 
@@ -304,7 +308,7 @@ def test_a_failed_write_leaves_the_old_dropin_and_no_temporary_file(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cloud_init.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     other = query_json(None, {"vfs_agent": {"version": 1}})
     assert boot.run(other) == 1
     assert boot.out.errors == [
@@ -317,7 +321,7 @@ def test_a_failed_write_leaves_the_old_dropin_and_no_temporary_file(
 def test_boot_reporter_appends_to_cloud_init_output_log(tmp_path: Path) -> None:
     tree = FakeTree(tmp_path)
     log = tree.write("var/log/cloud-init-output.log", "Cloud-init v. 25.1 finished\n")
-    reporter = cloud_init.BootReporter(SysRoot(tmp_path))
+    reporter = cloud_init_edges.BootReporter(SysRoot(tmp_path))
     reporter.error("cloud-config vfs_agent: version: this key is required")
     reporter.info("wrote it")
     assert log.read_text().splitlines()[1:] == [
@@ -380,7 +384,7 @@ def test_shipped_examples_are_valid(example: Path) -> None:
     assert user_data.startswith("#cloud-config\n")
     config = yaml.safe_load(user_data)
     if "vfs_agent" in config:
-        text, problems = cloud_init.validate(config["vfs_agent"], user_data)
+        text, problems = cloud_config.dropin_text(config["vfs_agent"], user_data)
         assert problems == [] and text is not None
         return
     policies = [f for f in config["write_files"] if f["path"].startswith("/etc/vfs-agent/")]
@@ -393,11 +397,11 @@ def test_shipped_examples_are_valid(example: Path) -> None:
 def test_deeply_nested_user_data_is_a_positioned_error_not_a_traceback() -> None:
     deep = "#cloud-config\nvfs_agent:\n  version: 1\n  mounts: " + "[" * 3000 + "]" * 3000 + "\n"
     with pytest.raises(CloudInitError, match=r"user-data:4:\d+: nested deeper than 64 levels"):
-        cloud_init.cloud_config(json.dumps({"userdata": deep}))
+        cloud_config.cloud_config(json.dumps({"userdata": deep}))
     value: Any = "x"
     for _ in range(200):  # merged config from cloud-init: already parsed, still too deep
         value = [value]
-    text, problems = cloud_init.validate({"version": 1, "mounts": value}, None)
+    text, problems = cloud_config.dropin_text({"version": 1, "mounts": value}, None)
     assert text is None and "nested deeper than 64 levels" in str(problems[0])
     with pytest.raises(CloudInitError, match="nested too deeply"):
-        cloud_init.cloud_config("[" * 100_000 + "]" * 100_000)
+        cloud_config.cloud_config("[" * 100_000 + "]" * 100_000)

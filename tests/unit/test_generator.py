@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree
 
-from vfs_agent.policy.compiled import CACHE
-from vfs_agent.policy.load import load_policy
+from vfs_agent.policy.compiled import CACHE, compile_policy
+from vfs_agent.policy.load import read_policy
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd.installed import RULE_NAME
 
@@ -116,7 +116,7 @@ def test_invalid_policy_never_fails_and_writes_nothing(tree: FakeTree, tmp_path:
 
 
 def test_compiled_policy_keeps_pydantic_off_the_boot_path(tree: FakeTree, tmp_path: Path):
-    load_policy(SysRoot(tree.root), save_compiled=True)  # as mount-all and the daemon do
+    compile_policy(SysRoot(tree.root), read_policy(SysRoot(tree.root)))  # as mount-all does
     assert (tree.root / CACHE.lstrip("/")).exists()
     fast = run_generator(tree, tmp_path / "a", importtime=True)
     assert fast.returncode == 0

@@ -1,0 +1,119 @@
+"""The edges of `vfs-agent cloud-init apply`: asking cloud-init for its data, systemctl, the
+policy drop-in file, and cloud-init's output log. Each external tool runs through
+system/tools.py; the drop-in is written by SysRoot.write_atomic."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+
+from vfs_agent.policy.cloud_config import CloudInitError
+from vfs_agent.policy.files import DROPIN_DIR, policy_files
+from vfs_agent.policy.layers import CLOUD_INIT_DROPIN as DROPIN
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import ToolError, run_tool, tool_output
+
+QUERY = ["cloud-init", "query", "--all"]
+TOOL_TIMEOUT = 300  # seconds; cloud-init and systemctl answer in well under that
+GENERATOR_DIR = "/run/systemd/generator"
+CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
+
+log = logging.getLogger(__name__)
+
+
+def run_query() -> str:
+    """The JSON of `cloud-init query --all` (as root it holds user-data and the merged config)."""
+    try:
+        return tool_output(QUERY, TOOL_TIMEOUT)
+    except ToolError as e:
+        raise CloudInitError(str(e)) from None
+
+
+def run_systemctl(args: list[str]) -> str | None:
+    """`systemctl ARGS`; None on success, else why it failed."""
+    return run_tool(["systemctl", *args], TOOL_TIMEOUT)
+
+
+def write_dropin(sysroot: SysRoot, text: str) -> bool:
+    """Write the drop-in atomically (SysRoot.write_atomic: a half-written file is never seen,
+    and its temporary name starts with a dot, which the policy loader skips): owned by this
+    user, 0644, in 0755 directories (the policy's StrictModes). False when it already holds
+    `text` with that owner and mode. A drop-in with another owner or mode gets this owner and
+    0644 first, so the new text never lands in a file the loader would refuse."""
+    path = sysroot.path(DROPIN)
+    try:
+        st: os.stat_result | None = os.stat(path)  # a symlinked drop-in: its target
+    except FileNotFoundError:
+        st = None
+    right = st is not None and (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, os.geteuid())
+    if right and sysroot.read_text(DROPIN) == text:
+        return False
+    for directory in (path.parent.parent, path.parent):
+        if not directory.is_dir():
+            directory.mkdir(mode=0o755)
+            os.chmod(directory, 0o755)  # whatever the umask
+    if st is not None and not right and stat.S_ISREG(st.st_mode):
+        os.chmod(path, 0o644)
+        if os.geteuid() == 0:
+            os.chown(path, 0, 0)
+    sysroot.write_atomic(DROPIN, text, mode=0o644)
+    _fsync_dir(path.parent)
+    return True
+
+
+def remove_dropin(sysroot: SysRoot) -> bool:
+    """Remove the drop-in; False when there was none."""
+    try:
+        sysroot.path(DROPIN).unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(sysroot.path(DROPIN).parent)
+    return True
+
+
+def _fsync_dir(path: os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def newer_than_generator(sysroot: SysRoot) -> bool:
+    """Whether a policy file (or the drop-in directory: a removed file) changed after systemd
+    last ran its generators. systemd recreates GENERATOR_DIR at each run; both times come from
+    the same clock in the same boot. No such directory (no systemd, --root): True."""
+    try:
+        generated = os.stat(sysroot.path(GENERATOR_DIR)).st_mtime
+    except OSError:
+        return True
+    paths = [sysroot.path(name) for name in policy_files(sysroot, None)]
+    paths.append(sysroot.path(DROPIN_DIR))
+    times = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            times.append(os.stat(path).st_mtime)
+    return any(t >= generated for t in times)
+
+
+class BootReporter:
+    """The journal (or stderr), and cloud-init's output log, where someone debugging a first
+    boot looks (`cloud-init collect-logs` takes it too)."""
+
+    def __init__(self, sysroot: SysRoot) -> None:
+        self.cloud_log = sysroot.path(CLOUD_INIT_LOG)
+
+    def info(self, message: str) -> None:
+        log.info(message)
+        self._append(message)
+
+    def error(self, message: str) -> None:
+        log.error(message)
+        self._append(f"error: {message}")
+
+    def _append(self, message: str) -> None:
+        if self.cloud_log.exists():
+            with contextlib.suppress(OSError), self.cloud_log.open("a", encoding="utf-8") as f:
+                f.write(f"vfs-agent: {message}\n")
