@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.unit.faketree import FakeTree
 
-from vfs_agent.systemd.install import Layout
+from vfs_agent.commands.install import Layout
 
 TAGS = [f"share-{i}" for i in range(6)] + ["data-a", "weird tag#1"]
 POLICY = """version: 1

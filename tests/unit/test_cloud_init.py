@@ -22,13 +22,14 @@ from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
 from vfs_agent.commands.cloud_init import DROPIN, apply
+from vfs_agent.commands.install import Layout
 from vfs_agent.policy import cloud_config
 from vfs_agent.policy.cloud_config import CloudInitError
 from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.load import PolicyError, load_file, load_policy
 from vfs_agent.system import cloud_init as cloud_init_edges
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.install import Layout
+from vfs_agent.system.tools import ToolError
 
 USER_DATA = """\
 #cloud-config
@@ -428,7 +429,7 @@ def test_the_query_and_systemctl_run_as_tools(
     )
     assert json.loads(cloud_init_edges.run_query()) == json.loads(answer)
     fake_tool(tmp_path, monkeypatch, "cloud-init", "echo 'no instance data' >&2; exit 1")
-    with pytest.raises(CloudInitError, match=r"^cloud-init query --all failed: no instance data$"):
+    with pytest.raises(ToolError, match=r"^cloud-init query --all failed: no instance data$"):
         cloud_init_edges.run_query()
     fake_tool(tmp_path, monkeypatch, "systemctl", 'echo "$*" >> "$0.log"')
     assert cloud_init_edges.run_systemctl(["daemon-reload"]) is None

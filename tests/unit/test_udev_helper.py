@@ -12,10 +12,10 @@ from faketree import FakeTree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vfs_agent.commands.install import Layout
 from vfs_agent.core.escape import encode_tag
 from vfs_agent.system.discovery import read_tag
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.install import Layout
 from vfs_agent.systemd.udev_tag import tag_for_device
 
 

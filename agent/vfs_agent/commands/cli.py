@@ -450,7 +450,7 @@ def install_system_files(ctx: ops.Context, prefix: str, dry_run: bool) -> None:
     systemctl enable --now vfs-agent.service; and with cloud-init:
     systemctl enable vfs-agent-cloud-init.service
     """
-    from vfs_agent.systemd import install as install_files
+    from vfs_agent.commands import install as install_files
 
     layout = install_files.default_layout(prefix)
     for dest in install_files.install(ctx.sysroot.root, layout, dry_run=dry_run):

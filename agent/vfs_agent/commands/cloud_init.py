@@ -36,7 +36,7 @@ from vfs_agent.execute.apply import Outcome
 from vfs_agent.policy.cloud_config import KEY, CloudInitError, cloud_config, dropin_text
 from vfs_agent.policy.compiled import compile_policy
 from vfs_agent.policy.errors import PolicyError
-from vfs_agent.policy.files import DROPIN_DIR
+from vfs_agent.policy.files import DROPIN_DIR, policy_files
 from vfs_agent.policy.layers import CLOUD_INIT_DROPIN as DROPIN
 from vfs_agent.policy.load import read_policy
 from vfs_agent.system.cloud_init import (
@@ -47,6 +47,7 @@ from vfs_agent.system.cloud_init import (
     run_systemctl,
     write_dropin,
 )
+from vfs_agent.system.tools import ToolError
 from vfs_agent.systemd.units import systemd_running
 
 # --no-block: never wait on a job from inside the boot; a daemon not (yet) running reads the
@@ -83,7 +84,7 @@ def apply(
         systemctl = run_systemctl if live else _no_systemctl
     try:
         config, userdata = cloud_config((query or run_query)())
-    except CloudInitError as e:
+    except (CloudInitError, ToolError) as e:
         out.error(f"cannot read the cloud-config: {e}; nothing was changed")
         return 0
     try:
@@ -102,7 +103,7 @@ def _apply_config(
     out: Reporter,
 ) -> int:
     if KEY not in config:
-        removed = remove_dropin(ctx.sysroot)
+        removed = remove_dropin(ctx.sysroot, DROPIN)
         if removed:
             out.info(f"removed {DROPIN}: the cloud-config has no {KEY} key (any more)")
         return _apply_files(ctx, removed, systemctl, mount_all, out)
@@ -121,7 +122,7 @@ def _apply_config(
             f"problem(s); {kept}; nothing was changed (see 'vfs-agent policy schema')"
         )
         return 0
-    if write_dropin(ctx.sysroot, text):
+    if write_dropin(ctx.sysroot, DROPIN, text):
         out.info(f"wrote {DROPIN} from the cloud-config {KEY} key")
         # The generator makes units for the new drop-in, so systemd owns these mounts (and
         # follows unplug) from this first boot on, as it will at every later boot.
@@ -144,7 +145,8 @@ def _apply_files(
     last ran, it reruns (daemon-reload) so systemd owns the new mounts, and the daemon rereads
     them. An invalid policy is reported, nothing is mounted, exit 0. The policy is compiled
     for the generator before that daemon-reload (best effort, like mount-all)."""
-    changed = removed or newer_than_generator(ctx.sysroot)
+    watched = [*policy_files(ctx.sysroot, None), DROPIN_DIR]
+    changed = removed or newer_than_generator(ctx.sysroot, watched)
     try:
         loaded = read_policy(ctx.sysroot)
     except PolicyError as e:

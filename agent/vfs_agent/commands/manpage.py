@@ -1,7 +1,7 @@
 """The manual pages, rendered at build time from the things they describe, so they cannot drift:
 vfs-agent(1) from the click command tree (every command, argument and option with its --help
 text) and vfs-agent.policy(5) from the policy models (every key with its default and
-description) plus the prose below. systemd/install.py installs both, as it does the units.
+description) plus the prose below. commands/install.py installs both, as it does the units.
 
 Pure: click objects and models in, roff text out.
 """

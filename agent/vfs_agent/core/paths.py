@@ -30,7 +30,7 @@ PATH_MAX = 4096
 def path_problem(path: str) -> str | None:
     """Why `path` may not be a mount target, or None. Pure: looks at the text only.
 
-    Symlink components are checked when the mountpoint is opened (see sysroot.open_mountpoint).
+    Symlink components are checked when the mountpoint is opened (SysRoot.open_dir_nofollow).
     """
     if not path.startswith("/"):
         return "is not absolute"

@@ -1,6 +1,7 @@
 """The edges of `vfs-agent cloud-init apply`: asking cloud-init for its data, systemctl, the
 policy drop-in file, and cloud-init's output log. Each external tool runs through
-system/tools.py; the drop-in is written by SysRoot.write_atomic."""
+system/tools.py; the drop-in is written by SysRoot.write_atomic. Which files make up the
+policy is the caller's to say (policy/ sits above this layer)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ import logging
 import os
 import stat
 
-from vfs_agent.policy.cloud_config import CloudInitError
-from vfs_agent.policy.files import DROPIN_DIR, policy_files
-from vfs_agent.policy.layers import CLOUD_INIT_DROPIN as DROPIN
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.system.tools import ToolError, run_tool, tool_output
+from vfs_agent.system.tools import run_tool, tool_output
 
 QUERY = ["cloud-init", "query", "--all"]
 TOOL_TIMEOUT = 300  # seconds; cloud-init and systemctl answer in well under that
@@ -24,11 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def run_query() -> str:
-    """The JSON of `cloud-init query --all` (as root it holds user-data and the merged config)."""
-    try:
-        return tool_output(QUERY, TOOL_TIMEOUT)
-    except ToolError as e:
-        raise CloudInitError(str(e)) from None
+    """The JSON of `cloud-init query --all` (as root it holds user-data and the merged config);
+    ToolError when cloud-init cannot answer."""
+    return tool_output(QUERY, TOOL_TIMEOUT)
 
 
 def run_systemctl(args: list[str]) -> str | None:
@@ -36,19 +32,19 @@ def run_systemctl(args: list[str]) -> str | None:
     return run_tool(["systemctl", *args], TOOL_TIMEOUT)
 
 
-def write_dropin(sysroot: SysRoot, text: str) -> bool:
-    """Write the drop-in atomically (SysRoot.write_atomic: a half-written file is never seen,
+def write_dropin(sysroot: SysRoot, name: str, text: str) -> bool:
+    """Write the drop-in `name` atomically (SysRoot.write_atomic: a half-written file is never seen,
     and its temporary name starts with a dot, which the policy loader skips): owned by this
     user, 0644, in 0755 directories (the policy's StrictModes). False when it already holds
     `text` with that owner and mode. A drop-in with another owner or mode gets this owner and
     0644 first, so the new text never lands in a file the loader would refuse."""
-    path = sysroot.path(DROPIN)
+    path = sysroot.path(name)
     try:
         st: os.stat_result | None = os.stat(path)  # a symlinked drop-in: its target
     except FileNotFoundError:
         st = None
     right = st is not None and (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, os.geteuid())
-    if right and sysroot.read_text(DROPIN) == text:
+    if right and sysroot.read_text(name) == text:
         return False
     for directory in (path.parent.parent, path.parent):
         if not directory.is_dir():
@@ -58,18 +54,19 @@ def write_dropin(sysroot: SysRoot, text: str) -> bool:
         os.chmod(path, 0o644)
         if os.geteuid() == 0:
             os.chown(path, 0, 0)
-    sysroot.write_atomic(DROPIN, text, mode=0o644)
+    sysroot.write_atomic(name, text, mode=0o644)
     _fsync_dir(path.parent)
     return True
 
 
-def remove_dropin(sysroot: SysRoot) -> bool:
-    """Remove the drop-in; False when there was none."""
+def remove_dropin(sysroot: SysRoot, name: str) -> bool:
+    """Remove the drop-in `name`; False when there was none."""
+    path = sysroot.path(name)
     try:
-        sysroot.path(DROPIN).unlink()
+        path.unlink()
     except FileNotFoundError:
         return False
-    _fsync_dir(sysroot.path(DROPIN).parent)
+    _fsync_dir(path.parent)
     return True
 
 
@@ -81,20 +78,19 @@ def _fsync_dir(path: os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def newer_than_generator(sysroot: SysRoot) -> bool:
-    """Whether a policy file (or the drop-in directory: a removed file) changed after systemd
-    last ran its generators. systemd recreates GENERATOR_DIR at each run; both times come from
-    the same clock in the same boot. No such directory (no systemd, --root): True."""
+def newer_than_generator(sysroot: SysRoot, names: list[str]) -> bool:
+    """Whether one of `names` (the policy files, and the drop-in directory: a removed file)
+    changed after systemd last ran its generators. systemd recreates GENERATOR_DIR at each run;
+    both times come from the same clock in the same boot. No such directory (no systemd,
+    --root): True."""
     try:
         generated = os.stat(sysroot.path(GENERATOR_DIR)).st_mtime
     except OSError:
         return True
-    paths = [sysroot.path(name) for name in policy_files(sysroot, None)]
-    paths.append(sysroot.path(DROPIN_DIR))
     times = []
-    for path in paths:
+    for name in names:
         with contextlib.suppress(OSError):
-            times.append(os.stat(path).st_mtime)
+            times.append(os.stat(sysroot.path(name)).st_mtime)
     return any(t >= generated for t in times)
 
 

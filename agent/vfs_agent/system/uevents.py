@@ -1,8 +1,8 @@
 """Kernel uevents for virtio-fs and 9p shares, through pyudev, behind a fileno()/poll() door.
 
 The daemon only needs "something about shares changed": which one, and how, goes into the log;
-what to do is decided by a fresh discovery and plan. No polling: the caller sleeps in poll(2)
-on fileno() until udev has an event.
+what to do is decided by a fresh discovery and plan. No polling: the caller sleeps in
+select(2) on fileno() until udev has an event.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ and its helper, the manual pages and the bash and zsh completions in place.
 
 One table of files serves every kind of install: a wheel-only install runs
 `vfs-agent install-system-files` (prefix /usr/local), the Debian and RPM packages run
-`python3 -m vfs_agent.systemd.install --root $DESTDIR --prefix /usr`. The manual pages and the
+`python3 -m vfs_agent.commands.install --root $DESTDIR --prefix /usr`. The manual pages and the
 completions are generated here, from the command tree and the policy models of the code being
 installed (commands/manpage.py, click's own completion scripts), so they match its --help.
 """
@@ -122,7 +122,7 @@ def install(root: Path, layout: Layout, *, dry_run: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m vfs_agent.systemd.install", description=__doc__
+        prog="python3 -m vfs_agent.commands.install", description=__doc__
     )
     parser.add_argument("--root", default="/", help="install into this tree (DESTDIR)")
     parser.add_argument("--prefix", default="/usr", help="/usr for packages")
