@@ -121,6 +121,12 @@ def cases(work: Path) -> list[Case]:
         Case("vfs-agent plan --json", [*cli, "--root", str(warm), "plan", "--json"], base, 3.0),
         Case("vfs-agent kernel --json", [*cli, "--root", str(warm), "kernel", "--json"], base, 3.0),
         Case(
+            "vfs-agent generate systemd",
+            [*cli, "--root", str(warm), "generate", "systemd"],
+            base,
+            3.0,
+        ),
+        Case(
             "generator, compiled policy",
             [python, "-I", str(generator), str(out_warm)],
             {**base, "VFS_AGENT_ROOT": str(warm)},

@@ -429,14 +429,16 @@ def test_the_query_and_systemctl_run_as_tools(
     )
     assert json.loads(cloud_init_edges.run_query()) == json.loads(answer)
     fake_tool(tmp_path, monkeypatch, "cloud-init", "echo 'no instance data' >&2; exit 1")
-    with pytest.raises(ToolError, match=r"^cloud-init query --all failed: no instance data$"):
+    with pytest.raises(
+        ToolError, match=r"^cloud-init query --all failed: exit status 1: no instance data$"
+    ):
         cloud_init_edges.run_query()
     fake_tool(tmp_path, monkeypatch, "systemctl", 'echo "$*" >> "$0.log"')
     assert cloud_init_edges.run_systemctl(["daemon-reload"]) is None
     assert (tmp_path / "bin/systemctl.log").read_text() == "daemon-reload\n"
     fake_tool(tmp_path, monkeypatch, "systemctl", "echo 'Access denied' >&2; exit 1")
     assert cloud_init_edges.run_systemctl(["daemon-reload"]) == (
-        "systemctl daemon-reload failed: Access denied"
+        "systemctl daemon-reload failed: exit status 1: Access denied"
     )
 
 

@@ -55,6 +55,9 @@ class Discovery:
     # is absent be treated as stale.
     complete: bool
     problems: tuple[str, ...] = field(default=())
+    # The same for 9p: False when a 9p device's tag could not be read (then no 9p mount may be
+    # taken for stale). 9p tags need no other source, so this is normally True.
+    ninep_complete: bool = True
 
 
 # The filesystem types of share mounts: what liveness probes and status look at.

@@ -11,9 +11,11 @@ from __future__ import annotations
 from vfs_agent.policy.cmdline import KEY, mount_arguments, parse_value
 from vfs_agent.policy.document import parse_text, validate_data
 from vfs_agent.policy.errors import PolicyError, PolicyProblem
+from vfs_agent.policy.files import POLICY_MAX
 from vfs_agent.policy.layers import Layer, LayerKind
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import FileSection
+from vfs_agent.system.safe_io import read_regular
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -27,7 +29,8 @@ def load_host_layer(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None,
 def _credential(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None, list[str]]:
     ignoring = f"{layer.name}: invalid, ignoring it; the other policy layers still apply."
     try:
-        text = sysroot.path(layer.path).read_bytes().decode("utf-8")
+        # Bounded and non-blocking like every policy file: a FIFO in its place cannot hang us.
+        text = read_regular(sysroot.path(layer.path), POLICY_MAX).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return None, [f"{layer.name}: cannot read {layer.path}: {e}", ignoring]
     try:

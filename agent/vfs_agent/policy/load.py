@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from vfs_agent.core.escape import has_control
 from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.errors import PolicyError as PolicyError  # re-exported
 from vfs_agent.policy.errors import PolicyProblem as PolicyProblem
@@ -86,7 +87,7 @@ def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> Polic
     """One policy file, checked and validated; PolicyError lists every problem."""
     host_path = sysroot.path(name)
     tried = "" if str(host_path) == name else f" ({host_path})"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if has_control(name):
         shown = ascii(name)[1:-1]
         message = "the file name contains a control character; rename the file"
         raise PolicyError([PolicyProblem(shown, 0, 0, "", message)])

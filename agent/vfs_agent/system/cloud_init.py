@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 
+from vfs_agent.system.atomic import remove_durably
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.system.tools import run_tool, tool_output
 
@@ -33,11 +34,11 @@ def run_systemctl(args: list[str]) -> str | None:
 
 
 def write_dropin(sysroot: SysRoot, name: str, text: str) -> bool:
-    """Write the drop-in `name` atomically (SysRoot.write_atomic: a half-written file is never seen,
-    and its temporary name starts with a dot, which the policy loader skips): owned by this
-    user, 0644, in 0755 directories (the policy's StrictModes). False when it already holds
-    `text` with that owner and mode. A drop-in with another owner or mode gets this owner and
-    0644 first, so the new text never lands in a file the loader would refuse."""
+    """Write the drop-in `name` atomically (SysRoot.write_atomic: a half-written file is never
+    seen, and its temporary name starts with a dot, which the policy loader skips): owned by
+    this user, exactly 0644 whatever was there, in 0755 directories (the policy's StrictModes).
+    False when it already holds `text` with that owner and mode. A symlinked drop-in is
+    followed, as the writer follows it."""
     path = sysroot.path(name)
     try:
         st: os.stat_result | None = os.stat(path)  # a symlinked drop-in: its target
@@ -50,32 +51,13 @@ def write_dropin(sysroot: SysRoot, name: str, text: str) -> bool:
         if not directory.is_dir():
             directory.mkdir(mode=0o755)
             os.chmod(directory, 0o755)  # whatever the umask
-    if st is not None and not right and stat.S_ISREG(st.st_mode):
-        os.chmod(path, 0o644)
-        if os.geteuid() == 0:
-            os.chown(path, 0, 0)
-    sysroot.write_atomic(name, text, mode=0o644)
-    _fsync_dir(path.parent)
+    sysroot.write_atomic(name, text, mode=0o644, keep_attrs=False)
     return True
 
 
 def remove_dropin(sysroot: SysRoot, name: str) -> bool:
     """Remove the drop-in `name`; False when there was none."""
-    path = sysroot.path(name)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    _fsync_dir(path.parent)
-    return True
-
-
-def _fsync_dir(path: os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return remove_durably(sysroot.path(name))
 
 
 def newer_than_generator(sysroot: SysRoot, names: list[str]) -> bool:

@@ -1,22 +1,22 @@
-"""Running an external tool (systemctl, cloud-init, ...): the one place that starts a process
-and turns its failure into one line for a person. Never through a shell; stdin is /dev/null,
-so a tool that asks a question fails instead of waiting; a deadline bounds every run.
+"""The one way vfs-agent runs an external tool (systemctl, modprobe, cloud-init, ...).
 
-The answer names the command: "systemctl daemon-reload failed: <its stderr>" (or "exit N"
-when it printed nothing, or why it could not start or ran out of time)."""
+Every run is bounded by a timeout, reads no standard input, and a failure becomes one line an
+operator can act on: the command, then the exit status and the last line the tool wrote to
+stderr, or that the tool is not installed, or that it did not finish in time.
+"""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
-from collections.abc import Sequence
 
 
 class ToolError(Exception):
-    """The tool could not run, timed out or exited non-zero; the message says which."""
+    """A tool could not be run or failed; str() is the one-line message."""
 
 
-def run_tool(argv: Sequence[str], timeout: float) -> str | None:
-    """Run `argv`; None when it exited 0, else why not."""
+def run_tool(argv: list[str], timeout: float) -> str | None:
+    """Run `argv`; None when it exits 0, else the one-line reason (see ToolError)."""
     try:
         tool_output(argv, timeout)
     except ToolError as e:
@@ -24,23 +24,33 @@ def run_tool(argv: Sequence[str], timeout: float) -> str | None:
     return None
 
 
-def tool_output(argv: Sequence[str], timeout: float) -> str:
-    """What `argv` printed on stdout when it exited 0; ToolError otherwise."""
-    shown = " ".join(argv)
+def tool_output(argv: list[str], timeout: float) -> str:
+    """Run `argv` and return its standard output; raises ToolError unless it exits 0."""
+    command = shlex.join(argv)
     try:
         done = subprocess.run(
-            list(argv),
+            argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            errors="surrogateescape",
+            errors="replace",
             timeout=timeout,
-            check=False,
         )
+    except FileNotFoundError:
+        raise ToolError(f"{command} failed: {argv[0]} not found (is it installed?)") from None
     except subprocess.TimeoutExpired:
-        raise ToolError(f"{shown} failed: no answer within {timeout:g} s") from None
+        raise ToolError(f"{command} failed: no answer within {timeout:g} s") from None
     except OSError as e:
-        raise ToolError(f"{shown} failed: {e.strerror or e}") from None
+        raise ToolError(f"{command} failed: {e.strerror or e}") from None
     if done.returncode != 0:
-        raise ToolError(f"{shown} failed: {done.stderr.strip() or f'exit {done.returncode}'}")
+        raise ToolError(f"{command} failed: {_status(done.returncode)}{_last_line(done.stderr)}")
     return done.stdout
+
+
+def _status(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _last_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""
