@@ -147,6 +147,21 @@ def test_the_absent_optional_share_never_held_the_boot(guest: VM) -> None:
     assert state == "running", guest.run("systemctl --failed --no-pager").stdout
 
 
+def test_the_boot_does_not_wait_for_the_daemon(guest: VM) -> None:
+    """multi-user.target is not ordered after vfs-agent.service (the shares are the units'
+    job), yet the daemon keeps a service's other default dependencies and runs."""
+    assert "vfs-agent.service" not in show(guest, "multi-user.target", "After")["After"].split()
+    props = show(guest, "vfs-agent.service", "After", "Requires", "Conflicts", "ActiveState")
+    after = props["After"].split()
+    for unit in ("sysinit.target", "basic.target", "local-fs.target", "systemd-udevd.service"):
+        assert unit in after, props
+    assert "sysinit.target" in props["Requires"].split()
+    assert "shutdown.target" in props["Conflicts"].split()
+    assert props["ActiveState"] == "active"
+    chain = guest.run("systemd-analyze critical-chain multi-user.target --no-pager").stdout
+    assert "vfs-agent.service" not in chain, chain
+
+
 def test_units_are_generated_and_pass_verify(guest: VM) -> None:
     units = guest.run("ls /run/systemd/generator/", check=True).stdout.split()
     for name in ("srv-a.mount", "srv-b.mount", "srv-c.mount", "local-fs.target.wants"):

@@ -1,15 +1,20 @@
 """The daemon's event loop against a pipe-based event source and a fake kernel (a mounter
 that edits the fake tree's mountinfo), in the main thread so real signals are delivered."""
 
+import contextlib
 import os
+import select
 import shutil
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from faketree import FakeTree
 
+from vfs_agent.commands import daemon as daemon_module
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.daemon import Daemon
 from vfs_agent.core.model import Transport
@@ -267,3 +272,69 @@ def test_an_unreadable_mount_table_skips_one_batch_not_the_daemon(setup, caplog,
         "mount data-2 /srv/data-2",
     ]
     assert "Input/output error" in caplog.text
+
+
+class Sleeps:
+    """Stands in for the daemon's `select` module: records each wait's timeout."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def select(self, rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
+        self.timeouts.append(timeout)
+        return select.select(rlist, wlist, xlist, timeout)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch):
+    """A NOTIFY_SOCKET that collects what the daemon tells systemd."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+
+    def received() -> list[str]:
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages += sock.recv(4096).decode().splitlines()
+        return messages
+
+    yield received
+    sock.close()
+
+
+def idle_daemon(setup, monkeypatch, seconds: float) -> Sleeps:
+    """Start the daemon, let it idle `seconds` after its first mount, stop it."""
+    tree, events, kernel = setup
+    sleeps = Sleeps()
+    monkeypatch.setattr(daemon_module, "select", sleeps)
+
+    def script() -> None:
+        wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    return sleeps
+
+
+def test_without_a_watchdog_the_idle_daemon_sleeps_until_an_event(
+    setup, monkeypatch, notify_socket
+):
+    """systemd sets no WATCHDOG_USEC (WatchdogSec=0): the daemon waits in select(2) with no
+    timeout, so it never wakes while nothing happens (bench/daemon_idle.py counts 0)."""
+    sleeps = idle_daemon(setup, monkeypatch, 0.5)
+    assert sleeps.timeouts and all(t is None for t in sleeps.timeouts)
+    messages = notify_socket()
+    assert "READY=1" in messages and "WATCHDOG=1" not in messages
+
+
+def test_with_a_watchdog_the_daemon_pings_at_half_the_interval(setup, monkeypatch, notify_socket):
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    sleeps = idle_daemon(setup, monkeypatch, 0.5)
+    assert set(sleeps.timeouts) == {0.1} and len(sleeps.timeouts) >= 4
+    assert notify_socket().count("WATCHDOG=1") >= 4
