@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "agent"))
 
 from faketree import FakeTree  # noqa: E402
 
-from vfs_agent.policy.compiled import CACHE  # noqa: E402
-from vfs_agent.policy.load import load_policy  # noqa: E402
+from vfs_agent.policy.compiled import CACHE, compile_policy  # noqa: E402
+from vfs_agent.policy.load import read_policy  # noqa: E402
 from vfs_agent.system.sysroot import SysRoot  # noqa: E402
 
 CREDENTIAL = """\
@@ -76,7 +76,7 @@ def main() -> None:
 
         sysroot = SysRoot(tree.root)
         base = timed([sys.executable, "-c", "pass"], env, args.runs)
-        load_policy(sysroot, save_compiled=True)
+        compile_policy(sysroot, read_policy(sysroot))
         plain = timed(generator("plain"), env, args.runs)
         tree.write("run/credentials/@system/vfs-agent.policy", CREDENTIAL, mode=0o400)
         tree.write(
@@ -84,7 +84,7 @@ def main() -> None:
             "root=/dev/vda quiet vfs_agent.mount=share-2:/mnt/two "
             "vfs_agent.mount=share-3:/mnt/three:ro\n",
         )
-        load_policy(sysroot, save_compiled=True)
+        compile_policy(sysroot, read_policy(sysroot))
         cached = timed(generator("cached"), env, args.runs)
         (tree.root / CACHE.lstrip("/")).unlink()
         stale = timed(generator("stale"), env, args.runs)

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
 from vfs_agent.policy import compiled as policy_cache
-from vfs_agent.policy.load import load_policy
+from vfs_agent.policy.load import read_policy
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -90,7 +90,7 @@ def main() -> int:
 
         sysroot = SysRoot(many)
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-        load_policy(sysroot, save_compiled=True)
+        policy_cache.compile_policy(sysroot, read_policy(sysroot))
         assert policy_cache.load(sysroot) is not None
         per_call = []
         for _ in range(runs):

@@ -77,10 +77,11 @@ def build_tree(root: Path, *, compiled: bool) -> Path:
         builtin="kernel/fs/fuse/virtiofs.ko\n",
     )
     if compiled:
-        from vfs_agent.policy.load import load_policy
+        from vfs_agent.policy.compiled import compile_policy
+        from vfs_agent.policy.load import read_policy
         from vfs_agent.system.sysroot import SysRoot
 
-        load_policy(SysRoot(root), save_compiled=True)
+        compile_policy(SysRoot(root), read_policy(SysRoot(root)))
     return root
 
 

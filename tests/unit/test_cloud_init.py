@@ -21,11 +21,16 @@ from test_apply import RecordingKernel
 from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.commands.cloud_init import DROPIN, CloudInitError, apply
+from vfs_agent.commands.cloud_init import DROPIN, apply
 from vfs_agent.commands.install import Layout
 from vfs_agent.execute.apply import Executors
-from vfs_agent.policy.load import PolicyError, load_file, load_policy, parse_text
+from vfs_agent.policy import cloud_config
+from vfs_agent.policy.cloud_config import CloudInitError
+from vfs_agent.policy.document import parse_text
+from vfs_agent.policy.load import PolicyError, load_file, load_policy
+from vfs_agent.system import cloud_init as cloud_init_edges
 from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import ToolError
 
 USER_DATA = """\
 #cloud-config
@@ -307,7 +312,7 @@ def test_a_failed_write_leaves_the_old_dropin_and_no_temporary_file(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cloud_init.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     other = query_json(None, {"vfs_agent": {"version": 1}})
     assert boot.run(other) == 1
     assert boot.out.errors == [
@@ -320,7 +325,7 @@ def test_a_failed_write_leaves_the_old_dropin_and_no_temporary_file(
 def test_boot_reporter_appends_to_cloud_init_output_log(tmp_path: Path) -> None:
     tree = FakeTree(tmp_path)
     log = tree.write("var/log/cloud-init-output.log", "Cloud-init v. 25.1 finished\n")
-    reporter = cloud_init.BootReporter(SysRoot(tmp_path))
+    reporter = cloud_init_edges.BootReporter(SysRoot(tmp_path))
     reporter.error("cloud-config vfs_agent: version: this key is required")
     reporter.info("wrote it")
     assert log.read_text().splitlines()[1:] == [
@@ -383,7 +388,7 @@ def test_shipped_examples_are_valid(example: Path) -> None:
     assert user_data.startswith("#cloud-config\n")
     config = yaml.safe_load(user_data)
     if "vfs_agent" in config:
-        text, problems = cloud_init.validate(config["vfs_agent"], user_data)
+        text, problems = cloud_config.dropin_text(config["vfs_agent"], user_data)
         assert problems == [] and text is not None
         return
     policies = [f for f in config["write_files"] if f["path"].startswith("/etc/vfs-agent/")]
@@ -396,11 +401,105 @@ def test_shipped_examples_are_valid(example: Path) -> None:
 def test_deeply_nested_user_data_is_a_positioned_error_not_a_traceback() -> None:
     deep = "#cloud-config\nvfs_agent:\n  version: 1\n  mounts: " + "[" * 3000 + "]" * 3000 + "\n"
     with pytest.raises(CloudInitError, match=r"user-data:4:\d+: nested deeper than 64 levels"):
-        cloud_init.cloud_config(json.dumps({"userdata": deep}))
+        cloud_config.cloud_config(json.dumps({"userdata": deep}))
     value: Any = "x"
     for _ in range(200):  # merged config from cloud-init: already parsed, still too deep
         value = [value]
-    text, problems = cloud_init.validate({"version": 1, "mounts": value}, None)
+    text, problems = cloud_config.dropin_text({"version": 1, "mounts": value}, None)
     assert text is None and "nested deeper than 64 levels" in str(problems[0])
     with pytest.raises(CloudInitError, match="nested too deeply"):
-        cloud_init.cloud_config("[" * 100_000 + "]" * 100_000)
+        cloud_config.cloud_config("[" * 100_000 + "]" * 100_000)
+
+
+# -- the edges (system/cloud_init.py) ---------------------------------------------------------
+
+
+def fake_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script: str) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    tool = bindir / name
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+
+def test_the_query_and_systemctl_run_as_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = query_json(USER_DATA)
+    fake_tool(
+        tmp_path, monkeypatch, "cloud-init", f"[ \"$*\" = 'query --all' ] && cat <<'E'\n{answer}\nE"
+    )
+    assert json.loads(cloud_init_edges.run_query()) == json.loads(answer)
+    fake_tool(tmp_path, monkeypatch, "cloud-init", "echo 'no instance data' >&2; exit 1")
+    with pytest.raises(
+        ToolError, match=r"^cloud-init query --all failed: exit status 1: no instance data$"
+    ):
+        cloud_init_edges.run_query()
+    fake_tool(tmp_path, monkeypatch, "systemctl", 'echo "$*" >> "$0.log"')
+    assert cloud_init_edges.run_systemctl(["daemon-reload"]) is None
+    assert (tmp_path / "bin/systemctl.log").read_text() == "daemon-reload\n"
+    fake_tool(tmp_path, monkeypatch, "systemctl", "echo 'Access denied' >&2; exit 1")
+    assert cloud_init_edges.run_systemctl(["daemon-reload"]) == (
+        "systemctl daemon-reload failed: exit status 1: Access denied"
+    )
+
+
+def test_a_failed_reload_is_reported_once_and_the_boot_goes_on(boot: Harness) -> None:
+    out = Out()
+    code = apply(
+        boot.ctx,
+        query=lambda: query_json(USER_DATA),
+        systemctl=lambda args: f"systemctl {' '.join(args)} failed: Access denied",
+        mount_all=lambda ctx: ops.mount_all(
+            ctx, Executors.pick(ctx.sysroot, dry_run=False, kernel=boot.mounter)
+        ),
+        out=out,
+    )
+    assert code == 0
+    assert out.errors == [
+        "systemctl daemon-reload failed: Access denied (going on)",
+        "systemctl try-reload-or-restart --no-block vfs-agent.service failed: Access denied "
+        "(going on)",
+    ]
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o600, 0o664])
+def test_a_dropin_with_another_mode_is_rewritten_with_the_policy_modes(
+    boot: Harness, mode: int
+) -> None:
+    boot.run(query_json(USER_DATA))
+    os.chmod(boot.dropin, mode)
+    assert boot.run(query_json(USER_DATA)) == 0
+    assert stat.S_IMODE(os.stat(boot.dropin).st_mode) == 0o644
+    assert any(f"wrote {DROPIN}" in m for m in boot.out.infos)
+    load_file(boot.ctx.sysroot, DROPIN)  # passes the policy's StrictModes again
+
+
+def test_a_symlinked_dropin_keeps_its_link_and_gets_the_new_text(boot: Harness) -> None:
+    boot.run(query_json(USER_DATA))
+    real = boot.dropin.parent / "real-cloud-init.yml"  # not *.yaml: not read as a file itself
+    boot.dropin.rename(real)
+    boot.dropin.symlink_to(real.name)
+    other = {"vfs_agent": {"version": 1, "mounts": [{"tag": "other", "path": "/mnt/o"}]}}
+    assert boot.run(query_json(None, other)) == 0
+    assert boot.dropin.is_symlink()
+    assert yaml.safe_load(real.read_text()) == other["vfs_agent"]
+    assert boot.run(query_json(None, other)) == 0  # the same text behind the link: unchanged
+    assert any("is up to date" in m for m in boot.out.infos)
+
+
+def test_policy_files_without_a_key_are_compiled_for_the_generator(boot: Harness) -> None:
+    from vfs_agent.policy import compiled as policy_cache
+
+    write_policy(boot.tree.root / "etc/vfs-agent/policy.d/60-shares.yaml", WRITE_FILES_POLICY)
+    code = apply(
+        boot.ctx,
+        query=lambda: query_json("#cloud-config\nruncmd: [true]\n"),
+        systemctl=lambda args: None,
+        mount_all=lambda ctx: [],  # mount-all compiles too: here only cloud-init apply does
+        out=Out(),
+    )
+    assert code == 0
+    cached = policy_cache.load(boot.ctx.sysroot)
+    assert cached is not None and cached.files == ("/etc/vfs-agent/policy.d/60-shares.yaml",)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree, run_generator
 
-from vfs_agent.policy.compiled import CACHE
-from vfs_agent.policy.load import load_policy
+from vfs_agent.policy.compiled import CACHE, compile_policy
+from vfs_agent.policy.load import read_policy
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd.generator import main
 from vfs_agent.systemd.installed import RULE_NAME
@@ -51,7 +51,7 @@ def test_a_wrong_number_of_directories_is_a_usage_error(
 
 
 def test_compiled_policy_keeps_pydantic_off_the_boot_path(tree: FakeTree, tmp_path: Path):
-    load_policy(SysRoot(tree.root), save_compiled=True)  # as mount-all and the daemon do
+    compile_policy(SysRoot(tree.root), read_policy(SysRoot(tree.root)))  # as mount-all does
     assert (tree.root / CACHE.lstrip("/")).exists()
     fast = run_generator(tree.root, tmp_path / "a", importtime=True)
     assert fast.returncode == 0

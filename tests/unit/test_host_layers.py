@@ -15,9 +15,10 @@ from faketree import FakeTree, run_generator
 from vfs_agent.commands.cli import main
 from vfs_agent.core.plan import ActionKind, plan
 from vfs_agent.policy.cmdline import escape_field, mount_arguments, parse_value, split
+from vfs_agent.policy.compiled import compile_policy
 from vfs_agent.policy.compiled import load as load_cached
 from vfs_agent.policy.layers import CMDLINE_LAYER, CREDENTIAL_LAYER
-from vfs_agent.policy.load import PolicyError, load_policy
+from vfs_agent.policy.load import PolicyError, load_policy, read_policy
 from vfs_agent.system.discovery import discover
 from vfs_agent.system.sysroot import SysRoot
 
@@ -238,18 +239,18 @@ def test_explicit_policy_reads_no_host_layer(tree: FakeTree, tmp_path: Path):
 def test_the_cache_is_stale_when_a_host_layer_changes(tree: FakeTree):
     sysroot = SysRoot(tree.root)
     credential(tree, CREDENTIAL)
-    load_policy(sysroot, save_compiled=True)
+    compile_policy(sysroot, read_policy(sysroot))
     cached = load_cached(sysroot)
     assert cached is not None and cached.files == (CREDENTIAL_LAYER,)
     credential(tree, CREDENTIAL.replace("/mnt/from-credential", "/mnt/changed"))
     assert load_cached(sysroot) is None
-    load_policy(sysroot, save_compiled=True)
+    compile_policy(sysroot, read_policy(sysroot))
     cmdline(tree, "quiet vfs_agent.mount=other:/mnt/o")
     assert load_cached(sysroot) is None
-    load_policy(sysroot, save_compiled=True)
+    compile_policy(sysroot, read_policy(sysroot))
     cmdline(tree, "quiet splash vfs_agent.mount=other:/mnt/o")  # another argument moved it
     assert load_cached(sysroot) is None
-    load_policy(sysroot, save_compiled=True)
+    compile_policy(sysroot, read_policy(sysroot))
     assert load_cached(sysroot) is not None
     os.unlink(tree.root / CRED_DIR / "vfs-agent.policy")
     assert load_cached(sysroot) is None
@@ -258,7 +259,9 @@ def test_the_cache_is_stale_when_a_host_layer_changes(tree: FakeTree):
 def test_the_cache_keeps_the_warnings(tree: FakeTree):
     sysroot = SysRoot(tree.root)
     credential(tree, "version: 3\n")
-    fresh = load_policy(sysroot, save_compiled=True)
+    loaded = read_policy(sysroot)
+    compile_policy(sysroot, loaded)
+    fresh = loaded.policy
     cached = load_cached(sysroot)
     assert cached is not None and cached.warnings == fresh.warnings != ()
 

@@ -23,7 +23,7 @@ from faketree import FakeTree, snapshot
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
 from vfs_agent.policy import compiled as policy_cache
-from vfs_agent.policy.load import load_policy
+from vfs_agent.policy.load import read_policy
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd.generator import generate
 
@@ -330,7 +330,8 @@ def test_broken_yaml_is_a_positioned_error_never_a_traceback(tree: FakeTree, tex
 
 
 def _compile(tree: FakeTree) -> Path:
-    load_policy(SysRoot(tree.root), save_compiled=True)  # as mount-all and the daemon do
+    sysroot = SysRoot(tree.root)
+    policy_cache.compile_policy(sysroot, read_policy(sysroot))  # as mount-all and the daemon do
     cache = tree.root / policy_cache.CACHE.lstrip("/")
     assert cache.is_file()
     return cache

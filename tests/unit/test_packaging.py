@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_manpage import plain, walk_help
 
-from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import UnknownTags, merge
 

@@ -2,7 +2,7 @@ import random
 
 from vfs_agent.core.model import Discovery, Mounted, Share, Source, Transport
 from vfs_agent.core.plan import ActionKind, plan
-from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.pydantic_compat import field_names
 from vfs_agent.policy.schema import PolicyFile, to_section
 from vfs_agent.policy.types import Rule, RuleRef, merge

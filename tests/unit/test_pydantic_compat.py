@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from vfs_agent.commands.cli import main
 from vfs_agent.policy import pydantic_compat
-from vfs_agent.policy.load import PolicyError, parse_text
+from vfs_agent.policy.document import parse_text
+from vfs_agent.policy.errors import PolicyError
 
 GOLDEN_SCHEMA = Path(__file__).resolve().parent.parent / "policies" / "schema.json"
 

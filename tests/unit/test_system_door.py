@@ -18,18 +18,18 @@ from clirunner import cli_runner
 from faketree import FakeTree
 
 import vfs_agent
-from vfs_agent.commands import cloud_init
 from vfs_agent.commands.cli import main
 from vfs_agent.commands.install import Layout, install
 from vfs_agent.core.render_systemd import render_units
 from vfs_agent.policy import compiled as policy_cache
-from vfs_agent.policy.layers import policy_layers
-from vfs_agent.policy.load import load_policy
-from vfs_agent.system import liveness
+from vfs_agent.policy.layers import CLOUD_INIT_DROPIN
+from vfs_agent.policy.load import load_policy, read_policy
+from vfs_agent.system import cloud_init, liveness
 from vfs_agent.system.atomic import remove_durably, symlink_atomic, write_atomic
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.safe_io import FileRefused
 from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import ToolError
 
 PACKAGE = Path(vfs_agent.__file__).parent
 
@@ -131,16 +131,20 @@ def _writers(tree: FakeTree) -> Iterator[tuple[str, Callable[[], object], Path]]
         lambda: write_fstab_block(fstab, "x /mnt virtiofs defaults 0 0\n"),
         (fstab.parent),
     )
-    layers = policy_layers(sysroot, None)
+    loaded = read_policy(sysroot)
     cache = root / policy_cache.CACHE.lstrip("/")
-    yield "compiled policy", lambda: policy_cache.write(sysroot, policy, layers), cache.parent
-    dropin = root / cloud_init.DROPIN.lstrip("/")
+    yield "compiled policy", lambda: policy_cache.compile_policy(sysroot, loaded), cache.parent
+    dropin = root / CLOUD_INIT_DROPIN.lstrip("/")
     yield (
         "cloud-init drop-in",
-        lambda: cloud_init.write_dropin(sysroot, "version: 1\n"),
+        lambda: cloud_init.write_dropin(sysroot, CLOUD_INIT_DROPIN, "version: 1\n"),
         (dropin.parent),
     )
-    yield "cloud-init drop-in removed", lambda: cloud_init.remove_dropin(sysroot), dropin.parent
+    yield (
+        "cloud-init drop-in removed",
+        lambda: cloud_init.remove_dropin(sysroot, CLOUD_INIT_DROPIN),
+        dropin.parent,
+    )
     layout = Layout("/usr", "/usr/bin/python3", "/usr/bin")
     service = root / "usr/lib/systemd/system"
     yield "install", lambda: install(root, layout), service
@@ -250,7 +254,7 @@ def test_systemctl_modprobe_and_cloud_init_fail_the_same_way(bin_dir: Path) -> N
     assert kernel_modules._modprobe("virtiofs") == (
         "modprobe -q virtiofs failed: exit status 1: modprobe: FATAL: Module virtiofs not found"
     )
-    with pytest.raises(cloud_init.CloudInitError) as caught:
+    with pytest.raises(ToolError) as caught:
         cloud_init.run_query()
     assert str(caught.value) == "cloud-init query --all failed: exit status 1: no instance data"
 

@@ -28,7 +28,7 @@ from vfs_agent.commands.cli import main
 from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.plan import ActionKind, plan
 from vfs_agent.execute.apply import Executors
-from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
 from vfs_agent.system import bounded, liveness

@@ -400,15 +400,14 @@ def policy_compile(ctx: ops.Context) -> None:
     after writing the policy, so the image's first boot has it too.
     """
     from vfs_agent.policy import compiled as policy_cache
-    from vfs_agent.policy.layers import policy_layers
-    from vfs_agent.policy.load import load_policy
+    from vfs_agent.policy.load import read_policy
 
     if ctx.policy_path is not None:
         raise click.UsageError("policy compile works on the default policy files; drop --policy")
-    policy = load_policy(ctx.sysroot)
-    policy_cache.write(ctx.sysroot, policy, policy_layers(ctx.sysroot, None))
+    loaded = read_policy(ctx.sysroot)
+    policy_cache.compile_policy(ctx.sysroot, loaded)
     click.echo(
-        f"compiled {', '.join(policy.files) or 'the built-in defaults'} to "
+        f"compiled {', '.join(loaded.policy.files) or 'the built-in defaults'} to "
         f"{ctx.sysroot.path(policy_cache.CACHE)}"
     )
 

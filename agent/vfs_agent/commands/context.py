@@ -29,22 +29,27 @@ class Context:
     def policy(self) -> Policy:
         """The policy: the compiled one while it matches the files exactly (no YAML or pydantic
         to import: the compiled policy is what the loader returned for these very files), else
-        read and validated in full."""
-        return self._policy(save_compiled=False)
+        read and validated in full. Writes nothing: reports call this."""
+        return self._policy(compile_it=False)
 
     def policy_to_apply(self) -> Policy:
-        """The policy for a command that acts on it; also compiled for the generator."""
-        return self._policy(save_compiled=True)
+        """The policy for a command that acts on it. Read in full, it is also compiled for the
+        generator (best effort: a read-only /var or a non-root user just means no cache)."""
+        return self._policy(compile_it=True)
 
-    def _policy(self, *, save_compiled: bool) -> Policy:
-        compiled = policy_cache.load(self.sysroot) if self.policy_path is None else None
-        if compiled is None:
-            from vfs_agent.policy.load import load_policy
+    def _policy(self, *, compile_it: bool) -> Policy:
+        policy = policy_cache.load(self.sysroot) if self.policy_path is None else None
+        if policy is None:
+            from vfs_agent.policy.load import read_policy
 
-            compiled = load_policy(self.sysroot, self.policy_path, save_compiled=save_compiled)
-        for warning in compiled.warnings:  # host layers left out: the journal or stderr
+            loaded = read_policy(self.sysroot, self.policy_path)
+            if compile_it and loaded.default_files:
+                with contextlib.suppress(OSError):
+                    policy_cache.compile_policy(self.sysroot, loaded)
+            policy = loaded.policy
+        for warning in policy.warnings:  # host layers left out: the journal or stderr
             log.warning("%s", warning)
-        return compiled
+        return policy
 
     @contextlib.contextmanager
     def locked(self, dry_run: bool) -> Iterator[None]:

@@ -13,7 +13,8 @@ line but no credentials. The rules, as the README states them:
   UTF-8. OPTIONS is a comma-separated list of mount options (the policy's `options:`).
 
 Cheap to import (the boot-time generator fingerprints these arguments): validation of the
-tag, path and options themselves is the policy's (policy_load), so messages match the files'.
+tag, path and options themselves is the policy's (policy/host.py through
+policy/document.py), so messages match the files'.
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ verdict depends on: the vfs-agent version and every policy layer (policy/layers.
 names, contents, modes and owners (and whether the owner is one the loader accepts for the user
 reading it), the credential's contents, the kernel command line's `vfs_agent.mount=` arguments.
 Any change makes it stale, and then the full loader runs. The warnings about ignored host
-layers are kept with it, so a cached boot still reports them. It is written by every command
-that acts on the default policy and by `vfs-agent policy compile` (which an image builder runs
-with --root).
+layers are kept with it, so a cached boot still reports them.
+
+Compiling is an explicit step, never a side effect of loading: compile_policy() writes it, and
+the commands that act on the default policy call it after loading (mount-all without
+--dry-run, the daemon at start and on SIGHUP, `cloud-init apply`), as does `vfs-agent policy
+compile` (which an image builder runs with --root). Reports and the generator only read it.
 
 The cache is trusted no more than the policy: it is used only when it and its directory pass
 the same owner and mode rules (strict_modes), it is a bounded regular file, and every value in
@@ -15,7 +18,6 @@ loader reads the policy files themselves."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +30,13 @@ from vfs_agent.core.mount_options import option_problem
 from vfs_agent.core.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy.cmdline import fingerprint_text
 from vfs_agent.policy.files import POLICY_MAX
-from vfs_agent.policy.layers import SYSTEM_CREDENTIALS, Layer, LayerKind, policy_layers
+from vfs_agent.policy.layers import (
+    SYSTEM_CREDENTIALS,
+    Layer,
+    LayerKind,
+    LoadedPolicy,
+    policy_layers,
+)
 from vfs_agent.policy.types import (
     BUILT_IN,
     MAX_TAG_BYTES,
@@ -47,6 +55,7 @@ from vfs_agent.system.sysroot import SysRoot, write_atomic
 
 TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
@@ -54,7 +63,7 @@ FORMAT = 5
 CACHE_MAX = 4 << 20  # bytes
 
 
-def fingerprint(sysroot: SysRoot, layers: list[Layer]) -> str:
+def fingerprint(sysroot: SysRoot, layers: Sequence[Layer]) -> str:
     digest = hashlib.sha256(f"format {FORMAT} vfs-agent {__version__}\n".encode())
     euid = os.geteuid()
     for layer in layers:
@@ -82,7 +91,7 @@ def fingerprint(sysroot: SysRoot, layers: list[Layer]) -> str:
     return digest.hexdigest()
 
 
-def to_json(policy: Policy, print_: str, layers: list[Layer]) -> str:
+def to_json(policy: Policy, print_: str, layers: Sequence[Layer]) -> str:
     data = {
         "format": FORMAT,
         "fingerprint": print_,
@@ -175,21 +184,22 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def write(sysroot: SysRoot, policy: Policy, layers: list[Layer]) -> None:
-    """Compile `policy` (as the loader returned it for the current `layers`) into CACHE."""
-    text = to_json(policy, fingerprint(sysroot, layers), layers)
-    if sysroot.read_text(CACHE) != text:
-        # 0755 whatever the umask: a group-writable directory would make load() distrust the
-        # cache for good.
-        sysroot.path(CACHE).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        write_atomic(sysroot.path(CACHE), text, mode=0o644)
-
-
-def save(sysroot: SysRoot, policy: Policy, layers: list[Layer]) -> None:
-    """Best effort: a read-only /var or a non-root user just means no cache. `layers` are
-    those the policy was read from (an ignored credential included)."""
-    with contextlib.suppress(OSError):
-        write(sysroot, policy, layers)
+def compile_policy(sysroot: SysRoot, loaded: LoadedPolicy) -> bool:
+    """Write the compiled form of `loaded` (the loader's policy and the layers it read, an
+    ignored credential included) to CACHE; False when CACHE holds it already. OSError when it
+    cannot be written: a command for which the cache is a mere speed-up ignores that (a
+    read-only /var or a non-root user just means no cache). Only the default policy files
+    compile: a policy read from `--policy PATH` is not what the generator reads."""
+    if not loaded.default_files:
+        raise ValueError("only the default policy files are compiled, not --policy PATH")
+    text = to_json(loaded.policy, fingerprint(sysroot, loaded.layers), loaded.layers)
+    if sysroot.read_text(CACHE) == text:
+        return False
+    # 0755 whatever the umask: a group-writable directory would make load() distrust the
+    # cache for good.
+    sysroot.path(CACHE).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_atomic(sysroot.path(CACHE), text, mode=0o644)
+    return True
 
 
 def load(sysroot: SysRoot, credentials_dir: str = SYSTEM_CREDENTIALS) -> Policy | None:

@@ -15,8 +15,10 @@ import posixpath
 from dataclasses import dataclass
 
 from vfs_agent.core.paths import TAG_PLACEHOLDER, derived_path, is_below
-from vfs_agent.policy.load import Loc, PolicyError, PolicyProblem, file_positions
+from vfs_agent.policy.errors import PolicyError, PolicyProblem
+from vfs_agent.policy.load import file_positions
 from vfs_agent.policy.types import Policy, RuleRef, UnknownTags, is_glob
+from vfs_agent.policy.yaml_positions import Loc
 from vfs_agent.system.sysroot import SysRoot
 
 Positions = dict[str, dict[Loc, tuple[int, int]]]  # file -> YAML location -> (line, column)

@@ -9,9 +9,10 @@ credential or the argument) and the bad part is left out: a whole credential, or
 from __future__ import annotations
 
 from vfs_agent.policy.cmdline import KEY, mount_arguments, parse_value
+from vfs_agent.policy.document import parse_text, validate_data
+from vfs_agent.policy.errors import PolicyError, PolicyProblem
 from vfs_agent.policy.files import POLICY_MAX
 from vfs_agent.policy.layers import Layer, LayerKind
-from vfs_agent.policy.load import PolicyError, PolicyProblem, parse_text, validate_data
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import FileSection
 from vfs_agent.system.safe_io import read_regular

@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from vfs_agent.policy.cmdline import CMDLINE, fingerprint_text
 from vfs_agent.policy.files import DROPIN_DIR, policy_files
+from vfs_agent.policy.types import Policy
 from vfs_agent.system.sysroot import SysRoot
 
 CREDENTIAL = "vfs-agent.policy"
@@ -42,6 +43,17 @@ class Layer:
     name: str  # how messages, plans and the cache name it: a file path, or the two names above
     kind: LayerKind
     path: str  # the file it is read from, inside the root
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """The merged policy and the layers it was read from, as the loader (policy/load.py)
+    returns them: compiling (policy/compiled.py) fingerprints exactly these layers, so a file
+    that appears after loading makes the compiled form stale instead of silently covered."""
+
+    policy: Policy
+    layers: tuple[Layer, ...]
+    default_files: bool  # False for `--policy PATH`: one file, never compiled
 
 
 def credentials_directory(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
