@@ -36,6 +36,9 @@ class Discovery:
     # is absent be treated as stale.
     complete: bool
     problems: tuple[str, ...] = field(default=())
+    # virtio-fs devices the kernel is removing (PCI address and virtio name, as a person finds
+    # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
+    removing: tuple[str, ...] = field(default=())
 
 
 def read_tag(raw: bytes) -> str:
@@ -94,14 +97,22 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
     known = {s.device for s in virtiofs}
     unexplained = [d for d in devices if d not in known]
     problems: list[str] = []
+    removing: list[str] = []
     if pci and sysroot.exists(SYSFS_VIRTIOFS):
-        problems += [REMOVAL_STUCK.format(device=d) for d in removing_devices(sysroot)]
+        removing = removing_devices(sysroot)
+        problems += [REMOVAL_STUCK.format(device=d) for d in removing]
     if unexplained and pci:
-        virtiofs, problems = _from_other_sources(sysroot, virtiofs, unexplained)
+        virtiofs, found_problems = _from_other_sources(sysroot, virtiofs, unexplained)
+        problems += found_problems  # a removal in progress stays reported
         known = {s.device for s in virtiofs}
         unexplained = [d for d in devices if d not in known]
     shares = sorted(set(virtiofs) | set(discover_9p(sysroot)))
-    return Discovery(tuple(shares), complete=not unexplained, problems=tuple(problems))
+    return Discovery(
+        tuple(shares),
+        complete=not unexplained,
+        problems=tuple(problems),
+        removing=tuple(removing),
+    )
 
 
 def removing_devices(sysroot: SysRoot) -> list[str]:

@@ -131,6 +131,8 @@ def _health(
         return Health.IGNORED, action.reason if action else "not in the plan"
     if action.kind is ActionKind.UNRESPONSIVE:
         return Health.UNRESPONSIVE, action.reason
+    if action.kind is ActionKind.HELD and not where:
+        return Health.NOT_MOUNTED, action.reason
     if action.kind in (ActionKind.CONFLICT, ActionKind.REFUSE):
         return Health.BLOCKED, action.reason
     if action.path in where:
