@@ -97,6 +97,7 @@ def mount_one(
         required=True,
         transport=base.transport if base else TransportChoice.AUTO,
         device_timeout=base.device_timeout if base else None,
+        mount_timeout=base.mount_timeout if base else None,
     )
     override = replace(policy, rules=(RuleRef(rule, "the command line", 0), *policy.rules))
     with ctx.locked(dry_run):

@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 from vfs_agent.render_fstab import BlockError, replace_block
-from vfs_agent.render_systemd import GENERATED_MARK, TIMEOUT_DROPIN, GeneratedFile, UnitFile
+from vfs_agent.render_systemd import (
+    ANSWER_PREFIX,
+    GENERATED_MARK,
+    TIMEOUT_DROPIN,
+    GeneratedFile,
+    UnitFile,
+)
 from vfs_agent.safe_io import FileRefused, check_output_dir, read_regular, resolve_output
 from vfs_agent.sysroot import temp_name, write_atomic
 
@@ -60,6 +66,10 @@ def sync_unit_dir(directory: Path, units: list[UnitFile]) -> tuple[list[str], li
         if ours and relpath not in wanted_extras and not (directory / link.name).exists():
             link.unlink()
             _rmdir_if_empty(link.parent)
+    for answer in directory.glob(f"{ANSWER_PREFIX}*.service"):
+        if answer.name not in wanted_extras and is_ours(answer):
+            answer.unlink()
+            removed.append(answer.name)
     for dropin in directory.glob(f"*.d/{TIMEOUT_DROPIN}"):
         if str(dropin.relative_to(directory)) not in wanted_extras and is_ours(dropin):
             dropin.unlink()

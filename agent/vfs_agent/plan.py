@@ -62,6 +62,7 @@ class Action:
     rule: str | None = None  # which rule decided, for humans
     source_file: str | None = None  # the policy layer that decided (the rule's, or defaults')
     device_timeout: int | None = None  # seconds the boot waits for the share's device
+    mount_timeout: int | None = None  # seconds the boot waits for the host to answer (virtio-fs)
     warning: str | None = None  # something a person should know, though the action goes on
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +93,7 @@ class _Want:
     present: bool
     why: str
     device_timeout: int | None
+    mount_timeout: int
     on_nonempty: NonEmpty
     layer: str  # the policy layer that decided: the rule's, or the one that set defaults.unknown
 
@@ -261,10 +263,11 @@ def _want(
     options = kernel_options(policy.options_for(rule), transport)
     required = rule.required if rule else False
     timeout = policy.device_timeout_for(rule)
+    answer = policy.mount_timeout_for(rule)
     nonempty = policy.on_nonempty_for(rule)
     layer = ref.file if ref else policy.unknown_from
     return _Want(
-        tag, transport, path, options, required, ref, present, why, timeout, nonempty, layer
+        tag, transport, path, options, required, ref, present, why, timeout, answer, nonempty, layer
     )
 
 
@@ -336,6 +339,7 @@ def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
         want.ref.describe() if want.ref else None,
         want.layer,
         want.device_timeout,
+        want.mount_timeout if want.transport is Transport.VIRTIOFS else None,
     )
 
 

@@ -85,13 +85,23 @@ def test_units_links_and_device_timeouts(tree: FakeTree, tmp_path: Path):
             f"{dev}absent_tag.device.d/50-vfs-agent-timeout.conf",
             f"{dev}data\\x2d1.device.wants/srv-data\\x2d1.mount",
             f"{dev}data\\x2d1.device.d/50-vfs-agent-timeout.conf",
+            # every virtio-fs mount waits for its host to answer first (answer.py)
+            "vfs-agent-answer@mnt-media.service",
+            "vfs-agent-answer@mnt-virtiofs-weird\\x2520tag\\x25231.service",
+            "vfs-agent-answer@srv-absent.service",
+            "vfs-agent-answer@srv-data\\x2d1.service",
         ]
     )
     media = (out / "mnt-media.mount").read_text()
+    answer = "vfs-agent-answer@mnt-media.service"
     assert (
+        f"Requires={answer}\nAfter={answer}\n"
         f"BindsTo={dev}media_tag.device\nAfter={dev}media_tag.device\nBefore=local-fs.target\n"
         in media
     )
+    waits = (out / answer).read_text()
+    assert f"BindsTo={dev}media_tag.device\nAfter={dev}media_tag.device\n" in waits
+    assert "-I -m vfs_agent.answer 6d656469615f746167 30\n" in waits  # the tag in hex; 30 s
     assert "Options=nosuid,nodev\n" in media
     absent = (out / "srv-absent.mount").read_text()
     assert "Before=local-fs.target" not in absent and "Options=nosuid,nodev,nofail\n" in absent
