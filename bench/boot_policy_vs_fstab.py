@@ -100,7 +100,9 @@ def main() -> int:
             vm.run("vfs-agent mount-all", check=True)  # compiles the policy (fast path)
             base = median_run(vm, args.runs, "python3", "-c", "pass")
             # /run is a tmpfs, like the generator directories systemd hands over.
-            imports = median_run(vm, args.runs, "python3", "-c", "import vfs_agent.generator")
+            imports = median_run(
+                vm, args.runs, "python3", "-c", "import vfs_agent.systemd.generator"
+            )
             fast = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")
             vm.run("rm /var/lib/vfs-agent/policy.json", check=True)
             slow = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO / "agent"))
 
 from faketree import FakeTree  # noqa: E402
 
-from vfs_agent.policy_cache import CACHE  # noqa: E402
-from vfs_agent.policy_load import load_policy  # noqa: E402
-from vfs_agent.sysroot import SysRoot  # noqa: E402
+from vfs_agent.policy.compiled import CACHE  # noqa: E402
+from vfs_agent.policy.load import load_policy  # noqa: E402
+from vfs_agent.system.sysroot import SysRoot  # noqa: E402
 
 CREDENTIAL = """\
 version: 1
@@ -40,7 +40,7 @@ mounts:
   - {tag: share-0, path: /mnt/zero, options: [ro]}
   - {tag: "share-1*", path: "/srv/one/{tag}"}
 """
-GENERATE = "import sys; from vfs_agent.generator import main; sys.exit(main(sys.argv[1:]))"
+GENERATE = "import sys; from vfs_agent.systemd.generator import main; sys.exit(main(sys.argv[1:]))"
 
 
 def timed(argv: list[str], env: dict[str, str], runs: int) -> float:

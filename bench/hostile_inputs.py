@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from vfs_agent import policy_cache
-from vfs_agent.policy_load import load_policy
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.policy import compiled as policy_cache
+from vfs_agent.policy.load import load_policy
+from vfs_agent.system.sysroot import SysRoot
 
 
 def rules(count: int) -> str:

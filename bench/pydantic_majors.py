@@ -1,5 +1,5 @@
 """The cost of running on pydantic 1.10 versus 2.x: `vfs-agent policy check` of the full example
-policy and `import vfs_agent.cli` in each virtual environment (.venv: pydantic 2.x,
+policy and `import vfs_agent.commands.cli` in each virtual environment (.venv: pydantic 2.x,
 .venv-pydantic1: pydantic 1.10.4, see `make venv venv1`), N runs each, median and spread.
 
     .venv/bin/python bench/pydantic_majors.py [--runs 10]
@@ -43,8 +43,10 @@ def main() -> None:
             timed([str(python), "-m", "vfs_agent", "policy", "check", str(POLICY)])
             for _ in range(args.runs)
         ]
-        imports = [timed([str(python), "-c", "import vfs_agent.cli"]) for _ in range(args.runs)]
-        for what, samples in (("policy check", checks), ("import vfs_agent.cli", imports)):
+        imports = [
+            timed([str(python), "-c", "import vfs_agent.commands.cli"]) for _ in range(args.runs)
+        ]
+        for what, samples in (("policy check", checks), ("import vfs_agent.commands.cli", imports)):
             print(
                 f"{label} [{version}] {what}: median {statistics.median(samples) * 1000:.0f} ms "
                 f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}, n={len(samples)})"

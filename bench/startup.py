@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.unit.faketree import FakeTree
 
-from vfs_agent.install_files import Layout
+from vfs_agent.commands.install import Layout
 
 TAGS = [f"share-{i}" for i in range(6)] + ["data-a", "weird tag#1"]
 POLICY = """version: 1
@@ -48,11 +48,11 @@ mounts:
   - {tag: absent-one, path: /srv/absent}
 """
 UDEV_HELPER_PY = """import sys
-from vfs_agent.udev_tag import main
+from vfs_agent.systemd.udev_tag import main
 sys.exit(main(sys.argv[1:]))
 """
 GENERATOR = """import sys
-from vfs_agent.generator import main
+from vfs_agent.systemd.generator import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -77,8 +77,8 @@ def build_tree(root: Path, *, compiled: bool) -> Path:
         builtin="kernel/fs/fuse/virtiofs.ko\n",
     )
     if compiled:
-        from vfs_agent.policy_load import load_policy
-        from vfs_agent.sysroot import SysRoot
+        from vfs_agent.policy.load import load_policy
+        from vfs_agent.system.sysroot import SysRoot
 
         load_policy(SysRoot(root), save_compiled=True)
     return root

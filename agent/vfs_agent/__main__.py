@@ -1,3 +1,3 @@
-from vfs_agent.console import main
+from vfs_agent.commands.console import main
 
 main()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.guest.conftest import BootGuest
 from tests.guestlib.vm import VM, VMConfig
-from vfs_agent.escape import encode_tag
+from vfs_agent.core.escape import encode_tag
 
 pytestmark = pytest.mark.guest
 
@@ -157,7 +157,7 @@ def test_status_reports_every_share_mounted(guest: VM) -> None:
 
 
 def test_pci_config_window_gives_the_same_tags_as_sysfs(guest: VM) -> None:
-    result = guest.run(["python3", "-m", "vfs_agent.discovery_pci"], check=True)
+    result = guest.run(["python3", "-m", "vfs_agent.system.pci_config"], check=True)
     data = json.loads(result.stdout)
     pci = sorted(
         bytes.fromhex(s["tag_hex"]).decode(errors="surrogateescape") for s in data["shares"]

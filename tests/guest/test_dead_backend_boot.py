@@ -83,6 +83,14 @@ def show(guest: VM, unit: str, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
+def ran_for(guest: VM, unit: str) -> float:
+    """Seconds between the start and the exit of a oneshot service's process."""
+    times = show(guest, unit, "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
+    return (
+        int(times["ExecMainExitTimestampMonotonic"]) - int(times["ExecMainStartTimestampMonotonic"])
+    ) / 1e6
+
+
 def test_the_boot_goes_on_without_the_dead_share_and_its_dependents(guest: VM) -> None:
     state = guest.wait_system_running(timeout=400, settle=False)
     print(guest.run("systemd-analyze time", timeout=60).stdout.strip())
@@ -93,7 +101,8 @@ def test_the_boot_goes_on_without_the_dead_share_and_its_dependents(guest: VM) -
     assert {line.split()[0] for line in failed.splitlines() if line.strip()} == {
         "vfs-agent-answer@srv-dead.service"
     }
-    assert guest.run("systemctl list-jobs --no-legend --no-pager").stdout.strip() == ""
+    jobs = guest.run("systemctl list-jobs --no-legend --no-pager").stdout.strip()
+    assert jobs in ("", "No jobs running."), jobs
 
     # The healthy share and its consumer are up; the dead one is not mounted at all.
     mounts = guest.run("findmnt -n -l -o TARGET,SOURCE -t virtiofs", check=True).stdout.split()
@@ -106,18 +115,10 @@ def test_the_boot_goes_on_without_the_dead_share_and_its_dependents(guest: VM) -
     assert "Share 'dead' is not usable: its host did not answer within 30 s" in journal
     assert "Dependency failed for srv-dead.mount - virtio-fs share dead." in journal
     assert "Dependency failed for needs-dead.service" in journal
-    waited = show(
-        guest,
-        "vfs-agent-answer@srv-dead.service",
-        "ExecMainStartTimestampMonotonic",
-        "ExecMainExitTimestampMonotonic",
-    )
-    seconds = (
-        int(waited["ExecMainExitTimestampMonotonic"])
-        - int(waited["ExecMainStartTimestampMonotonic"])
-    ) / 1e6
-    print(f"the boot waited {seconds:.1f}s for the dead share's host")
-    assert 30 <= seconds < 45
+    seconds = ran_for(guest, "vfs-agent-answer@srv-dead.service")
+    healthy = ran_for(guest, "vfs-agent-answer@srv-good.service")
+    print(f"the wait for an answer took {seconds:.1f}s (dead host), {healthy:.1f}s (healthy)")
+    assert 30 <= seconds < 60  # mount_timeout (30 s) after the interpreter started; then it failed
 
     # status says which share is dead, and fast.
     result = guest.run(["vfs-agent", "status", "--json"], timeout=120)

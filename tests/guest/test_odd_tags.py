@@ -15,7 +15,7 @@ import pytest
 from tests.guest.conftest import BootGuest
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
-from vfs_agent.escape import encode_tag, mount_unit_name
+from vfs_agent.core.escape import encode_tag, mount_unit_name
 
 pytestmark = pytest.mark.guest
 

@@ -26,7 +26,7 @@ import pytest
 from tests.guest.conftest import BootGuest
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
-from vfs_agent.escape import encode_tag
+from vfs_agent.core.escape import encode_tag
 
 pytestmark = pytest.mark.guest
 
@@ -91,8 +91,8 @@ def loaded_modules(guest: VM) -> set[str]:
 
 
 def pci_tags(guest: VM, strict: bool = True) -> dict[str, str | None]:
-    """tag -> virtio device, from `python3 -m vfs_agent.discovery_pci` (strict: no problems)."""
-    result = guest.run(["python3", "-m", "vfs_agent.discovery_pci"])
+    """tag -> virtio device, from `python3 -m vfs_agent.system.pci_config` (strict: no problems)."""
+    result = guest.run(["python3", "-m", "vfs_agent.system.pci_config"])
     data = json.loads(result.stdout)
     if strict:
         assert result.rc == 0 and data["problems"] == [], str(result)

@@ -25,7 +25,7 @@ from tests.guestlib.processes import stop_all
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
 DEMO_POLICY = """\
-# vfs-agent demo policy (DESIGN.md section 4)
+# vfs-agent demo policy (the format: README.md, "The policy")
 version: 1
 defaults:
   mount_root: /mnt/virtiofs   # tags without an explicit path go to <mount_root>/<tag>

@@ -196,7 +196,8 @@ def _install_layer(tree: Path, wheel: Path, recipe: Recipe, log: Path) -> None:
                     *chroot,
                     "python3",
                     "-c",
-                    "import vfs_agent.cli, vfs_agent.policy_load; print(vfs_agent.__version__)",
+                    "import vfs_agent.commands.cli, vfs_agent.policy.load;"
+                    " print(vfs_agent.__version__)",
                 ],
                 log=log,
                 env=chroot_env(),

@@ -1,6 +1,6 @@
 """QEMU command lines: machine, memory, disks, channel, shares; option-value escaping.
 
-Chosen for this machine (DESIGN.md section 6): TCG only (KVM is present but unusable),
+Chosen for this machine (README.md, "Machine facts"): TCG only (KVM is present but unusable),
 `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed once), memory in a shared memfd because
 vhost-user (virtiofsd) maps guest RAM.
 """

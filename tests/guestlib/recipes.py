@@ -56,7 +56,7 @@ _COMMON = (
 
 # Debian 13, kernel 6.12: virtiofs, fuse, virtio_pci and virtio_console are built in.
 # python3-cffi-backend: cloud-init pulls a virtual package that debootstrap cannot resolve on
-# its own (DESIGN.md section 6). iproute2 and openssh-client: what every cloud image has and
+# its own (README: Machine facts). iproute2 and openssh-client: what every cloud image has and
 # cloud-init uses (network report, host keys); without them cloud-init warns and
 # `cloud-init status --wait` exits 2, so a test could not see vfs-agent keep it at 0.
 TRIXIE = Recipe(

@@ -174,7 +174,7 @@ def kernel_cmdline(config: VMConfig) -> str:
         "rw",
         "fsck.mode=skip",
         "console=ttyS0,115200",
-        "apparmor=0",  # saves about 12 s of a TCG boot (DESIGN.md section 6)
+        "apparmor=0",  # saves about 12 s of a TCG boot (README: Machine facts)
     ]
     if config.quiet:
         args.append("quiet")

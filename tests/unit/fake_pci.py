@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfs_agent.discovery_pci import ConfigSpace
+from vfs_agent.system.pci_config import ConfigSpace
 
 COMMON, NOTIFY, ISR, DEVICE, PCI_CFG = 1, 2, 3, 4, 5
 BAR_SIZE = 0x4000

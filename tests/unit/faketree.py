@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vfs_agent.escape import tag_bytes
+from vfs_agent.core.escape import tag_bytes
 
 
 class FakeTree:

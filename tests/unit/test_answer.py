@@ -16,15 +16,14 @@ import pytest
 from click.testing import CliRunner
 from faketree import FakeTree
 
-from vfs_agent import answer, bounded
-from vfs_agent.cli import main
-from vfs_agent.discovery import Discovery
-from vfs_agent.model import Share, Transport
-from vfs_agent.plan import plan
-from vfs_agent.policy import merge
-from vfs_agent.policy_load import parse_text
-from vfs_agent.policy_model import to_section
-from vfs_agent.render_systemd import render_units
+from vfs_agent.commands.cli import main
+from vfs_agent.core.model import Discovery, Share, Transport
+from vfs_agent.core.plan import plan
+from vfs_agent.core.render_systemd import render_units
+from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.schema import to_section
+from vfs_agent.policy.types import merge
+from vfs_agent.system import answer, bounded
 
 POLICY = """\
 version: 1
@@ -69,7 +68,7 @@ def test_every_virtio_fs_unit_waits_for_its_host_with_its_own_timeout() -> None:
     assert "Requires=vfs-agent-answer@srv-fast.service\n" in fast
     assert "After=vfs-agent-answer@srv-fast.service\n" in fast
     waits = files["vfs-agent-answer@srv-fast.service"]
-    assert waits.endswith(f" -I -m vfs_agent.answer {b'fast'.hex()} 3\n")  # the rule's 3 s
+    assert waits.endswith(f" -I -m vfs_agent.system.answer {b'fast'.hex()} 3\n")  # the rule's 3 s
     assert "TimeoutStartSec=33s\n" in waits and "KillMode=process\n" in waits
     assert "Before=srv-fast.mount\n" in waits
     # defaults.mount_timeout; the tag in hex, so nothing in it reaches the command line.

@@ -2,11 +2,11 @@ import errno
 import os
 from pathlib import Path
 
-from vfs_agent.apply import apply_plan
-from vfs_agent.model import Transport
-from vfs_agent.mount_options import MS_NODEV, MS_NOSUID, MS_RDONLY
-from vfs_agent.plan import Action, ActionKind
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.core.model import Transport
+from vfs_agent.core.mount_options import MS_NODEV, MS_NOSUID, MS_RDONLY
+from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.execute.apply import apply_plan
+from vfs_agent.system.sysroot import SysRoot
 
 
 class RecordingMounter:

@@ -5,8 +5,8 @@ import pytest
 from clirunner import cli_runner
 from faketree import FakeTree
 
-from vfs_agent.cli import main
-from vfs_agent.render_fstab import BLOCK_BEGIN, BLOCK_END
+from vfs_agent.commands.cli import main
+from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
 
 POLICY = """\
 version: 1

@@ -18,12 +18,13 @@ from click.testing import CliRunner
 from faketree import FakeTree, write_policy
 from test_apply import RecordingMounter
 
-from vfs_agent import cloud_init, ops
-from vfs_agent.cli import main
-from vfs_agent.cloud_init import DROPIN, CloudInitError, apply
-from vfs_agent.install_files import Layout
-from vfs_agent.policy_load import PolicyError, load_file, load_policy, parse_text
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands import cloud_init
+from vfs_agent.commands import operations as ops
+from vfs_agent.commands.cli import main
+from vfs_agent.commands.cloud_init import DROPIN, CloudInitError, apply
+from vfs_agent.commands.install import Layout
+from vfs_agent.policy.load import PolicyError, load_file, load_policy, parse_text
+from vfs_agent.system.sysroot import SysRoot
 
 USER_DATA = """\
 #cloud-config

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree
 
-from vfs_agent import ops
-from vfs_agent.daemon import Daemon
-from vfs_agent.model import Transport
-from vfs_agent.sysroot import SysRoot
-from vfs_agent.uevents import ShareEvent, needs_driver, relevant
+from vfs_agent.commands import operations as ops
+from vfs_agent.commands.daemon import Daemon
+from vfs_agent.core.model import Transport
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.uevents import ShareEvent, needs_driver, relevant
 
 
 class PipeEvents:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 from faketree import FakeTree
 
-from vfs_agent.discovery import discover, read_tag
-from vfs_agent.model import Share, Source, Transport
-from vfs_agent.mounttable import parse_mountinfo
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.core.model import Share, Source, Transport
+from vfs_agent.core.mountinfo import parse_mountinfo
+from vfs_agent.system.discovery import discover, read_tag
+from vfs_agent.system.sysroot import SysRoot
 
 
 def test_sysfs_tags_with_sparse_indices_and_raw_bytes(tmp_path: Path):

@@ -13,7 +13,8 @@ from fake_pci import PCI_CFG_POS, FakePciBus, FakeVirtioPci
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vfs_agent.discovery_pci import (
+from vfs_agent.core.model import Share, Source, Transport
+from vfs_agent.system.pci_config import (
     PciDiscovery,
     capability_offsets,
     decode_tag,
@@ -21,7 +22,6 @@ from vfs_agent.discovery_pci import (
     main,
     parse_virtio_cap,
 )
-from vfs_agent.model import Share, Source, Transport
 
 ADDRESS = "0000:00:04.0"
 

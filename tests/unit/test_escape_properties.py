@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
 
-from vfs_agent import escape
-from vfs_agent.model import Transport
-from vfs_agent.paths import derived_path
-from vfs_agent.plan import Action, ActionKind
-from vfs_agent.render_fstab import render_line, render_lines
+from vfs_agent.core import escape
+from vfs_agent.core.model import Transport
+from vfs_agent.core.paths import derived_path
+from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.render_fstab import render_line, render_lines
 
 MAX_TAG_BYTES = 36
 TOOL_EXAMPLES = 150  # each example of (b) and (c) runs one process

@@ -29,15 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_escape_properties import tags
 
-from vfs_agent import report, udev_tag
-from vfs_agent.cli import main
-from vfs_agent.escape import mount_unit_name, tag_bytes
-from vfs_agent.model import Transport
-from vfs_agent.outputs import write_units
-from vfs_agent.paths import derived_path
-from vfs_agent.plan import Action, ActionKind
-from vfs_agent.render_fstab import fstab_problem, render_block
-from vfs_agent.render_systemd import render_units
+from vfs_agent.commands import report
+from vfs_agent.commands.cli import main
+from vfs_agent.core.escape import mount_unit_name, tag_bytes
+from vfs_agent.core.model import Transport
+from vfs_agent.core.paths import derived_path
+from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.render_fstab import fstab_problem, render_block
+from vfs_agent.core.render_systemd import render_units
+from vfs_agent.system.generated_files import write_units
+from vfs_agent.systemd import udev_tag
 
 FSTAB_GENERATOR = Path("/lib/systemd/system-generators/systemd-fstab-generator")
 MOUNT_ROOT = "/mnt/vfs-agent-differential"  # absent on the host: the generator follows links

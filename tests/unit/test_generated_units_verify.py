@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner, Result
 from treeutil import make_tree, set_tags, snapshot
 
-from vfs_agent.cli import main
-from vfs_agent.escape import encode_tag
+from vfs_agent.commands.cli import main
+from vfs_agent.core.escape import encode_tag
 
 LONG_TAG = "abcdefghijklmnopqrstuvwxyz0123456789"
 TAGS = ["media_tag", "data-1", "weird tag#1", "../escape", LONG_TAG, "Grüße-日本"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from faketree import FakeTree
 
-from vfs_agent.installed import RULE_NAME
-from vfs_agent.policy_cache import CACHE
-from vfs_agent.policy_load import load_policy
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.policy.compiled import CACHE
+from vfs_agent.policy.load import load_policy
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.systemd.installed import RULE_NAME
 
 POLICY = """\
 version: 1
@@ -43,7 +43,8 @@ def run_generator(
             sys.executable,
             *flags,
             "-c",
-            "import sys; from vfs_agent.generator import main; sys.exit(main(sys.argv[1:]))",
+            "import sys; from vfs_agent.systemd.generator import main;"
+            " sys.exit(main(sys.argv[1:]))",
             str(out),
             *extra,
         ],
@@ -85,7 +86,7 @@ def test_units_links_and_device_timeouts(tree: FakeTree, tmp_path: Path):
             f"{dev}absent_tag.device.d/50-vfs-agent-timeout.conf",
             f"{dev}data\\x2d1.device.wants/srv-data\\x2d1.mount",
             f"{dev}data\\x2d1.device.d/50-vfs-agent-timeout.conf",
-            # every virtio-fs mount waits for its host to answer first (answer.py)
+            # every virtio-fs mount waits for its host to answer first (system/answer.py)
             "vfs-agent-answer@mnt-media.service",
             "vfs-agent-answer@mnt-virtiofs-weird\\x2520tag\\x25231.service",
             "vfs-agent-answer@srv-absent.service",
@@ -101,7 +102,7 @@ def test_units_links_and_device_timeouts(tree: FakeTree, tmp_path: Path):
     )
     waits = (out / answer).read_text()
     assert f"BindsTo={dev}media_tag.device\nAfter={dev}media_tag.device\n" in waits
-    assert "-I -m vfs_agent.answer 6d656469615f746167 30\n" in waits  # the tag in hex; 30 s
+    assert "-I -m vfs_agent.system.answer 6d656469615f746167 30\n" in waits  # the tag in hex; 30 s
     assert "Options=nosuid,nodev\n" in media
     absent = (out / "srv-absent.mount").read_text()
     assert "Before=local-fs.target" not in absent and "Options=nosuid,nodev,nofail\n" in absent

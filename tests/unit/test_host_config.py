@@ -12,12 +12,12 @@ import pytest
 from clirunner import cli_runner
 from faketree import FakeTree
 
-from vfs_agent.cli import main
-from vfs_agent.discovery import discover
-from vfs_agent.kernel_cmdline import mount_arguments, split
-from vfs_agent.plan import ActionKind, plan
-from vfs_agent.policy_load import load_policy
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands.cli import main
+from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.policy.cmdline import mount_arguments, split
+from vfs_agent.policy.load import load_policy
+from vfs_agent.system.discovery import discover
+from vfs_agent.system.sysroot import SysRoot
 
 SIMPLE = """\
 version: 1

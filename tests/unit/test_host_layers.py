@@ -13,14 +13,14 @@ from clirunner import cli_runner
 from faketree import FakeTree
 from test_generator import run_generator
 
-from vfs_agent.cli import main
-from vfs_agent.discovery import discover
-from vfs_agent.kernel_cmdline import escape_field, mount_arguments, parse_value, split
-from vfs_agent.plan import ActionKind, plan
-from vfs_agent.policy_cache import load as load_cached
-from vfs_agent.policy_layers import CMDLINE_LAYER, CREDENTIAL_LAYER
-from vfs_agent.policy_load import PolicyError, load_policy
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands.cli import main
+from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.policy.cmdline import escape_field, mount_arguments, parse_value, split
+from vfs_agent.policy.compiled import load as load_cached
+from vfs_agent.policy.layers import CMDLINE_LAYER, CREDENTIAL_LAYER
+from vfs_agent.policy.load import PolicyError, load_policy
+from vfs_agent.system.discovery import discover
+from vfs_agent.system.sysroot import SysRoot
 
 CRED_DIR = "run/credentials/@system"
 CREDENTIAL = """\

@@ -21,12 +21,12 @@ from clirunner import cli_runner
 from faketree import FakeTree
 from treeutil import snapshot
 
-from vfs_agent import policy_cache
-from vfs_agent.cli import main
-from vfs_agent.generator import generate
-from vfs_agent.policy_load import load_policy
-from vfs_agent.render_fstab import BLOCK_BEGIN, BLOCK_END
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands.cli import main
+from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
+from vfs_agent.policy import compiled as policy_cache
+from vfs_agent.policy.load import load_policy
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.systemd.generator import generate
 
 POLICY = "version: 1\nmounts:\n  - {tag: media_tag, path: /mnt/media, required: true}\n"
 TIMEOUT = 20  # seconds; a command blocked on a FIFO would hit it
@@ -255,7 +255,7 @@ def test_generator_skips_a_fifo_policy_and_writes_nothing(tree: FakeTree, tmp_pa
     code = [
         sys.executable,
         "-c",
-        "import sys; from vfs_agent.generator import main; main(sys.argv[1:])",
+        "import sys; from vfs_agent.systemd.generator import main; main(sys.argv[1:])",
     ]
     env = {**os.environ, "VFS_AGENT_ROOT": str(tree.root)}
     done = subprocess.run([*code, str(out)], env=env, capture_output=True, timeout=TIMEOUT)
@@ -406,8 +406,9 @@ def test_root_never_starts_a_unit_with_the_hosts_systemctl(
     under --root leave it to that root's systemd; neither systemctl nor mount(2) runs."""
     from test_apply import RecordingMounter
 
-    from vfs_agent import ops, systemd_units
-    from vfs_agent.render_systemd import GENERATED_MARK
+    from vfs_agent.commands import operations as ops
+    from vfs_agent.core.render_systemd import GENERATED_MARK
+    from vfs_agent.systemd import units as systemd_units
 
     tree.write("run/systemd/system/.keep", "")
     tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
@@ -444,7 +445,7 @@ def test_the_compiled_policy_is_trusted_under_a_loose_umask(tree: FakeTree, tmp_
 
 def test_a_unit_name_of_255_bytes_is_written(tmp_path: Path):
     """The temporary file beside it must fit NAME_MAX too."""
-    from vfs_agent.sysroot import write_atomic
+    from vfs_agent.system.sysroot import write_atomic
 
     target = tmp_path / ("x" * 249 + ".mount")
     write_atomic(target, "[Mount]\n")

@@ -3,8 +3,8 @@ from pathlib import Path
 
 from faketree import FakeTree
 
-from vfs_agent.kernel import ModuleState, kernel_report
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.system.kernel_features import ModuleState, kernel_report
+from vfs_agent.system.sysroot import SysRoot
 
 DEP_61 = (
     "kernel/fs/fuse/virtiofs.ko: kernel/fs/fuse/fuse.ko\n"

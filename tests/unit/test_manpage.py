@@ -1,4 +1,4 @@
-"""The manual pages and shell completions that install_files.py generates at build time: every
+"""The manual pages and shell completions that commands/install.py generates at build time: every
 command and option that `--help` shows is in vfs-agent(1), every policy key of the JSON Schema
 in vfs-agent.policy(5), and the completion scripts complete real commands."""
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from vfs_agent import install_files, manpage
-from vfs_agent.cli import main
-from vfs_agent.policy_model import PolicyFile
-from vfs_agent.pydantic_compat import json_schema
+from vfs_agent.commands import install as install_files
+from vfs_agent.commands import manpage
+from vfs_agent.commands.cli import main
+from vfs_agent.policy.pydantic_compat import json_schema
+from vfs_agent.policy.schema import PolicyFile
 
 
 def plain(page: str | bytes) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_manpage import plain, walk_help
 
-from vfs_agent.policy import UnknownTags, merge
-from vfs_agent.policy_load import parse_text
-from vfs_agent.policy_model import to_section
+from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.schema import to_section
+from vfs_agent.policy.types import UnknownTags, merge
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,8 +125,8 @@ def test_deb_holds_every_system_file_with_its_mode(deb_entries: dict[str, Entry]
         assert deb_entries[path][1:] == (0o755, "d"), path
     modules = {p for p in deb_entries if p.startswith("/usr/lib/python3/dist-packages/")}
     for name in (
-        "vfs_agent/cli.py",
-        "vfs_agent/cloud_init.py",
+        "vfs_agent/commands/cli.py",
+        "vfs_agent/commands/cloud_init.py",
         "vfs_agent/data/vfs-agent.service.in",
     ):
         assert f"/usr/lib/python3/dist-packages/{name}" in modules
@@ -211,7 +211,7 @@ def test_rpm_files_match_the_deb_outside_the_python_directory(
 
     assert outside(rpm_entries) == outside(deb_entries)
     python = {p for p in rpm_entries if PYTHON_DIR.match(p)}
-    assert any(p.endswith("/site-packages/vfs_agent/cloud_init.py") for p in python)
+    assert any(p.endswith("/site-packages/vfs_agent/commands/cloud_init.py") for p in python)
 
 
 def test_rpm_metadata(rpm: Path) -> None:

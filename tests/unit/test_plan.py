@@ -1,12 +1,11 @@
 import random
 
-from vfs_agent.discovery import Discovery
-from vfs_agent.model import Mounted, Share, Source, Transport
-from vfs_agent.plan import ActionKind, plan
-from vfs_agent.policy import Rule, RuleRef, merge
-from vfs_agent.policy_load import parse_text
-from vfs_agent.policy_model import PolicyFile, to_section
-from vfs_agent.pydantic_compat import field_names
+from vfs_agent.core.model import Discovery, Mounted, Share, Source, Transport
+from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.pydantic_compat import field_names
+from vfs_agent.policy.schema import PolicyFile, to_section
+from vfs_agent.policy.types import Rule, RuleRef, merge
 
 V = Transport.VIRTIOFS
 

@@ -10,7 +10,7 @@ import pytest
 from clirunner import cli_runner
 from treeutil import make_tree, snapshot
 
-from vfs_agent.cli import main
+from vfs_agent.commands.cli import main
 
 MAIN = "/etc/vfs-agent/policy.yaml"
 DROPIN = "/etc/vfs-agent/policy.d/50-extra.yaml"

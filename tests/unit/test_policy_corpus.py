@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner, Result
 from treeutil import make_tree, snapshot, write_policy
 
-from vfs_agent.cli import main
+from vfs_agent.commands.cli import main
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 INVALID = sorted(POLICIES.glob("invalid/*.yaml"))

@@ -4,7 +4,7 @@ tags and by globs compiled once, with the same answer as trying every rule in or
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfs_agent.policy import DefaultsPatch, FileSection, Policy, Rule, RuleRef, merge
+from vfs_agent.policy.types import DefaultsPatch, FileSection, Policy, Rule, RuleRef, merge
 
 ALPHABET = "ab-*?[]!x"
 patterns = st.text(alphabet=ALPHABET, min_size=1, max_size=5)

@@ -1,7 +1,7 @@
-"""The policy runs on pydantic 1.10 (Debian 12, Ubuntu 24.04) and 2.x (Debian 13, Fedora) through
-one adapter, vfs_agent.pydantic_compat. `make unit` runs every unit test twice, in .venv (2.x)
-and in .venv-pydantic1 (1.10.4, Debian 12's floor); the policy corpus proves the same error
-texts on both, and the golden schema below the same JSON Schema."""
+"""The policy runs on pydantic 1.10 (Debian 12, Ubuntu 24.04) and 2.x (Debian 13, Fedora)
+through one adapter, vfs_agent.policy.pydantic_compat. `make unit` runs every unit test twice, in
+.venv (2.x) and in .venv-pydantic1 (1.10.4, Debian 12's floor); the policy corpus proves the
+same error texts on both, and the golden schema below the same JSON Schema."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pydantic
 import pytest
 from click.testing import CliRunner
 
-from vfs_agent import pydantic_compat
-from vfs_agent.cli import main
-from vfs_agent.policy_load import PolicyError, parse_text
+from vfs_agent.commands.cli import main
+from vfs_agent.policy import pydantic_compat
+from vfs_agent.policy.load import PolicyError, parse_text
 
 GOLDEN_SCHEMA = Path(__file__).resolve().parent.parent / "policies" / "schema.json"
 
@@ -45,7 +45,7 @@ def test_an_optional_field_takes_null_in_schema_and_validator() -> None:
 
 
 def pydantic_compat_model() -> type[pydantic_compat.BaseModel]:
-    from vfs_agent.policy_model import RuleModel
+    from vfs_agent.policy.schema import RuleModel
 
     return RuleModel
 

@@ -20,17 +20,17 @@ from faketree import FakeTree
 from test_apply import RecordingMounter
 from test_daemon import FakeKernel, PipeEvents, run_daemon, wait_for
 
-from vfs_agent import ops
-from vfs_agent.apply import apply_plan
-from vfs_agent.cli import main
-from vfs_agent.discovery import Discovery, discover
-from vfs_agent.model import Mounted, Share, Transport
-from vfs_agent.plan import WANTED, ActionKind, plan
-from vfs_agent.policy import merge
-from vfs_agent.policy_load import parse_text
-from vfs_agent.policy_model import to_section
-from vfs_agent.render_systemd import render_units
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands import operations as ops
+from vfs_agent.commands.cli import main
+from vfs_agent.core.model import Discovery, Mounted, Share, Transport
+from vfs_agent.core.plan import WANTED, ActionKind, plan
+from vfs_agent.core.render_systemd import render_units
+from vfs_agent.execute.apply import apply_plan
+from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.schema import to_section
+from vfs_agent.policy.types import merge
+from vfs_agent.system.discovery import discover
+from vfs_agent.system.sysroot import SysRoot
 
 V = Transport.VIRTIOFS
 P9 = Transport.NINEP

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from vfs_agent.model import Transport
-from vfs_agent.mount_options import (
+from vfs_agent.core.model import Transport
+from vfs_agent.core.mount_options import (
     kernel_options,
     option_problem,
     to_mount_args,

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from faketree import FakeTree
 
-from vfs_agent.cli import main
-from vfs_agent.policy_cache import CACHE
+from vfs_agent.commands.cli import main
+from vfs_agent.policy.compiled import CACHE
 
 POLICY = """\
 version: 1
@@ -28,7 +28,9 @@ HEAVY = ("pydantic", "yaml", "click")
 
 def vfs_agent(*args: str) -> subprocess.CompletedProcess[str]:
     """The console script's main() in a fresh interpreter, with -X importtime on stderr."""
-    code = "import sys; from vfs_agent.console import main; sys.argv[0] = 'vfs-agent'; main()"
+    code = (
+        "import sys; from vfs_agent.commands.console import main; sys.argv[0] = 'vfs-agent'; main()"
+    )
     return subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code, *args],
         capture_output=True,
@@ -77,7 +79,12 @@ def test_help_imports_no_command_module():
     done = vfs_agent("--help")
     assert done.returncode == 0 and "mount-all" in done.stdout and "cloud-init" in done.stdout
     names = imported(done)
-    assert not names & {"pydantic", "yaml", "vfs_agent.ops", "vfs_agent.cloud_init"}, names
+    assert not names & {
+        "pydantic",
+        "yaml",
+        "vfs_agent.commands.operations",
+        "vfs_agent.commands.cloud_init",
+    }, names
 
 
 def test_kernel_imports_no_policy_code(tree: FakeTree):
@@ -85,7 +92,7 @@ def test_kernel_imports_no_policy_code(tree: FakeTree):
     assert done.returncode in (0, 1), done.stderr
     json.loads(done.stdout)
     names = imported(done)
-    assert not names & {"pydantic", "yaml", "vfs_agent.policy_load", "vfs_agent.plan"}, names
+    assert not names & {"pydantic", "yaml", "vfs_agent.policy.load", "vfs_agent.core.plan"}, names
 
 
 @pytest.mark.parametrize("command", ["plan", "status"])
@@ -171,7 +178,10 @@ def test_compile_refuses_an_explicit_policy_file(tree: FakeTree):
 def test_the_daemon_module_imports_no_validator():
     """With a fresh compiled policy the daemon never loads YAML or pydantic (about 12 MB of its
     resident memory); only a stale one brings in the loader."""
-    code = "import sys, vfs_agent.daemon; print(sorted({'pydantic', 'yaml'} & set(sys.modules)))"
+    code = (
+        "import sys, vfs_agent.commands.daemon;"
+        " print(sorted({'pydantic', 'yaml'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -179,8 +189,8 @@ def test_the_daemon_module_imports_no_validator():
 
 def test_another_vfs_agent_version_does_not_trust_the_cache(tree: FakeTree, monkeypatch):
     """A newer vfs-agent may validate differently: its reports read the files again."""
-    from vfs_agent import policy_cache
-    from vfs_agent.sysroot import SysRoot
+    from vfs_agent.policy import compiled as policy_cache
+    from vfs_agent.system.sysroot import SysRoot
 
     compile_policy(tree)
     assert policy_cache.load(SysRoot(tree.root)) is not None
@@ -190,7 +200,7 @@ def test_another_vfs_agent_version_does_not_trust_the_cache(tree: FakeTree, monk
 
 def test_the_generator_imports_no_typing_click_or_validator():
     code = (
-        "import sys, vfs_agent.generator; "
+        "import sys, vfs_agent.systemd.generator; "
         "print(sorted({'typing', 'click', 'pydantic', 'yaml'} & set(sys.modules)))"
     )
     done = subprocess.run(
@@ -201,8 +211,8 @@ def test_the_generator_imports_no_typing_click_or_validator():
 
 
 def test_a_fifo_among_the_policy_files_never_blocks_the_compiled_policy_check(tree: FakeTree):
-    from vfs_agent import policy_cache
-    from vfs_agent.sysroot import SysRoot
+    from vfs_agent.policy import compiled as policy_cache
+    from vfs_agent.system.sysroot import SysRoot
 
     compile_policy(tree)
     dropins = tree.root / "etc/vfs-agent/policy.d"
@@ -212,8 +222,8 @@ def test_a_fifo_among_the_policy_files_never_blocks_the_compiled_policy_check(tr
 
 
 def test_a_policy_file_replaced_by_a_symlink_is_checked_again(tree: FakeTree):
-    from vfs_agent import policy_cache
-    from vfs_agent.sysroot import SysRoot
+    from vfs_agent.policy import compiled as policy_cache
+    from vfs_agent.system.sysroot import SysRoot
 
     compile_policy(tree)
     policy = tree.root / "etc/vfs-agent/policy.yaml"

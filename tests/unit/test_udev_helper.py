@@ -1,6 +1,6 @@
 """The udev helper (systemd/vfs-agent-tag-id.in), run as udev runs it: /bin/sh with the device
 path, no Python for a share listed in /sys/fs/virtiofs. Its alias must be exactly
-encode_tag(read_tag(tag file)), as the Python helper (vfs_agent.udev_tag) computes it."""
+encode_tag(read_tag(tag file)), as the Python helper (vfs_agent.systemd.udev_tag) computes it."""
 
 import os
 import subprocess
@@ -12,11 +12,11 @@ from faketree import FakeTree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vfs_agent.discovery import read_tag
-from vfs_agent.escape import encode_tag
-from vfs_agent.install_files import Layout
-from vfs_agent.sysroot import SysRoot
-from vfs_agent.udev_tag import tag_for_device
+from vfs_agent.commands.install import Layout
+from vfs_agent.core.escape import encode_tag
+from vfs_agent.system.discovery import read_tag
+from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.systemd.udev_tag import tag_for_device
 
 
 def render_helper(directory: Path, python: str = sys.executable) -> Path:

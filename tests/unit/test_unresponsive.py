@@ -23,17 +23,18 @@ from clirunner import cli_runner
 from faketree import FakeTree
 from test_apply import RecordingMounter
 
-from vfs_agent import bounded, liveness, ops
-from vfs_agent.cli import main
-from vfs_agent.discovery import Discovery, discover
-from vfs_agent.fuse_abort import connection_id
-from vfs_agent.liveness import Liveness, probe
-from vfs_agent.model import Mounted, Share, Transport
-from vfs_agent.plan import ActionKind, plan
-from vfs_agent.policy import merge
-from vfs_agent.policy_load import parse_text
-from vfs_agent.policy_model import to_section
-from vfs_agent.sysroot import SysRoot
+from vfs_agent.commands import operations as ops
+from vfs_agent.commands.cli import main
+from vfs_agent.core.model import Discovery, Mounted, Share, Transport
+from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.policy.load import parse_text
+from vfs_agent.policy.schema import to_section
+from vfs_agent.policy.types import merge
+from vfs_agent.system import bounded, liveness
+from vfs_agent.system.discovery import discover
+from vfs_agent.system.fuse_abort import connection_id
+from vfs_agent.system.liveness import Liveness, probe
+from vfs_agent.system.sysroot import SysRoot
 
 V = Transport.VIRTIOFS
 POLICY = """\
@@ -111,8 +112,8 @@ def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> N
     """`vfs-agent status | ...` must end when vfs-agent ends, even if a probe child hangs."""
     script = (
         "import os, sys, time\n"
-        "from vfs_agent import liveness\n"
-        "from pathlib import Path\nfrom vfs_agent.sysroot import SysRoot\n"
+        "from vfs_agent.system import liveness\n"
+        "from pathlib import Path\nfrom vfs_agent.system.sysroot import SysRoot\n"
         "os.statvfs = lambda p: time.sleep(3600)\n"
         f"root = SysRoot(Path({str(tmp_path)!r}))\n"
         "print(liveness.probe(root, [('/x', '0:9')], '', timeout=0.2))\n"

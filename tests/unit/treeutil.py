@@ -12,7 +12,7 @@ from pathlib import Path
 
 from faketree import FakeTree, write_policy
 
-from vfs_agent.escape import tag_bytes
+from vfs_agent.core.escape import tag_bytes
 
 MAIN_POLICY = "etc/vfs-agent/policy.yaml"
 DROPIN_DIR = "etc/vfs-agent/policy.d"

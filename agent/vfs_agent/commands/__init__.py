@@ -1,0 +1,1 @@
+"""The `vfs-agent` command and the operations behind it."""

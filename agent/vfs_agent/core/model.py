@@ -1,0 +1,75 @@
+"""Plain data that flows between discovery, the mount table, the planner and the executors.
+
+The observing edges (system/) fill these in; the pure core (plan, status, renderers) reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Transport(StrEnum):
+    """How a share reaches the guest; also the filesystem type passed to mount(2)."""
+
+    VIRTIOFS = "virtiofs"
+    NINEP = "9p"
+
+
+class Source(StrEnum):
+    """Where discovery learned about a share."""
+
+    SYSFS = "sysfs"  # /sys/fs/virtiofs/<n>/tag (Linux >= 6.9)
+    PCI_CONFIG = "pci-config"  # virtio-pci configuration access window (any kernel)
+    NINEP_SYSFS = "9p-sysfs"  # /sys/bus/virtio/devices/virtioN/mount_tag
+    POLICY = "policy"  # named in the policy only; presence unknown (lockdown fallback)
+
+
+@dataclass(frozen=True, order=True)
+class Share:
+    """One share the hypervisor attached. `tag` is untrusted text chosen by the host."""
+
+    tag: str
+    transport: Transport
+    device: str | None = None  # virtio device name, e.g. "virtio3", when known
+    source: Source = Source.SYSFS
+
+
+@dataclass(frozen=True)
+class Mounted:
+    """One line of /proc/self/mountinfo, escapes decoded."""
+
+    mount_id: int
+    parent_id: int
+    target: str
+    fstype: str
+    source: str
+    options: tuple[str, ...] = field(default=())
+    super_options: tuple[str, ...] = field(default=())
+    device: str = ""  # "major:minor" of the filesystem (a FUSE mount's connection number)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    shares: tuple[Share, ...]
+    # True when every attached virtio-fs device's tag is known; only then may a mount whose tag
+    # is absent be treated as stale.
+    complete: bool
+    problems: tuple[str, ...] = field(default=())
+    # virtio-fs devices the kernel is removing (PCI address and virtio name, as a person finds
+    # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
+    removing: tuple[str, ...] = field(default=())
+
+
+# The filesystem types of share mounts: what liveness probes and status look at.
+SHARE_FSTYPES = frozenset(t.value for t in Transport)
+
+
+@dataclass(frozen=True)
+class Observed:
+    discovery: Discovery
+    table: list[Mounted]
+    dead: frozenset[str]  # share mounts that answer ENOTCONN (device gone)
+    unresponsive: frozenset[str]  # share mounts that did not answer at all (daemon gone)
+    # virtio-fs tags whose host did not answer when a generated unit was to mount them
+    # (system/answer.py), with the seconds it was given
+    unanswered: tuple[tuple[str, int], ...] = ()

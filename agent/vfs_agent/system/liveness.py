@@ -1,0 +1,102 @@
+"""Is a share's mount answering? Probed so that a hung mount can never stall the agent.
+
+A virtio-fs mount whose virtiofsd died while the device stays attached does not fail: a request
+that reached the device waits for an answer that never comes. The kernel offers no way out for
+virtio-fs (its FUSE connections are not listed under /sys/fs/fuse/connections and it refuses
+MNT_FORCE), so a statfs(2) from the agent itself would hang the agent for good.
+
+So every probe is a statfs(2) (FUSE_STATFS is never answered from a cache) in a forked child
+(system/bounded.py), all mounts in parallel under one deadline. A child that misses it is left where
+it is: it ends when the device answers, or when the guest reboots.
+
+A stuck request also keeps the guest from finishing a removal of that device, so the agent
+sends at most one: the PID of a stuck probe is kept in /run/vfs-agent/probes/, and while it is
+still stuck and the attached share devices are the same, the mount is reported unresponsive
+without a new probe. When the devices change (the host removed the dead one, and new requests to
+its mount fail at once with ENOTCONN), the mount is probed afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+from collections.abc import Iterable
+from enum import StrEnum
+
+from vfs_agent.system import bounded
+from vfs_agent.system.sysroot import SysRoot
+
+PROBE_TIMEOUT = 1.0  # seconds for every probe of one look together
+PROBE_DIR = "/run/vfs-agent/probes"
+PROBE_COMM = b"vfs-agent-probe"  # the name a probe child shows in ps
+
+
+class Liveness(StrEnum):
+    ALIVE = "alive"
+    DEAD = "dead"  # ENOTCONN: the device is gone
+    UNRESPONSIVE = "unresponsive"  # no answer within the deadline: the host's daemon is gone
+
+
+def probe(
+    sysroot: SysRoot,
+    mounts: Iterable[tuple[str, str]],
+    devices: str,
+    timeout: float = PROBE_TIMEOUT,
+) -> dict[str, Liveness]:
+    """The liveness of each (target, "major:minor") mount, probed in parallel. `devices` names
+    the attached share devices; a stuck probe from a look at the same devices is trusted."""
+    result: dict[str, Liveness] = {}
+    children: dict[int, tuple[str, str]] = {}  # pid -> (target, device)
+    pending: list[bounded.Child] = []
+    for target, device in dict.fromkeys(mounts):
+        if _still_stuck(sysroot, device, devices):
+            result[target] = Liveness.UNRESPONSIVE
+            continue
+        path = str(sysroot.path(target))
+        child = bounded.spawn(functools.partial(_statfs, path), name=PROBE_COMM)
+        children[child.pid] = (target, device)
+        pending.append(child)
+    for pid, answer in bounded.wait(pending, timeout).items():
+        target, device = children[pid]
+        if answer == bounded.TIMED_OUT:
+            result[target] = Liveness.UNRESPONSIVE
+            _remember(sysroot, device, pid, devices)
+        else:
+            result[target] = Liveness.DEAD if answer == errno.ENOTCONN else Liveness.ALIVE
+    return result
+
+
+def _statfs(path: str) -> int:
+    os.statvfs(path)
+    return 0
+
+
+def _marker(device: str) -> str:
+    return f"{PROBE_DIR}/{device.replace(':', '_')}"
+
+
+def _still_stuck(sysroot: SysRoot, device: str, devices: str) -> bool:
+    text = sysroot.read_text(_marker(device))
+    if text is None:
+        return False
+    try:
+        pid_text, started, seen = text.split("\n", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if seen.rstrip("\n") != devices:
+        return False
+    comm = bounded.proc_file(pid, "comm").strip()
+    return comm == PROBE_COMM and bounded.start_time(pid) == started
+
+
+def _remember(sysroot: SysRoot, device: str, pid: int, devices: str) -> None:
+    """Best effort: without a writable /run the next look just probes again."""
+    started = bounded.start_time(pid)
+    if started is None:
+        return
+    with contextlib.suppress(OSError):
+        sysroot.path(PROBE_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+        sysroot.write_atomic(_marker(device), f"{pid}\n{started}\n{devices}\n", mode=0o600)

@@ -1,0 +1,65 @@
+"""One look at the system: shares, mount table, liveness of share mounts. Everything plan()
+needs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+from vfs_agent.core.model import SHARE_FSTYPES, Observed
+from vfs_agent.core.mountinfo import top_mounts
+from vfs_agent.system.discovery import discover
+from vfs_agent.system.liveness import Liveness, probe
+from vfs_agent.system.mount_table import read_mount_table
+from vfs_agent.system.sysroot import SysRoot
+
+
+def observe(sysroot: SysRoot) -> Observed:
+    table = read_mount_table(sysroot)
+    discovery = discover(sysroot)
+    mounts = [(e.target, e.device) for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
+    devices = " ".join(
+        sorted(
+            f"{s.device}={s.tag.encode('utf-8', 'surrogateescape').hex()}" for s in discovery.shares
+        )
+    )
+    liveness = probe(sysroot, mounts, devices)
+    return Observed(
+        discovery,
+        table,
+        frozenset(t for t, v in liveness.items() if v is Liveness.DEAD),
+        frozenset(t for t, v in liveness.items() if v is Liveness.UNRESPONSIVE),
+        unanswered_tags(sysroot),
+    )
+
+
+def unanswered_tags(sysroot: SysRoot) -> tuple[tuple[str, int], ...]:
+    """The records answer.py leaves of shares whose host did not answer in time."""
+    from vfs_agent.system.answer import UNANSWERED_DIR
+
+    found = []
+    for name in sysroot.listdir(UNANSWERED_DIR):
+        text = sysroot.read_text(f"{UNANSWERED_DIR}/{name}")
+        try:
+            tag = bytes.fromhex(name).decode("utf-8", "surrogateescape")
+            seconds = int((text or "").strip())
+        except ValueError:
+            continue
+        found.append((tag, seconds))
+    return tuple(sorted(found))
+
+
+def nonempty_dirs(sysroot: SysRoot, paths: Iterable[str]) -> frozenset[str]:
+    """Those of `paths` that are directories holding at least one entry. Reached without
+    following symlinks (a path through one is refused when mounting anyway)."""
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError), sysroot.open_dir_nofollow(path, create=False) as fd:
+            listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                if os.listdir(listing):
+                    found.add(path)
+            finally:
+                os.close(listing)
+    return frozenset(found)
