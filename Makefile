@@ -23,7 +23,7 @@ VENV1 ?= .venv-pydantic1
 FLOOR_PINS := pydantic==1.10.4 click==8.1.3 PyYAML==6.0 pyudev==0.24.0
 VENV1_STAMP := $(VENV1)/.stamp-$(shell echo '$(FLOOR_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv venv1 lint unit guest test demo image bench-boot bench-host bench packages clean
+.PHONY: all setup host-deps venv venv1 lint unit golden guest test demo image bench-boot bench-host bench packages clean
 
 all: test
 
@@ -65,6 +65,11 @@ lint: venv
 unit: venv venv1
 	VFS_AGENT_TEST_PYDANTIC=2 $(VENV)/bin/pytest -q -m 'not guest' tests
 	VFS_AGENT_TEST_PYDANTIC=1 $(VENV1)/bin/pytest -q -m 'not guest' tests
+
+# Rewrite the generator's golden trees (tests/generator/*/expected) from what it writes now;
+# review `git diff tests/generator` before committing.
+golden: venv
+	VFS_AGENT_REGENERATE_GOLDEN=1 $(VENV)/bin/pytest -q -p no:randomly tests/unit/test_generator_golden.py
 
 guest: setup
 	$(VENV)/bin/pytest -q -m guest tests

@@ -130,6 +130,12 @@ def cases(work: Path) -> list[Case]:
             exit_codes=(2,),
         ),
         Case(
+            "vfs-agent generate systemd",
+            [*cli, "--root", str(warm), "generate", "systemd"],
+            base,
+            3.0,
+        ),
+        Case(
             "generator, compiled policy",
             [python, "-I", str(generator), str(out_warm)],
             {**base, "VFS_AGENT_ROOT": str(warm)},

@@ -29,11 +29,25 @@ _SUMMARY: list[str] = []  # lines for the terminal summary (image time, log dire
 _IMAGES: dict[str, GuestImage] = {}  # built (or found) once per session
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/guest/ is a guest test, marked or not."""
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.guest)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """Everything under tests/guest/ is a guest test, marked or not. Guest tests keep the
+    order they are written in while the unit tests run in a random one (pytest-randomly,
+    whose shuffle this wraps): the tests of a module share one booted guest, and a later test
+    may build on what an earlier one did in it."""
+    written = [item for item in items if HERE in Path(str(item.path)).resolve().parents]
+    for item in written:
+        item.add_marker(pytest.mark.guest)
+    result = yield
+    kept = set(items)  # -k and -m deselect inside the yield
+    written = [item for item in written if item in kept]
+    ours = set(written)
+    slots = [i for i, item in enumerate(items) if item in ours]
+    for slot, item in zip(slots, written, strict=True):
+        items[slot] = item
+    return result
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -188,6 +188,29 @@ def test_generated_units_pass_systemd_analyze_verify(guest: VM) -> None:
     assert result.rc == 0, str(result)
 
 
+def test_a_busy_policy_path_keeps_its_unit_and_fstab_line(guest: VM) -> None:
+    """Generated outputs depend on the policy and the shares, not on what is mounted now: a
+    tmpfs over a share's path (the share mounted under it or not) changes no unit and no
+    fstab line, and `generate systemd` removes nothing."""
+    generate = (
+        "vfs-agent generate systemd --bind-device --output /tmp/busy-units"
+        " && vfs-agent generate fstab --output /tmp/busy-fstab"
+    )
+    listing = "cd /tmp/busy-units && find . ! -type d -printf '%p %l\\n' | sort && cat *.mount"
+    guest.run(f"rm -rf /tmp/busy-units && touch /tmp/busy-fstab && {generate}", check=True)
+    units = guest.run(listing, check=True).stdout
+    fstab = guest.get_file("/tmp/busy-fstab")
+    assert "mnt-media.mount" in units and b" /mnt/media virtiofs " in fstab
+    guest.run("mkdir -p /mnt/media && mount -t tmpfs busy /mnt/media", check=True)
+    try:
+        again = guest.run(generate, check=True)
+        assert "removed" not in again.stdout, str(again)
+        assert guest.run(listing, check=True).stdout == units
+        assert guest.get_file("/tmp/busy-fstab") == fstab
+    finally:
+        guest.run("umount /mnt/media", check=True)  # only the tmpfs: the share stays
+
+
 def test_generated_fstab_mounts_the_same_as_mount_all(guest: VM) -> None:
     expected = {(f, s, t) for f, s, t, _ in mounts(guest)}
     guest.run(

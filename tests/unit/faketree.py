@@ -1,8 +1,16 @@
-"""A fake system root for unit tests: sysfs shares, mountinfo, kernel files, policy files."""
+"""The fake system root for unit tests: sysfs shares, mountinfo, kernel files, policy files,
+host layers; and the helpers that look at one (snapshot) or run the generator on one.
+
+`tests/unit/conftest.py` hands a fresh one to every test that asks for `fake_tree`. PCI
+configuration space (older kernels) is built by fake_pci.py, a different job.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from vfs_agent.core.escape import tag_bytes
@@ -46,6 +54,20 @@ class FakeTree:
             link.symlink_to(f"../../../devices/pci0000:00/0000:00:0{n}.0/{device}")
         return device
 
+    def set_tags(self, tags: Iterable[str | bytes]) -> None:
+        """Make /sys/fs/virtiofs list exactly `tags` (as the kernel does: one directory per
+        device, the tag file ending in a newline); the virtio devices are left as they are."""
+        base = self.root / "sys/fs/virtiofs"
+        if base.exists():
+            for entry in base.iterdir():
+                for child in entry.iterdir():
+                    child.unlink()
+                entry.rmdir()
+        base.mkdir(parents=True, exist_ok=True)
+        for n, tag in enumerate(tags):
+            (base / str(n)).mkdir()
+            (base / str(n) / "tag").write_bytes(raw_tag(tag) + b"\n")
+
     def ninep(self, tag: str) -> str:
         device = self._device(0x09)
         self.write(f"sys/bus/virtio/devices/{device}/mount_tag", tag_bytes(tag) + b"\0")
@@ -82,6 +104,75 @@ class FakeTree:
         self.write(f"lib/modules/{release}/modules.dep", dep)
         if config is not None:
             self.write(f"boot/config-{release}", config)
+
+
+def make_tree(
+    tmp_path: Path,
+    *,
+    tags: Iterable[str | bytes] = (),
+    policy: str | None = None,
+    dropins: Mapping[str, str] | None = None,
+    name: str = "root",
+) -> Path:
+    """A fake root under tmp_path/name listing these virtio-fs tags in sysfs, with this main
+    policy and these policy.d drop-ins (file name -> text). Returns the root."""
+    tree = FakeTree(tmp_path / name)
+    tree.set_tags(tags)
+    if policy is not None:
+        tree.policy(policy)
+    for file_name, text in (dropins or {}).items():
+        tree.policy(text, f"policy.d/{file_name}")
+    return tree.root
+
+
+def raw_tag(tag: str | bytes) -> bytes:
+    """The bytes of a tag as the kernel holds them (str tags may carry surrogateescape bytes)."""
+    return tag if isinstance(tag, bytes) else tag_bytes(tag)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every entry below root: relative path -> (mode, content or link target), so a test can
+    prove that a command changed nothing."""
+    out: dict[str, tuple[int, bytes | str | None]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in [*dirnames, *filenames]:
+            path = Path(dirpath) / entry
+            st = path.lstat()
+            if path.is_symlink():
+                content: bytes | str | None = os.readlink(path)
+            elif path.is_file():
+                content = path.read_bytes()
+            else:
+                content = None
+            out[str(path.relative_to(root))] = (st.st_mode, content)
+    return out
+
+
+def run_generator(
+    root: Path,
+    out: Path,
+    *extra: str,
+    importtime: bool = False,
+    env: dict[str, str] | None = None,
+    kmsg: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The generator's real entry point in a process of its own, as systemd runs it, on the
+    fake root (VFS_AGENT_ROOT); its kernel log goes to `kmsg` (default: root/kmsg)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"},
+        "VFS_AGENT_ROOT": str(root),
+        "VFS_AGENT_KMSG": str(kmsg or root / "kmsg"),
+        **(env or {}),
+    }
+    flags = ["-X", "importtime"] if importtime else []
+    code = "import sys; from vfs_agent.systemd.generator import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code, str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def write_policy(path: Path, text: str, *, mode: int = 0o644, dir_mode: int = 0o755) -> Path:

@@ -27,7 +27,15 @@ class RecordingMounter:
 
 
 def mount_action(tag: str, path: str, options=("nosuid", "nodev"), required=False) -> Action:
-    return Action(ActionKind.MOUNT, tag, "test", path, Transport.VIRTIOFS, tuple(options), required)
+    return Action(
+        kind=ActionKind.MOUNT,
+        tag=tag,
+        reason="test",
+        path=path,
+        transport=Transport.VIRTIOFS,
+        options=tuple(options),
+        required=required,
+    )
 
 
 def test_mount_creates_the_mountpoint_and_passes_flags(tmp_path: Path):
@@ -80,7 +88,13 @@ def test_stale_mounts_are_unmounted_lazily_and_prepare_runs_once_per_type(tmp_pa
     mounter = RecordingMounter()
     prepared: list[Transport] = []
     actions = [
-        Action(ActionKind.UNMOUNT_STALE, "gone", "gone", "/mnt/gone", Transport.VIRTIOFS),
+        Action(
+            kind=ActionKind.UNMOUNT_STALE,
+            tag="gone",
+            reason="gone",
+            path="/mnt/gone",
+            transport=Transport.VIRTIOFS,
+        ),
         mount_action("a", "/mnt/a"),
         mount_action("b", "/mnt/b"),
     ]
@@ -90,6 +104,13 @@ def test_stale_mounts_are_unmounted_lazily_and_prepare_runs_once_per_type(tmp_pa
 
 
 def test_absent_required_share_fails(tmp_path: Path):
-    action = Action(ActionKind.ABSENT, "gone", "why", "/mnt/gone", Transport.VIRTIOFS, (), True)
+    action = Action(
+        kind=ActionKind.ABSENT,
+        tag="gone",
+        reason="why",
+        path="/mnt/gone",
+        transport=Transport.VIRTIOFS,
+        required=True,
+    )
     [outcome] = apply_plan([action], SysRoot(tmp_path), RecordingMounter())
     assert outcome.fatal and "not attached" in outcome.message

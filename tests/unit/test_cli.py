@@ -21,8 +21,8 @@ TAGS = ["media_tag", "data-1", "weird tag#1", "../escape"]
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    root = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    root = fake_tree
     for tag in TAGS:
         root.virtiofs(tag)
     root.policy(POLICY)

@@ -6,7 +6,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from faketree import FakeTree
@@ -83,8 +82,8 @@ def wait_for(predicate, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    tree = FakeTree(tmp_path / "root")
+def setup(fake_tree: FakeTree):
+    tree = fake_tree
     tree.policy(POLICY)
     tree.virtiofs("media_tag", index=1)
     return tree, PipeEvents(), FakeKernel(tree)
@@ -230,3 +229,41 @@ def test_only_share_events_are_relevant():
     assert relevant(ShareEvent("remove", "virtio", "/devices/x/virtio1", None, None))
     assert not relevant(ShareEvent("bind", "virtio", "/devices/x/virtio2", None, "virtio_net"))
     assert not relevant(ShareEvent("add", "block", "/devices/x/vda", None, None))
+
+
+def test_an_unreadable_mount_table_skips_one_batch_not_the_daemon(setup, caplog, monkeypatch):
+    """An error reading the mount table changes nothing and the next event is handled."""
+    import errno
+
+    tree, events, kernel = setup
+    mountinfo = str(tree.root / "proc/self/mountinfo")
+    broken = threading.Event()
+    real_open = os.open
+
+    def fake_open(path, flags, *args, **kwargs):
+        if broken.is_set() and str(path) == mountinfo:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+    def script() -> None:
+        wait_for(lambda: kernel.calls)
+        broken.set()
+        tree.virtiofs("data-1", index=3)
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/3", "data-1", None))
+        wait_for(lambda: "Failed to reconcile after 1 uevent(s)" in caplog.text)
+        broken.clear()
+        tree.virtiofs("data-2", index=4)
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/4", "data-2", None))
+        wait_for(lambda: "mount data-2 /srv/data-2" in kernel.calls)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with caplog.at_level("INFO", logger="vfs_agent"):
+        run_daemon(tree, events, kernel, script)
+    assert kernel.calls == [
+        "mount media_tag /mnt/media",
+        "mount data-1 /srv/data-1",
+        "mount data-2 /srv/data-2",
+    ]
+    assert "Input/output error" in caplog.text

@@ -156,9 +156,9 @@ def test_an_empty_tag_is_refused() -> None:
 
 def mount_action(tag: str, path: str, *, required: bool) -> Action:
     return Action(
-        ActionKind.MOUNT,
-        tag,
-        "test",
+        kind=ActionKind.MOUNT,
+        tag=tag,
+        reason="test",
         path=path,
         transport=Transport.VIRTIOFS,
         options=("nosuid", "nodev"),

@@ -104,13 +104,13 @@ HOSTILE_PATHS = [
 
 def action(tag: str, path: str, *, required: bool, options: tuple[str, ...]) -> Action:
     return Action(
-        ActionKind.MOUNT,
-        tag,
-        "differential",
-        path,
-        Transport.VIRTIOFS,
-        options,
-        required,
+        kind=ActionKind.MOUNT,
+        tag=tag,
+        reason="differential",
+        path=path,
+        transport=Transport.VIRTIOFS,
+        options=options,
+        required=required,
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from treeutil import make_tree, set_tags, snapshot
+from faketree import FakeTree, make_tree, snapshot
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.escape import encode_tag
@@ -264,7 +264,7 @@ def test_a_removed_share_loses_its_unit_and_nothing_else(
     gone = "mnt-virtiofs-data\\x2d1.mount"
     assert (out / gone).exists()
 
-    set_tags(root, [t for t in TAGS if t != "data-1"])
+    FakeTree(root).set_tags([t for t in TAGS if t != "data-1"])
     result = generate(root, out, *extra)
 
     assert result.exit_code == 0, result.output
@@ -328,7 +328,7 @@ def test_a_generated_unit_edited_by_hand_is_kept(
     assert generate(root, out).exit_code == 1
     assert unit.read_text() == edited
 
-    set_tags(root, [t for t in TAGS if t != "media_tag"])
+    FakeTree(root).set_tags([t for t in TAGS if t != "media_tag"])
     policy = root / "etc/vfs-agent/policy.yaml"
     policy.write_text("version: 1\ndefaults:\n  unknown: mount\n")
     result = generate(root, out)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from clirunner import cli_runner
-from faketree import FakeTree
-from test_generator import run_generator
+from faketree import FakeTree, run_generator
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.plan import ActionKind, plan
@@ -41,8 +40,8 @@ def cmdline(tree: FakeTree, text: str) -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    tree = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    tree = fake_tree
     for tag in ("media_tag", "cmd_tag", "other", "ci_tag"):
         tree.virtiofs(tag)
     cmdline(tree, "BOOT_IMAGE=/vmlinuz root=/dev/vda ro quiet")
@@ -269,7 +268,7 @@ def test_generator_reads_credentials_directory_and_logs_bad_layers(tree: FakeTre
     cmdline(tree, "vfs_agent.mount=other:/srv/o vfs_agent.mount=bad")
     out = tmp_path / "out"
     env = {"CREDENTIALS_DIRECTORY": "/run/creds-of-generator"}
-    done = run_generator(tree, out, env=env)
+    done = run_generator(tree.root, out, env=env)
     assert done.returncode == 0, done.stderr
     units = sorted(p.name for p in out.glob("*.mount"))
     assert units == [
@@ -282,7 +281,7 @@ def test_generator_reads_credentials_directory_and_logs_bad_layers(tree: FakeTre
     assert "<3>vfs-agent-generator: kernel command line:1:30: vfs_agent.mount=bad: no ':'" in kmsg
     # Without $CREDENTIALS_DIRECTORY: systemd's /run/credentials/@system, which has none here.
     out = tmp_path / "out2"
-    done = run_generator(tree, out, env={})
+    done = run_generator(tree.root, out, env={})
     assert sorted(p.name for p in out.glob("*.mount")) == [
         "mnt-virtiofs-ci_tag.mount",
         "mnt-virtiofs-cmd_tag.mount",
@@ -296,7 +295,7 @@ def test_generator_logs_an_invalid_credential_and_still_writes_units(
 ):
     credential(tree, "version: 1\nmounts:\n  - {tag: media_tag, pth: /x}\n")
     out = tmp_path / "out"
-    done = run_generator(tree, out, env={"CREDENTIALS_DIRECTORY": f"/{CRED_DIR}"})
+    done = run_generator(tree.root, out, env={"CREDENTIALS_DIRECTORY": f"/{CRED_DIR}"})
     assert done.returncode == 0
     kmsg = (tree.root / "kmsg").read_text()
     assert f"<3>vfs-agent-generator: {CREDENTIAL_LAYER}:3:22: mounts[0].pth: unknown key" in kmsg

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from clirunner import cli_runner
-from faketree import FakeTree
-from treeutil import snapshot
+from faketree import FakeTree, snapshot
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
@@ -52,8 +51,8 @@ ALL_COMMANDS = [
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    root = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    root = fake_tree
     root.virtiofs("media_tag")
     root.policy(POLICY)
     return root

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from clirunner import cli_runner
-from treeutil import make_tree, snapshot
+from faketree import make_tree, snapshot
 
 from vfs_agent.commands.cli import main
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from treeutil import make_tree, snapshot, write_policy
+from faketree import make_tree, snapshot, write_policy
 
 from vfs_agent.commands.cli import main
 

@@ -54,8 +54,8 @@ def output(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    tree = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    tree = fake_tree
     for tag in ("media_tag", "data-1", "weird tag#1"):
         tree.virtiofs(tag)
     tree.policy(POLICY)

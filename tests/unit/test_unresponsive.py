@@ -172,8 +172,8 @@ def test_an_unresponsive_mount_whose_share_is_gone_is_detached() -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FakeTree:
-    root = FakeTree(tmp_path / "root")
+def tree(fake_tree: FakeTree) -> FakeTree:
+    root = fake_tree
     for tag in ("media_tag", "other"):
         root.virtiofs(tag)
     root.policy(POLICY)

@@ -175,8 +175,9 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
                 "policy_files": list(planned.policy.files),
                 "policy_warnings": list(planned.policy.warnings),
                 "discovery_complete": planned.observed.discovery.complete,
+                "discovery_problems": list(planned.observed.discovery.problems),
                 "actions": [a.to_dict() for a in planned.actions],
-                "not_persistent": [vars(skip) for skip in unwritable],
+                "not_persistent": [skip.to_dict() for skip in unwritable],
             }
         )
     else:
@@ -185,6 +186,8 @@ def plan(ctx: ops.Context, as_json: bool) -> None:
         click.echo(plan_text(planned.actions))
         for skip in unwritable:
             click.echo(f"* no fstab line or unit for {show(skip.tag)}: {skip.why}")
+        for problem in planned.observed.discovery.problems:
+            click.echo(f"* {problem}")
 
 
 def _finish(outcomes: list[Outcome], as_json: bool) -> None:
@@ -280,9 +283,11 @@ def generate() -> None:
 def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) -> None:
     """One .mount unit per share the policy wants.
 
-    With a directory, units are written atomically with their local-fs.target.wants/ links,
-    and units vfs-agent generated there before that are no longer wanted are removed.
-    Tags that only a glob or defaults.unknown matches need the share to be attached.
+    The same units the boot-time generator writes: they depend on the policy and the attached
+    shares only, never on what is mounted now. With a directory, units are written atomically
+    with their local-fs.target.wants/ links, and units vfs-agent generated there before that
+    are no longer wanted are removed. Tags that only a glob or defaults.unknown matches need
+    the share to be attached. Every share that gets no unit is named on stderr, with why.
     """
     from vfs_agent.commands import operations as ops
 
@@ -318,7 +323,11 @@ def _warn_skipped(skipped: list[Skipped]) -> None:
 @pass_ops
 @handle_errors
 def generate_fstab(ctx: ops.Context, output: str) -> None:
-    """fstab lines for the shares the policy wants, inside a marked block."""
+    """fstab lines for the shares the policy wants, inside a marked block.
+
+    Like the units of 'generate systemd', the lines depend on the policy and the attached
+    shares only. Every share that gets no line is named on stderr, with why.
+    """
     from vfs_agent.commands import operations as ops
 
     if output == "-":

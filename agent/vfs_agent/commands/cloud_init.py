@@ -30,8 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +53,9 @@ from vfs_agent.policy.load import (
 )
 from vfs_agent.policy.pydantic_compat import BaseModel, field_names
 from vfs_agent.policy.schema import DefaultsSection, PolicyFile, RuleModel
+from vfs_agent.system.atomic import remove_durably
 from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import ToolError, run_tool, tool_output
 from vfs_agent.systemd.units import systemd_running
 
 KEY = "vfs_agent"
@@ -113,23 +113,14 @@ class BootReporter:
 def run_query() -> str:
     """The JSON of `cloud-init query --all` (as root it holds user-data and the merged config)."""
     try:
-        done = subprocess.run(QUERY, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CloudInitError(f"{' '.join(QUERY)} failed: {e}") from None
-    if done.returncode != 0:
-        raise CloudInitError(
-            f"{' '.join(QUERY)} exited {done.returncode}: {done.stderr.strip() or 'no message'}"
-        )
-    return done.stdout
+        return tool_output(QUERY, 300)
+    except ToolError as e:
+        raise CloudInitError(str(e)) from None
 
 
 def run_systemctl(args: list[str]) -> str | None:
     """`systemctl ARGS`; None on success, else why it failed."""
-    try:
-        done = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    return None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+    return run_tool(["systemctl", *args], 300)
 
 
 def cloud_config(query_json: str) -> tuple[dict[Any, Any], str | None]:
@@ -282,39 +273,12 @@ def write_dropin(sysroot: SysRoot, text: str) -> bool:
         if not directory.is_dir():
             directory.mkdir(mode=0o755)
             os.chmod(directory, 0o755)  # whatever the umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            if os.geteuid() == 0:
-                os.fchown(handle.fileno(), 0, 0)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    sysroot.write_atomic(DROPIN, text, mode=0o644, keep_attrs=False)
     return True
 
 
 def remove_dropin(sysroot: SysRoot) -> bool:
-    try:
-        sysroot.path(DROPIN).unlink()
-    except FileNotFoundError:
-        return False
-    _fsync_dir(sysroot.path(DROPIN).parent)
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return remove_durably(sysroot.path(DROPIN))
 
 
 def _mount_all(ctx: ops.Context) -> list[Outcome]:

@@ -157,9 +157,13 @@ class Daemon:
         return False
 
     def _reconcile(self, state: DaemonState, why: str) -> list[Outcome]:
-        outcomes = ops.reconcile(
-            self.ctx, state.policy, mounter=self.mounter, systemd=ops.SystemdMode.LEAVE
-        )
+        try:
+            outcomes = ops.reconcile(
+                self.ctx, state.policy, mounter=self.mounter, systemd=ops.SystemdMode.LEAVE
+            )
+        except OSError as e:  # the mount table could not be read (EIO): nothing was changed
+            log.error("Failed to reconcile after %s: %s; the next event retries, ignoring.", why, e)
+            return []
         state.reconciles += 1
         if any(o.action.kind is ActionKind.HELD for o in outcomes):
             backoff = state.backoff = min(MAX_RECHECK, state.backoff * 2 if state.backoff else 1.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from vfs_agent.system.sysroot import SysRoot, write_atomic
+from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd.installed import RULE_NAME
 
 
@@ -115,7 +115,7 @@ def install(root: Path, layout: Layout, *, dry_run: bool = False) -> list[str]:
     written = []
     for template, dest, mode in layout.files():
         if not dry_run:
-            write_atomic(SysRoot(root).path(dest), layout.render(template), mode=mode)
+            SysRoot(root).write_atomic(dest, layout.render(template), mode=mode)
         written.append(dest)
     return written
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
+from vfs_agent.core import desired
+from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.model import SHARE_FSTYPES, Mounted, Observed, Transport
 from vfs_agent.core.mountinfo import top_mounts
-from vfs_agent.core.plan import WANTED, Action, ActionKind, plan
-from vfs_agent.core.render_fstab import fstab_problem, render_block
-from vfs_agent.core.render_systemd import Skipped, UnitFile, render_units
+from vfs_agent.core.plan import Action, ActionKind, plan
+from vfs_agent.core.render_systemd import Skipped, UnitFile
 from vfs_agent.execute.apply import KernelMounter, Mounter, Outcome, apply_plan
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
+from vfs_agent.system.discovery import discover
 from vfs_agent.system.fuse_abort import abort_connection
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound, ensure_filesystem
@@ -241,13 +243,13 @@ def _apply(
 def generated_units(
     ctx: Context, bind_device: bool | None = None
 ) -> tuple[list[UnitFile], list[Skipped]]:
-    """Units for the current plan. `bind_device` None: bind to the share's device unit when
-    vfs-agent's udev rule is installed (without it those device units never appear)."""
-    planned = current_plan(ctx, mountpoints=False)
-    origin = ", ".join(planned.policy.files) or "the built-in default policy"
+    """The units for the policy and the attached shares, exactly as the boot-time generator
+    computes them (core/desired.py): the mount table plays no part. `bind_device` None: bind
+    to the share's device unit when vfs-agent's udev rule is installed (without it those
+    device units never appear)."""
     if bind_device is None:
         bind_device = udev_rule_installed(ctx.sysroot)
-    return render_units(planned.actions, f"policy {origin}", bind_device=bind_device)
+    return desired_units(ctx.policy(), discover(ctx.sysroot), bind_device=bind_device)
 
 
 def write_units(
@@ -260,17 +262,13 @@ def write_units(
 
 def not_persistent(actions: list[Action]) -> list[Skipped]:
     """The wanted shares that neither an fstab line nor a unit can express (core/persist.py)."""
-    return [
-        Skipped(a.tag, a.path, why)
-        for a in actions
-        if a.kind in WANTED and a.path is not None and (why := fstab_problem(a)) is not None
-    ]
+    return desired.not_persistent(actions)
 
 
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
-    """The fstab block, and the wanted shares fstab cannot express."""
-    actions = current_plan(ctx, mountpoints=False).actions
-    return render_block(actions), not_persistent(actions)
+    """The fstab block for the policy and the attached shares (core/desired.py, as for units),
+    and every share that gets no line, with why."""
+    return desired_fstab(ctx.policy(), discover(ctx.sysroot))
 
 
 def write_fstab(ctx: Context, fstab: Path) -> list[Skipped]:

@@ -20,6 +20,17 @@ _UNIT_SAFE = frozenset((string.ascii_letters + string.digits + ":_.").encode())
 _FSTAB_SPECIAL = frozenset(b" \t\n\\")
 
 
+def is_control(char: str) -> bool:
+    """A C0 control character or DEL: what may not appear in a tag, a path or a policy file
+    name, and what a unit file comment escapes (the one definition of it)."""
+    return ord(char) < 0x20 or ord(char) == 0x7F
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds a control character (is_control)."""
+    return any(is_control(c) for c in text)
+
+
 def tag_bytes(tag: str) -> bytes:
     """The bytes of a tag as the kernel sees them (non-UTF-8 bytes survive via surrogateescape)."""
     return tag.encode("utf-8", "surrogateescape")

@@ -55,6 +55,9 @@ class Discovery:
     # is absent be treated as stale.
     complete: bool
     problems: tuple[str, ...] = field(default=())
+    # The same for 9p: False when a 9p device's tag could not be read (then no 9p mount may be
+    # taken for stale). 9p tags need no other source, so this is normally True.
+    ninep_complete: bool = True
     # virtio-fs devices the kernel is removing (PCI address and virtio name, as a person finds
     # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
     removing: tuple[str, ...] = field(default=())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-from vfs_agent.core.escape import encode_tag
+from vfs_agent.core.escape import encode_tag, has_control
 
 # Mounting on these would hide the system itself.
 FORBIDDEN_EXACT = frozenset({"/", "/run", "/var"})
@@ -36,7 +36,7 @@ def path_problem(path: str) -> str | None:
         return "is not absolute"
     if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
         return f"is longer than {PATH_MAX} bytes"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if has_control(path):
         return "contains a control character"
     components = path.split("/")[1:]
     if path != "/" and ("" in components or "." in components or ".." in components):

@@ -50,8 +50,10 @@ WANTED = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Action:
+    """One decision of the plan; built by keyword only (eleven fields, several of one type)."""
+
     kind: ActionKind
     tag: str
     reason: str
@@ -150,7 +152,9 @@ def plan(
             # Only the default rule would mount it; it is in use already (the root filesystem
             # of a virtio-fs-root guest, an fstab line): do not mount it a second time.
             why = f"already mounted at {', '.join(elsewhere)}; no rule names this tag"
-            actions.append(Action(ActionKind.IGNORE, want.tag, why, None, want.transport))
+            actions.append(
+                Action(kind=ActionKind.IGNORE, tag=want.tag, reason=why, transport=want.transport)
+            )
             continue
         actions += _against_table(want, top.get(path), dead, stale_done, path in nonempty)
 
@@ -159,20 +163,21 @@ def plan(
         if entry.target in stale_done or entry.fstype not in (t.value for t in Transport):
             continue
         transport = Transport(entry.fstype)
-        gone = (transport, entry.source) not in present and (
-            discovery.complete or transport is Transport.NINEP
+        listed_all = (
+            discovery.ninep_complete if transport is Transport.NINEP else discovery.complete
         )
+        gone = (transport, entry.source) not in present and listed_all
         if entry.target in unresponsive and not gone:
             continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
             actions.append(
                 Action(
-                    ActionKind.UNMOUNT_STALE,
-                    entry.source,
-                    f"{entry.target}: {why}",
-                    entry.target,
-                    transport,
+                    kind=ActionKind.UNMOUNT_STALE,
+                    tag=entry.source,
+                    reason=f"{entry.target}: {why}",
+                    path=entry.target,
+                    transport=transport,
                 )
             )
     if discovery.removing:
@@ -213,7 +218,13 @@ def _decide_present(
                 else f"{described} asks for transport {choice.value}"
             )
             actions.append(
-                Action(ActionKind.IGNORE, tag, why, None, other.transport, rule=described)
+                Action(
+                    kind=ActionKind.IGNORE,
+                    tag=tag,
+                    reason=why,
+                    transport=other.transport,
+                    rule=described,
+                )
             )
     if chosen is None:
         return
@@ -221,11 +232,10 @@ def _decide_present(
         why = f"ignored by {described}"
         actions.append(
             Action(
-                ActionKind.IGNORE,
-                tag,
-                why,
-                None,
-                chosen.transport,
+                kind=ActionKind.IGNORE,
+                tag=tag,
+                reason=why,
+                transport=chosen.transport,
                 rule=described,
                 source_file=ref.file,
             )
@@ -234,7 +244,11 @@ def _decide_present(
         why = f"no rule names this tag and defaults.unknown is 'ignore' ({policy.unknown_from})"
         actions.append(
             Action(
-                ActionKind.IGNORE, tag, why, None, chosen.transport, source_file=policy.unknown_from
+                kind=ActionKind.IGNORE,
+                tag=tag,
+                reason=why,
+                transport=chosen.transport,
+                source_file=policy.unknown_from,
             )
         )
     else:
@@ -301,11 +315,11 @@ def _against_table(
         stale_done.add(entry.target)
         return [
             Action(
-                ActionKind.UNMOUNT_STALE,
-                want.tag,
-                f"{entry.target}: it is dead (ENOTCONN)",
-                entry.target,
-                want.transport,
+                kind=ActionKind.UNMOUNT_STALE,
+                tag=want.tag,
+                reason=f"{entry.target}: it is dead (ENOTCONN)",
+                path=entry.target,
+                transport=want.transport,
             ),
             _action(ActionKind.MOUNT, want, f"remount after a dead mount ({want.why})"),
         ]
@@ -329,17 +343,17 @@ def _hung_reason(hung: str) -> str:
 
 def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
     return Action(
-        kind,
-        want.tag,
-        reason,
-        want.path,
-        want.transport,
-        want.options,
-        want.required,
-        want.ref.describe() if want.ref else None,
-        want.layer,
-        want.device_timeout,
-        want.mount_timeout if want.transport is Transport.VIRTIOFS else None,
+        kind=kind,
+        tag=want.tag,
+        reason=reason,
+        path=want.path,
+        transport=want.transport,
+        options=want.options,
+        required=want.required,
+        rule=want.ref.describe() if want.ref else None,
+        source_file=want.layer,
+        device_timeout=want.device_timeout,
+        mount_timeout=want.mount_timeout if want.transport is Transport.VIRTIOFS else None,
     )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from vfs_agent.core.escape import (
     encode_tag,
+    is_control,
     mount_unit_name,
     systemd_escape_path,
     unit_specifier_escape,
@@ -68,9 +69,15 @@ class UnitFile:
 
 @dataclass(frozen=True)
 class Skipped:
+    """A share that gets no unit or fstab line, and why."""
+
     tag: str
     path: str | None
     why: str
+    ignored: bool = False  # the policy says to leave it (not a problem)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"tag": self.tag, "path": self.path, "why": self.why}
 
 
 def device_alias(tag: str) -> str:
@@ -109,7 +116,7 @@ def _problem(action: Action) -> str | None:
 def comment_text(text: str) -> str:
     """`text` for one comment line: control characters (a newline in a policy file name)
     become escapes, so nothing in it can start a line of its own."""
-    return "".join(ascii(c)[1:-1] if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    return "".join(ascii(c)[1:-1] if is_control(c) else c for c in text)
 
 
 def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:

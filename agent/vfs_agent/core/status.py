@@ -21,8 +21,10 @@ class Health(StrEnum):
     BLOCKED = "blocked"  # the policy wants it but the path is refused or in conflict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShareStatus:
+    """One row of `status`; built by keyword only (several fields of one type)."""
+
     tag: str
     transport: Transport | None
     device: str | None
@@ -65,15 +67,15 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
             health, detail = Health.UNRESPONSIVE, _unanswered(waited, action)
         out.append(
             ShareStatus(
-                share.tag,
-                share.transport,
-                share.device,
-                share.source.value,
-                action.path if action else None,
-                where,
-                health,
-                detail,
-                action.source_file if action else None,
+                tag=share.tag,
+                transport=share.transport,
+                device=share.device,
+                source=share.source.value,
+                planned_path=action.path if action else None,
+                mounted_at=where,
+                health=health,
+                detail=detail,
+                layer=action.source_file if action else None,
             )
         )
         seen.add((share.tag, share.transport))
@@ -85,29 +87,31 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
         health = Health.ABSENT if action.kind is ActionKind.ABSENT else Health.BLOCKED
         out.append(
             ShareStatus(
-                action.tag,
-                action.transport,
-                None,
-                None,
-                action.path,
-                (),
-                health,
-                action.reason,
-                action.source_file,
+                tag=action.tag,
+                transport=action.transport,
+                device=None,
+                source=None,
+                planned_path=action.path,
+                mounted_at=(),
+                health=health,
+                detail=action.reason,
+                layer=action.source_file,
             )
         )
     for action in actions:
         if action.kind is ActionKind.UNMOUNT_STALE:
             out.append(
                 ShareStatus(
-                    action.tag,
-                    action.transport,
-                    None,
-                    None,
-                    None,
-                    (action.path or "",),
-                    Health.UNRESPONSIVE if action.path in observed.unresponsive else Health.DEAD,
-                    action.reason,
+                    tag=action.tag,
+                    transport=action.transport,
+                    device=None,
+                    source=None,
+                    planned_path=None,
+                    mounted_at=(action.path or "",),
+                    health=(
+                        Health.UNRESPONSIVE if action.path in observed.unresponsive else Health.DEAD
+                    ),
+                    detail=action.reason,
                 )
             )
     return out

@@ -23,6 +23,7 @@ import posixpath
 from dataclasses import asdict
 
 from vfs_agent import __version__
+from vfs_agent.core.escape import has_control
 from vfs_agent.core.mount_options import option_problem
 from vfs_agent.core.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy.cmdline import fingerprint_text
@@ -136,7 +137,7 @@ def from_json(data: dict[str, Any]) -> Policy:
 
 
 def _printable(text: str) -> bool:
-    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    return not has_control(text)
 
 
 def _tag(tag: Any) -> str:

@@ -9,10 +9,12 @@ credential or the argument) and the bad part is left out: a whole credential, or
 from __future__ import annotations
 
 from vfs_agent.policy.cmdline import KEY, mount_arguments, parse_value
+from vfs_agent.policy.files import POLICY_MAX
 from vfs_agent.policy.layers import Layer, LayerKind
 from vfs_agent.policy.load import PolicyError, PolicyProblem, parse_text, validate_data
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import FileSection
+from vfs_agent.system.safe_io import read_regular
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -26,7 +28,8 @@ def load_host_layer(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None,
 def _credential(sysroot: SysRoot, layer: Layer) -> tuple[FileSection | None, list[str]]:
     ignoring = f"{layer.name}: invalid, ignoring it; the other policy layers still apply."
     try:
-        text = sysroot.path(layer.path).read_bytes().decode("utf-8")
+        # Bounded and non-blocking like every policy file: a FIFO in its place cannot hang us.
+        text = read_regular(sysroot.path(layer.path), POLICY_MAX).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return None, [f"{layer.name}: cannot read {layer.path}: {e}", ignoring]
     try:

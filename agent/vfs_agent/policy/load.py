@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from vfs_agent.core.escape import has_control
 from vfs_agent.policy import compiled as policy_cache
 from vfs_agent.policy.errors import PolicyError as PolicyError  # re-exported
 from vfs_agent.policy.errors import PolicyProblem as PolicyProblem
@@ -94,7 +95,7 @@ def file_positions(sysroot: SysRoot, name: str) -> dict[Loc, tuple[int, int]]:
 def load_file(sysroot: SysRoot, name: str, *, check_modes: bool = True) -> PolicyFile:
     host_path = sysroot.path(name)
     tried = "" if str(host_path) == name else f" ({host_path})"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if has_control(name):
         shown = ascii(name)[1:-1]
         message = "the file name contains a control character; rename the file"
         raise PolicyError([PolicyProblem(shown, 0, 0, "", message)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from vfs_agent.core.escape import tag_bytes
+from vfs_agent.core.escape import has_control, tag_bytes
 from vfs_agent.core.mount_options import option_problem
 from vfs_agent.core.paths import TAG_PLACEHOLDER, path_problem
 from vfs_agent.policy.pydantic_compat import (
@@ -69,7 +69,7 @@ def _check_rule_path(path: str | None) -> str | None:
 def _check_tag_pattern(pattern: str) -> str:
     if not pattern:
         raise ValueError("tag must not be empty")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern):
+    if has_control(pattern):
         raise ValueError("tag must not contain control characters")
     if not is_glob(pattern) and len(tag_bytes(pattern)) > MAX_TAG_BYTES:
         raise ValueError(f"tag {pattern!r} is longer than the {MAX_TAG_BYTES} bytes a tag can have")

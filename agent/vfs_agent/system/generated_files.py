@@ -1,4 +1,5 @@
-"""Writing generated files: a unit directory kept in sync, an fstab block edited in place."""
+"""Writing generated files: a unit directory kept in sync, an fstab block edited in place.
+Every file and link is replaced, and every stale one removed, through system/atomic.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from vfs_agent.core.render_systemd import (
     GeneratedFile,
     UnitFile,
 )
+from vfs_agent.system.atomic import remove_durably, symlink_atomic, write_atomic
 from vfs_agent.system.safe_io import FileRefused, check_output_dir, read_regular, resolve_output
-from vfs_agent.system.sysroot import temp_name, write_atomic
 
 UNIT_READ_MAX = 1 << 20
 FSTAB_MAX = 16 << 20  # bytes; a larger "fstab" is refused, not read
@@ -57,22 +58,22 @@ def sync_unit_dir(directory: Path, units: list[UnitFile]) -> tuple[list[str], li
     removed = []
     for entry in sorted(directory.glob("*.mount")):
         if entry.name not in wanted and is_ours(entry):
-            entry.unlink()
+            remove_durably(entry)
             removed.append(entry.name)
     for link in directory.glob("*.wants/*.mount"):
         relpath = str(link.relative_to(directory))
         # Only links vfs-agent makes: relative, to a unit beside them that is gone now.
         ours = link.is_symlink() and os.readlink(link) == f"../{link.name}"
         if ours and relpath not in wanted_extras and not (directory / link.name).exists():
-            link.unlink()
+            remove_durably(link)
             _rmdir_if_empty(link.parent)
     for answer in directory.glob(f"{ANSWER_PREFIX}*.service"):
         if answer.name not in wanted_extras and is_ours(answer):
-            answer.unlink()
+            remove_durably(answer)
             removed.append(answer.name)
     for dropin in directory.glob(f"*.d/{TIMEOUT_DROPIN}"):
         if str(dropin.relative_to(directory)) not in wanted_extras and is_ours(dropin):
-            dropin.unlink()
+            remove_durably(dropin)
             _rmdir_if_empty(dropin.parent)
     return written, removed
 
@@ -85,17 +86,10 @@ def _rmdir_if_empty(path: Path) -> None:
 
 def _write_extra(directory: Path, extra: GeneratedFile) -> None:
     path = directory / extra.relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
     if extra.link_to is None:
         write_atomic(path, extra.text)
-        return
-    if path.is_symlink() and os.readlink(path) == extra.link_to:
-        return
-    tmp = path.with_name(temp_name(path.name))
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(extra.link_to)
-    os.replace(tmp, path)
+    else:
+        symlink_atomic(path, extra.link_to)
 
 
 def write_fstab_block(fstab: Path, block: str) -> None:

@@ -1,4 +1,7 @@
-"""What the kernel supports for virtio-fs and 9p, read from /proc, /sys and /lib/modules."""
+"""What the kernel supports for virtio-fs and 9p, read from /proc, /sys and /lib/modules.
+
+A hint for people: a file that cannot be read counts as absent here (SysRoot.read_optional),
+and the report says "unknown" where that leaves it unsure."""
 
 from __future__ import annotations
 
@@ -61,10 +64,12 @@ class KernelReport:
 
 
 def kernel_release(sysroot: SysRoot) -> str:
-    text = sysroot.read_text("/proc/sys/kernel/osrelease")
+    text = sysroot.read_optional("/proc/sys/kernel/osrelease")
     if text:
         return text.strip()
-    releases = sysroot.listdir("/lib/modules") or sysroot.listdir("/usr/lib/modules")
+    releases = sysroot.listdir_optional("/lib/modules") or sysroot.listdir_optional(
+        "/usr/lib/modules"
+    )
     return releases[-1] if len(releases) >= 1 else "unknown"
 
 
@@ -87,37 +92,42 @@ def module_state(sysroot: SysRoot, release: str, fstype: str, module: str) -> Mo
     registered = filesystem_registered(sysroot, fstype)
     loaded = any(
         line.split(" ", 1)[0] == module
-        for line in (sysroot.read_text("/proc/modules") or "").splitlines()
+        for line in (sysroot.read_optional("/proc/modules") or "").splitlines()
     )
     directory = _modules_dir(sysroot, release)
-    if _module_listed(sysroot.read_text(f"{directory}/modules.builtin"), module):
+    if _module_listed(sysroot.read_optional(f"{directory}/modules.builtin"), module):
         return ModuleState.BUILTIN
     if loaded:
         return ModuleState.LOADED
     if registered:
         return ModuleState.BUILTIN
-    if _module_listed(sysroot.read_text(f"{directory}/modules.dep"), module):
+    if _module_listed(sysroot.read_optional(f"{directory}/modules.dep"), module):
         return ModuleState.MODULE
     return ModuleState.MISSING
 
 
 def kernel_config(sysroot: SysRoot, release: str) -> str | None:
-    text = sysroot.read_text(f"/boot/config-{release}")
+    text = sysroot.read_optional(f"/boot/config-{release}")
     if text is not None:
         return text
-    raw = sysroot.read_bytes("/proc/config.gz")
-    if raw is None:
-        return None
     try:
-        return gzip.decompress(raw).decode("utf-8", "replace")
-    except OSError:
+        raw = sysroot.read_bytes("/proc/config.gz")
+        return None if raw is None else gzip.decompress(raw).decode("utf-8", "replace")
+    except OSError:  # unreadable or not gzip: DAX shows as unknown
         return None
 
 
 def lockdown_state(sysroot: SysRoot) -> str | None:
-    text = sysroot.read_text("/sys/kernel/security/lockdown")
+    text = sysroot.read_optional("/sys/kernel/security/lockdown")
     match = re.search(r"\[(\w+)\]", text or "")
     return match.group(1) if match else None
+
+
+def _devices(sysroot: SysRoot, device_id: int) -> list[str]:
+    try:
+        return virtio_devices(sysroot, device_id)
+    except OSError:  # an unlistable bus: discovery reports it; here, no device known
+        return []
 
 
 def kernel_report(sysroot: SysRoot) -> KernelReport:
@@ -131,8 +141,8 @@ def kernel_report(sysroot: SysRoot) -> KernelReport:
         virtiofs=virtiofs,
         ninep=ninep,
         sysfs_tags=sysroot.exists(SYSFS_VIRTIOFS),
-        virtiofs_devices=tuple(virtio_devices(sysroot, VIRTIO_ID_FS)),
-        ninep_devices=tuple(virtio_devices(sysroot, VIRTIO_ID_9P)),
+        virtiofs_devices=tuple(_devices(sysroot, VIRTIO_ID_FS)),
+        ninep_devices=tuple(_devices(sysroot, VIRTIO_ID_9P)),
         dax=dax,
         lockdown=lockdown_state(sysroot),
     )

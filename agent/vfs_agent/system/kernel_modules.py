@@ -1,14 +1,13 @@
 """Loading a filesystem module before the first mount that needs it, the virtio driver of
-a share device that was added where nothing loads drivers (modprobe: the only subprocess), and
-probing again a share device its driver refused."""
+a share device that was added where nothing loads drivers (modprobe, through
+system/tools.py), and probing again a share device its driver refused."""
 
 from __future__ import annotations
-
-import subprocess
 
 from vfs_agent.core.model import Transport
 from vfs_agent.system.discovery import VIRTIO_DEVICES, VIRTIO_ID_9P, VIRTIO_ID_FS, virtio_devices
 from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import run_tool
 
 MODULES = {Transport.VIRTIOFS: ["virtiofs"], Transport.NINEP: ["9pnet_virtio", "9p"]}
 # The virtio driver of each kind of share device (also the name of its module).
@@ -19,7 +18,9 @@ DEVICE_IDS = {Transport.VIRTIOFS: VIRTIO_ID_FS, Transport.NINEP: VIRTIO_ID_9P}
 
 
 def filesystem_registered(sysroot: SysRoot, fstype: str) -> bool:
-    text = sysroot.read_text("/proc/filesystems") or ""
+    # Unreadable counts as not registered: the worst that follows is a modprobe that finds
+    # the module loaded already.
+    text = sysroot.read_optional("/proc/filesystems") or ""
     return any(line.split()[-1:] == [fstype] for line in text.splitlines())
 
 
@@ -55,7 +56,11 @@ def bind_unbound(sysroot: SysRoot, transport: Transport) -> list[str]:
     if str(sysroot.root) != "/" or not sysroot.exists(f"{VIRTIO_DRIVERS}/{DRIVERS[transport]}"):
         return []
     bound = []
-    for name in virtio_devices(sysroot, DEVICE_IDS[transport]):
+    try:
+        devices = virtio_devices(sysroot, DEVICE_IDS[transport])
+    except OSError:
+        return []  # an unlistable bus: discovery reports it
+    for name in devices:
         if sysroot.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
             continue
         try:
@@ -69,12 +74,4 @@ def bind_unbound(sysroot: SysRoot, transport: Transport) -> list[str]:
 
 
 def _modprobe(module: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["modprobe", "-q", module], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"modprobe {module} failed: {e}"
-    if done.returncode != 0:
-        return f"modprobe {module} failed: {done.stderr.strip() or f'exit {done.returncode}'}"
-    return None
+    return run_tool(["modprobe", "-q", module], 30)

@@ -10,5 +10,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 
 
 def read_mount_table(sysroot: SysRoot) -> list[Mounted]:
+    """The mounts; none when there is no mountinfo (an image tree). A mountinfo that cannot be
+    read raises OSError: an empty table would make every share look unmounted."""
     text = sysroot.read_text(MOUNTINFO)
     return parse_mountinfo(text) if text else []

@@ -1,7 +1,13 @@
-"""The one door to the system: every file the agent reads or writes, relative to a root.
+"""The door to the system's files, relative to a root.
 
 `SysRoot(Path("/"))` is the running system; tests point it at a fake tree, image builds at an
-image directory. Paths given to it are absolute paths *inside* that root.
+image directory. Paths given to it are absolute paths *inside* that root. Readers tell a file
+that is absent (None, or an empty listing) from one that is there but cannot be read (the
+OSError is raised: EACCES, EIO, not a regular file, too large), so a caller decides what an
+unreadable file means instead of losing it silently; the *_optional readers are for hints
+only (kernel facts a report shows as unknown). Every file is replaced through
+system/atomic.py (`write_atomic`, also this class's method). Code that needs the host path
+itself (mount(2) through an fd, the PCI config window, the lock) takes `path()`.
 """
 
 from __future__ import annotations
@@ -9,12 +15,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfs_agent.system.safe_io import read_regular, resolve_output
+from vfs_agent.system.atomic import write_atomic
+from vfs_agent.system.safe_io import read_regular
+
+__all__ = ["ABSENT", "SysRoot", "UnsafePathError", "write_atomic"]
+
+# What "not there" looks like: the file, or a directory on its way, does not exist.
+ABSENT = (errno.ENOENT, errno.ENOTDIR)
 
 
 class UnsafePathError(OSError):
@@ -30,14 +41,34 @@ class SysRoot:
         return self.root / inner.lstrip("/")
 
     def read_text(self, inner: str) -> str | None:
-        """File contents, or None if it does not exist or cannot be read (also when it is not
-        a regular file: a FIFO or a device never blocks or floods a reader)."""
+        """read_bytes(), decoded (UTF-8; other bytes kept as surrogates)."""
         raw = self.read_bytes(inner)
         return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
     def read_bytes(self, inner: str) -> bytes | None:
+        """File contents, or None if it does not exist. A file that is there but cannot be
+        read raises OSError: EACCES, EIO, ... and safe_io.FileRefused when it is not a regular
+        file (a FIFO or a device never blocks or floods a reader) or is too large."""
         try:
             return read_regular(self.path(inner))
+        except OSError as e:
+            if e.errno in ABSENT:
+                return None
+            raise
+
+    def listdir_optional(self, inner: str) -> list[str]:
+        """listdir() for a listing that is only a hint: unreadable counts as empty."""
+        try:
+            return self.listdir(inner)
+        except OSError:
+            return []
+
+    def read_optional(self, inner: str) -> str | None:
+        """read_text() for a file whose content is only a hint (kernel facts a report shows
+        as "unknown" when missing): unreadable counts as absent. Never for anything whose
+        loss would change what is mounted."""
+        try:
+            return self.read_text(inner)
         except OSError:
             return None
 
@@ -45,11 +76,14 @@ class SysRoot:
         return self.path(inner).exists()
 
     def listdir(self, inner: str) -> list[str]:
-        """Sorted entries of a directory; empty when it does not exist."""
+        """Sorted entries of a directory; empty when it does not exist. A directory that is
+        there but cannot be listed raises OSError (EACCES, EIO, ...)."""
         try:
             return sorted(os.listdir(self.path(inner)))
-        except OSError:
-            return []
+        except OSError as e:
+            if e.errno in ABSENT:
+                return []
+            raise
 
     def readlink(self, inner: str) -> str | None:
         try:
@@ -81,9 +115,12 @@ class SysRoot:
         finally:
             os.close(fd)
 
-    def write_atomic(self, inner: str, data: str, *, mode: int = 0o644) -> None:
-        """Write a file so readers see the old or the new content, never a mix."""
-        write_atomic(self.path(inner), data, mode=mode)
+    def write_atomic(
+        self, inner: str, data: str | bytes, *, mode: int = 0o644, keep_attrs: bool = True
+    ) -> None:
+        """Replace a file so readers see the old or the new content, never a mix, and the
+        change survives a crash (atomic.write_atomic)."""
+        write_atomic(self.path(inner), data, mode=mode, keep_attrs=keep_attrs)
 
 
 def _open_child(parent: int, name: str, whole: str, *, create: bool, mode: int) -> int:
@@ -102,44 +139,3 @@ def _open_child(parent: int, name: str, whole: str, *, create: bool, mode: int) 
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, mode, dir_fd=parent)
     return _open_child(parent, name, whole, create=False, mode=mode)
-
-
-def temp_name(name: str) -> str:
-    """A hidden temporary name beside `name` (loaders skip dot files); `name` is cut so the
-    result fits NAME_MAX (255 bytes) even for a 255-byte unit name."""
-    short = os.fsdecode(os.fsencode(name)[:200])
-    return f".{short}.{os.getpid()}.tmp"
-
-
-def write_atomic(target: Path, data: str, *, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename over the target; keeps an existing
-    file's mode and owner. A symlinked target is followed (the link is kept and its target
-    replaced); anything but a regular file is refused (safe_io.resolve_output)."""
-    target = resolve_output(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        st: os.stat_result | None = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    # O_EXCL on a per-process name instead of tempfile: the boot-time generator writes through
-    # here, and tempfile's imports cost it measurable time under emulation.
-    tmp = str(target.parent / temp_name(target.name))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by an earlier process with the same PID that died
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if st is not None:
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            with contextlib.suppress(PermissionError):
-                os.chown(tmp, st.st_uid, st.st_gid)
-        else:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

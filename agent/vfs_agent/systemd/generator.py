@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from vfs_agent.core.plan import plan
-from vfs_agent.core.render_systemd import render_units
+from vfs_agent.core.desired import desired_units
 from vfs_agent.policy.compiled import load as load_cached
 from vfs_agent.policy.layers import SYSTEM_CREDENTIALS, credentials_directory
 from vfs_agent.policy.types import Policy
@@ -42,13 +41,16 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
     policy = _load_policy(sysroot, credentials_dir)
     for warning in policy.warnings:  # an invalid host layer: reported, left out, boot goes on
         kmsg(ERR, IDENT, warning)
-    actions = plan(discover(sysroot, pci=False), policy, [])
-    origin = ", ".join(policy.files) or "the built-in default policy"
-    units, skipped = render_units(
-        actions, f"policy {origin} by {IDENT}", bind_device=udev_rule_installed(sysroot)
+    # No PCI config window: it writes to config space, which a generator must not do.
+    units, skipped = desired_units(
+        policy,
+        discover(sysroot, pci=False),
+        bind_device=udev_rule_installed(sysroot),
+        generator=IDENT,
     )
     for skip in skipped:
-        kmsg(WARNING, IDENT, f"no unit for share {skip.tag!r}: {skip.why}, ignoring.")
+        level = INFO if skip.ignored else WARNING  # ignoring is what the policy asked for
+        kmsg(level, IDENT, f"no unit for share {skip.tag!r}: {skip.why}, ignoring.")
     write_units(normal_dir, units)
     return len(units)
 

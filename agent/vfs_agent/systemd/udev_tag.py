@@ -13,19 +13,17 @@ import sys
 from pathlib import Path
 
 from vfs_agent.core.escape import encode_tag
-from vfs_agent.system.discovery import SYSFS_VIRTIOFS, read_tag
+from vfs_agent.system.discovery import sysfs_tags
 from vfs_agent.system.sysroot import SysRoot
 
 
 def tag_for_device(sysroot: SysRoot, devpath: str) -> str | None:
-    """The tag of the virtio device at /sys<devpath>, or None."""
+    """The tag of the virtio device at /sys<devpath>, or None (also when its tag file cannot
+    be read: no alias is better than a wrong one)."""
     device = posixpath.basename(devpath.rstrip("/"))
-    wanted = os.path.realpath(sysroot.path("/sys" + devpath))
-    for entry in sysroot.listdir(SYSFS_VIRTIOFS):
-        link = sysroot.path(f"{SYSFS_VIRTIOFS}/{entry}/device")
-        if os.path.realpath(link) == wanted:
-            raw = sysroot.read_bytes(f"{SYSFS_VIRTIOFS}/{entry}/tag")
-            return read_tag(raw) if raw else None
+    for item in sysfs_tags(sysroot):
+        if item.device == device:  # virtioN names are unique on the virtio bus
+            return item.tag
     # Older kernels: no /sys/fs/virtiofs; read the tag through the PCI config window.
     from vfs_agent.system.pci_config import discover_pci
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 from vfs_agent.core.escape import mount_unit_name
 from vfs_agent.system.generated_files import is_ours
 from vfs_agent.system.sysroot import SysRoot
+from vfs_agent.system.tools import run_tool
 
 UNIT_DIRS = ("/run/systemd/generator", "/etc/systemd/system", "/run/systemd/system")
 
@@ -27,13 +26,5 @@ def managed_unit(sysroot: SysRoot, path: str) -> str | None:
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
-    """`systemctl start NAME`; None on success, else why it failed."""
-    try:
-        done = subprocess.run(
-            ["systemctl", "start", name], capture_output=True, text=True, timeout=timeout
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"systemctl start {name} failed: {e}"
-    if done.returncode != 0:
-        return done.stderr.strip() or f"systemctl start {name} exited {done.returncode}"
-    return None
+    """`systemctl start NAME`; None on success, else why it failed (system/tools.py)."""
+    return run_tool(["systemctl", "start", name], timeout)
