@@ -23,7 +23,7 @@ VENV1 ?= .venv-pydantic1
 FLOOR_PINS := pydantic==1.10.4 click==8.1.3 PyYAML==6.0 pyudev==0.24.0
 VENV1_STAMP := $(VENV1)/.stamp-$(shell echo '$(FLOOR_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all setup host-deps venv venv1 lint unit golden guest test demo image bench-boot bench-host bench packages clean
+.PHONY: all setup host-deps venv venv1 lint unit golden guest test demo image bench-boot bench-host bench-policy-boot bench-hotplug bench-idle bench packages clean
 
 all: test
 
@@ -96,16 +96,25 @@ bench-boot: setup
 bench-host: venv
 	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/plan_scale.py
+	$(VENV)/bin/python bench/executors.py
 
-# Every benchmark (guests, one at a time): the host ones, boot reliability, hotplug latency
-# against busybox uevent, hotplug through systemd units against the daemon, mount-all of 24
-# shares against a shell loop, boot with the policy against hand-written fstab, generator
-# run time.
-bench: bench-host bench-boot
+# What a user of a systemd guest feels (guests, one at a time; figures in README "Timings"):
+# the boot to multi-user.target with the policy against hand-written fstab (BOOTS of each,
+# interleaved) and the generator's run time; hotplug through udev, device and mount units
+# against the daemon, with where the time goes; the daemon's wakeups and RSS while idle.
+BOOTS ?= 5
+bench-policy-boot: setup
+	$(VENV)/bin/python bench/boot_policy_vs_fstab.py --boots $(BOOTS)
+bench-hotplug: setup
 	$(VENV)/bin/python bench/hotplug_latency.py
 	$(VENV)/bin/python bench/hotplug_systemd.py
+bench-idle: setup
+	$(VENV)/bin/python bench/daemon_idle.py
+
+# Every benchmark: the host ones, boot reliability, the three above, and mount-all of 24
+# shares against a shell loop.
+bench: bench-host bench-boot bench-policy-boot bench-hotplug bench-idle
 	$(VENV)/bin/python bench/mount_all_scale.py
-	$(VENV)/bin/python bench/boot_policy_vs_fstab.py
 
 # The .deb and the .rpm, built from this checkout in a temporary directory, into $(PKG_OUT).
 PKG_OUT ?= dist

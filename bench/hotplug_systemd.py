@@ -9,20 +9,28 @@ runs --cycles of QMP device_add -> file readable -> device_del -> mount gone, me
 the guest from the first kernel uevent, as bench/hotplug_latency.py does (the QMP-to-guest part
 is not counted). The systemd path runs the udev helper for every virtio-fs device event; the
 daemon path runs no process per event.
+
+Where the systemd path's time goes, per hotplug, on the guest's monotonic clock, from the
+kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
+timestamps of the device unit (active) and of the mount unit (job started, mounted), then the
+poller's "readable" (its own receipt of that uevent, a few ms apart); and udevd's marks
+(done with the `add`, the kernel's `bind`, done with the `bind`).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hotplug_latency import POLLER, cycles, summary
+from hotplug_latency import POLLER, arm, collect, cycles, summary
 from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.processes import stop_all
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
@@ -34,6 +42,96 @@ mounts:
   - {tag: unit-2, path: /srv/unit/unit-2}
   - {tag: "dmn-*", path: "/srv/dmn/{tag}"}
 """
+MONITOR_LOG = "/run/bench-udev-monitor.log"
+MONITOR = (
+    f"setsid -f sh -c 'exec stdbuf -oL udevadm monitor --kernel --udev -s virtio -s virtiofs"
+    f" >{MONITOR_LOG} 2>&1 </dev/null'"
+)
+# KERNEL[2345.678901] add      /devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio3 (virtio)
+EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)")
+# The steps of the split, each from the end of the one before. The rule matches the virtio
+# device's `add` (its driver is bound by the time udevd handles it), so the device unit comes
+# from that event, before udevd has handled the `bind`.
+STEPS = (
+    ("uevent -> device unit active (udevd, systemd)", "device"),
+    ("device active -> mount job starts", "mount_start"),
+    ("mount job (executor, mount(8), mount(2))", "mounted"),
+    ("mounted -> the poller reads the file", "readable"),
+)
+# udevd's own marks, from the first kernel uevent (not a chain).
+UDEV_MARKS = (
+    ("udevd done with the `add`", "u_add"),
+    ("kernel `bind` uevent", "k_bind"),
+    ("udevd done with the `bind`", "u_bind"),
+)
+
+
+def monotonic(vm: VM, unit: str, prop: str) -> float:
+    out = vm.run(["systemctl", "show", "--value", f"--property={prop}", unit], check=True)
+    return int(out.stdout) / 1e6
+
+
+def events_since(vm: VM, skip: int) -> tuple[list[tuple[str, float, str, str]], int]:
+    """The udevadm monitor events after the first `skip` lines, and the line count now."""
+    lines = vm.get_file(MONITOR_LOG).decode(errors="replace").splitlines()
+    parsed = []
+    for line in lines[skip:]:
+        match = EVENT.match(line)
+        if match:
+            source, stamp, action, _devpath, subsystem = match.groups()
+            parsed.append((source, float(stamp), action, subsystem))
+    return parsed, len(lines)
+
+
+def first(events: list[tuple[str, float, str, str]], source: str, action: str) -> float:
+    return next(t for s, t, a, sub in events if (s, a, sub) == (source, action, "virtio"))
+
+
+Split = dict[str, float]
+
+
+def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float], list[Split]]:
+    """The systemd path's cycles, with the split of each hotplug."""
+    up: list[float] = []
+    down: list[float] = []
+    splits: list[Split] = []
+    for i in range(n):
+        tag = f"unit-{i % 3}"
+        path = f"/srv/unit/{tag}/payload.txt"
+        seen = events_since(vm, 0)[1]
+        out = arm(vm, "up", path)
+        vm.hotplug_share(tag, share)
+        up.append(collect(vm, out))
+        events = events_since(vm, seen)[0]
+        for _ in range(50):  # udevadm monitor may write its last line after the mount
+            if any(e[0] == "UDEV" and e[2] == "bind" for e in events):
+                break
+            time.sleep(0.1)
+            events = events_since(vm, seen)[0]
+        mount = f"srv-unit-{tag.replace('-', chr(92) + 'x2d')}.mount"
+        device = f"dev-virtiofs-by\\x2dtag-{tag.replace('-', chr(92) + 'x2d')}.device"
+        t0 = first(events, "KERNEL", "add")
+        marks = {
+            "u_add": first(events, "UDEV", "add"),
+            "k_bind": first(events, "KERNEL", "bind"),
+            "u_bind": first(events, "UDEV", "bind"),
+        }
+        stamps = {
+            "device": monotonic(vm, device, "ActiveEnterTimestampMonotonic"),
+            "mount_start": monotonic(vm, mount, "InactiveExitTimestampMonotonic"),
+            "mounted": monotonic(vm, mount, "ActiveEnterTimestampMonotonic"),
+            "readable": t0 + up[-1],
+        }
+        previous = t0
+        split: Split = {key: mark - t0 for key, mark in marks.items()}
+        for _name, key in STEPS:
+            split[key] = stamps[key] - previous
+            previous = stamps[key]
+        splits.append(split)
+        out = arm(vm, "down", path)
+        vm.unplug_share(tag)
+        down.append(collect(vm, out))
+    return up, down, splits
 
 
 def main() -> int:
@@ -55,7 +153,8 @@ def main() -> int:
             vm.run("systemctl daemon-reload && systemctl reload vfs-agent.service", check=True)
             units = vm.run("ls /run/systemd/generator | grep -c '^srv-unit-unit'", check=True)
             assert int(units.stdout) == 3, "the generator wrote no units for unit-0..2"
-            unit_up, unit_down = cycles(vm, share, "unit", "/srv/unit", args.cycles)
+            vm.run(MONITOR, check=True)
+            unit_up, unit_down, splits = split_cycles(vm, share, args.cycles)
             daemon_up, daemon_down = cycles(vm, share, "dmn", "/srv/dmn", args.cycles)
             journal = vm.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
             assert "Mounted share 'unit-" not in journal, "the daemon mounted a unit's share"
@@ -69,6 +168,14 @@ def main() -> int:
     ratio = statistics.median(unit_up) / statistics.median(daemon_up)
     print(f"ratio systemd path/daemon path (median, hotplug): {ratio:.2f}")
     print(f"unplug -> mount gone, systemd path, max: {max(unit_down):.2f} s")
+    print("where the systemd path's time goes (median ms per step; min-max):")
+    for name, key in STEPS:
+        ms = [s[key] * 1000 for s in splits]
+        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
+    print("udevd's marks (median ms from the kernel's `add` uevent; min-max):")
+    for name, key in UDEV_MARKS:
+        ms = [s[key] * 1000 for s in splits]
+        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
     return 0
 
 

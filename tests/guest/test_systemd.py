@@ -147,6 +147,21 @@ def test_the_absent_optional_share_never_held_the_boot(guest: VM) -> None:
     assert state == "running", guest.run("systemctl --failed --no-pager").stdout
 
 
+def test_the_boot_does_not_wait_for_the_daemon(guest: VM) -> None:
+    """multi-user.target is not ordered after vfs-agent.service (the shares are the units'
+    job), yet the daemon keeps a service's other default dependencies and runs."""
+    assert "vfs-agent.service" not in show(guest, "multi-user.target", "After")["After"].split()
+    props = show(guest, "vfs-agent.service", "After", "Requires", "Conflicts", "ActiveState")
+    after = props["After"].split()
+    for unit in ("sysinit.target", "basic.target", "local-fs.target", "systemd-udevd.service"):
+        assert unit in after, props
+    assert "sysinit.target" in props["Requires"].split()
+    assert "shutdown.target" in props["Conflicts"].split()
+    assert props["ActiveState"] == "active"
+    chain = guest.run("systemd-analyze critical-chain multi-user.target --no-pager").stdout
+    assert "vfs-agent.service" not in chain, chain
+
+
 def test_units_are_generated_and_pass_verify(guest: VM) -> None:
     units = guest.run("ls /run/systemd/generator/", check=True).stdout.split()
     for name in ("srv-a.mount", "srv-b.mount", "srv-c.mount", "local-fs.target.wants"):
@@ -187,6 +202,33 @@ def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, ho
     assert "mounted" in status["StatusText"]
     guest.unplug_share("extra-1")
     wait_until("extra-1 unmounted", lambda: "/srv/extra/extra-1" not in mounted(guest))
+
+
+def outcome_of(guest: VM, command: str, tag: str) -> dict[str, object]:
+    result = guest.run(f"{command} --json")
+    assert result.rc == 0, str(result)
+    [outcome] = [o for o in json.loads(result.stdout)["outcomes"] if o["tag"] == tag]
+    return outcome
+
+
+def test_commands_by_hand_start_the_shares_unit(guest: VM) -> None:
+    """A share whose path has a generated unit is mounted through it (`systemctl start`), never
+    behind systemd's back: the unit is active afterwards and nothing is stacked. A dry run says
+    so and starts nothing."""
+    for command in ("vfs-agent mount-all", "vfs-agent mount present-b"):
+        guest.run("systemctl stop srv-b.mount", check=True)
+        assert "/srv/b" not in mounted(guest)
+        dry = outcome_of(guest, f"{command} --dry-run", "present-b")
+        assert (dry["message"], dry["changed"]) == ("would start srv-b.mount", False)
+        assert show(guest, "srv-b.mount", "ActiveState")["ActiveState"] == "inactive"
+        done = outcome_of(guest, command, "present-b")
+        message = "Mounted share 'present-b' on /srv/b (srv-b.mount)."
+        assert (done["message"], done["ok"], done["changed"]) == (message, True, True), command
+        assert show(guest, "srv-b.mount", "ActiveState")["ActiveState"] == "active"
+        targets = guest.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+        assert targets.count("/srv/b") == 1, targets
+    again = outcome_of(guest, "vfs-agent mount-all", "present-b")
+    assert (again["action"], again["changed"]) == ("keep", False)
 
 
 def test_a_missing_required_share_fails_only_its_dependents(guest: VM) -> None:

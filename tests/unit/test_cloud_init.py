@@ -16,13 +16,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from faketree import FakeTree, write_policy
-from test_apply import RecordingMounter
+from test_apply import RecordingKernel
 
 from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
 from vfs_agent.commands.cloud_init import DROPIN, CloudInitError, apply
 from vfs_agent.commands.install import Layout
+from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.load import PolicyError, load_file, load_policy, parse_text
 from vfs_agent.system.sysroot import SysRoot
 
@@ -78,7 +79,7 @@ class Harness:
     def __init__(self, tree: FakeTree) -> None:
         self.tree = tree
         self.ctx = ops.Context(SysRoot(tree.root))
-        self.mounter = RecordingMounter()
+        self.mounter = RecordingKernel()
         self.systemctl: list[list[str]] = []
         self.out = Out()
 
@@ -98,7 +99,9 @@ class Harness:
             self.ctx,
             query=query,
             systemctl=systemctl,
-            mount_all=lambda ctx: ops.mount_all(ctx, dry_run=False, mounter=self.mounter),
+            mount_all=lambda ctx: ops.mount_all(
+                ctx, Executors.pick(ctx.sysroot, dry_run=False, kernel=self.mounter)
+            ),
             out=self.out,
         )
 

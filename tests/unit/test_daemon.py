@@ -1,15 +1,20 @@
 """The daemon's event loop against a pipe-based event source and a fake kernel (a mounter
 that edits the fake tree's mountinfo), in the main thread so real signals are delivered."""
 
+import contextlib
 import os
+import select
 import shutil
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from faketree import FakeTree
 
+from vfs_agent.commands import daemon as daemon_module
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.daemon import Daemon
 from vfs_agent.core.model import Transport
@@ -51,6 +56,7 @@ class FakeKernel:
         self.tree = tree
         self.entries: list[tuple[str, str, str]] = []
         self.calls: list[str] = []
+        self.drivers: list[Transport] = []
 
     def mount(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         inner = "/" + os.path.relpath(os.readlink(target), self.tree.root)
@@ -63,6 +69,13 @@ class FakeKernel:
         self.entries = [e for e in self.entries if e[2] != inner]
         self.calls.append(f"umount{' -l' if lazy else ''} {inner}")
         self.tree.mounted(*self.entries)
+
+    def load_filesystem(self, transport: Transport) -> str | None:
+        return None
+
+    def load_driver(self, transport: Transport) -> str | None:
+        self.drivers.append(transport)
+        return None
 
 
 POLICY = """\
@@ -90,7 +103,7 @@ def setup(fake_tree: FakeTree):
 
 
 def run_daemon(tree, events, kernel, script, **kwargs) -> Daemon:
-    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, mounter=kernel, **kwargs)
+    daemon = Daemon(ops.Context(SysRoot(tree.root)), lambda: events, kernel=kernel, **kwargs)
     failures: list[BaseException] = []
 
     def guarded() -> None:
@@ -187,21 +200,20 @@ def test_a_share_device_added_without_its_driver_gets_the_driver_loaded_then_mou
     """Debian 12 without udevd: virtiofs.ko is not loaded, so a hot-plugged virtio-fs device
     stays unbound and no `bind` uevent ever comes; the daemon must load the driver itself."""
     tree, events, kernel = setup
-    loads: list[Transport] = []
 
     def script() -> None:
         wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
         device = tree.virtiofs("data-1", index=3)
         path = f"/devices/pci0000:00/0000:00:06.0/0000:03:00.0/{device}"
         events.push(ShareEvent("add", "virtio", path, None, None, FS_MODALIAS))
-        wait_for(lambda: loads == [Transport.VIRTIOFS])
+        wait_for(lambda: kernel.drivers == [Transport.VIRTIOFS])
         # The driver binds (it now knows the tag); only its uevent brings the mount.
         events.push(ShareEvent("bind", "virtio", path, None, "virtiofs"))
         wait_for(lambda: "mount data-1 /srv/data-1" in kernel.calls)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    run_daemon(tree, events, kernel, script, load_driver=lambda t: loads.append(t))
-    assert loads == [Transport.VIRTIOFS]
+    run_daemon(tree, events, kernel, script)
+    assert kernel.drivers == [Transport.VIRTIOFS]
     assert kernel.calls == ["mount media_tag /mnt/media", "mount data-1 /srv/data-1"]
 
 
@@ -267,3 +279,69 @@ def test_an_unreadable_mount_table_skips_one_batch_not_the_daemon(setup, caplog,
         "mount data-2 /srv/data-2",
     ]
     assert "Input/output error" in caplog.text
+
+
+class Sleeps:
+    """Stands in for the daemon's `select` module: records each wait's timeout."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def select(self, rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
+        self.timeouts.append(timeout)
+        return select.select(rlist, wlist, xlist, timeout)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch):
+    """A NOTIFY_SOCKET that collects what the daemon tells systemd."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+
+    def received() -> list[str]:
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages += sock.recv(4096).decode().splitlines()
+        return messages
+
+    yield received
+    sock.close()
+
+
+def idle_daemon(setup, monkeypatch, seconds: float) -> Sleeps:
+    """Start the daemon, let it idle `seconds` after its first mount, stop it."""
+    tree, events, kernel = setup
+    sleeps = Sleeps()
+    monkeypatch.setattr(daemon_module, "select", sleeps)
+
+    def script() -> None:
+        wait_for(lambda: "mount media_tag /mnt/media" in kernel.calls)
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    return sleeps
+
+
+def test_without_a_watchdog_the_idle_daemon_sleeps_until_an_event(
+    setup, monkeypatch, notify_socket
+):
+    """systemd sets no WATCHDOG_USEC (WatchdogSec=0): the daemon waits in select(2) with no
+    timeout, so it never wakes while nothing happens (bench/daemon_idle.py counts 0)."""
+    sleeps = idle_daemon(setup, monkeypatch, 0.5)
+    assert sleeps.timeouts and all(t is None for t in sleeps.timeouts)
+    messages = notify_socket()
+    assert "READY=1" in messages and "WATCHDOG=1" not in messages
+
+
+def test_with_a_watchdog_the_daemon_pings_at_half_the_interval(setup, monkeypatch, notify_socket):
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    sleeps = idle_daemon(setup, monkeypatch, 0.5)
+    assert set(sleeps.timeouts) == {0.1} and len(sleeps.timeouts) >= 4
+    assert notify_socket().count("WATCHDOG=1") >= 4

@@ -403,17 +403,17 @@ def test_root_never_starts_a_unit_with_the_hosts_systemctl(
 ):
     """The image has systemd "running" and a vfs-agent unit for the share: mount-all and mount
     under --root leave it to that root's systemd; neither systemctl nor mount(2) runs."""
-    from test_apply import RecordingMounter
+    from test_apply import RecordingKernel
 
     from vfs_agent.commands import operations as ops
     from vfs_agent.core.render_systemd import GENERATED_MARK
-    from vfs_agent.systemd import units as systemd_units
+    from vfs_agent.execute import systemd as execute_systemd
+    from vfs_agent.execute.apply import Executors
 
     tree.write("run/systemd/system/.keep", "")
     tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
     started: list[str] = []
-    monkeypatch.setattr(systemd_units, "start_unit", lambda name, **_: started.append(name))
-    monkeypatch.setattr(ops, "start_unit", lambda name, **_: started.append(name))
+    monkeypatch.setattr(execute_systemd, "start_unit", lambda name, **_: started.append(name))
     real_run = subprocess.run
 
     def no_systemctl(args: list[str], *rest: object, **kwargs: object) -> object:
@@ -422,15 +422,13 @@ def test_root_never_starts_a_unit_with_the_hosts_systemctl(
 
     monkeypatch.setattr(subprocess, "run", no_systemctl)
     ctx = ops.Context(SysRoot(tree.root))
-    mounter = RecordingMounter()
-    for outcomes in (
-        ops.mount_all(ctx, dry_run=False, mounter=mounter),
-        ops.mount_one(ctx, "media_tag", None, dry_run=False, mounter=mounter),
-    ):
+    kernel = RecordingKernel()
+    run = Executors.pick(ctx.sysroot, dry_run=False, kernel=kernel)
+    for outcomes in (ops.mount_all(ctx, run), ops.mount_one(ctx, "media_tag", None, run)):
         (outcome,) = [o for o in outcomes if o.action.tag == "media_tag"]
         assert outcome.ok and not outcome.changed
         assert "--root starts no unit" in outcome.message
-    assert started == [] and mounter.mounts == []
+    assert started == [] and kernel.mounts == []
 
 
 def test_the_compiled_policy_is_trusted_under_a_loose_umask(tree: FakeTree, tmp_path: Path):

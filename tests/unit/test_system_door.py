@@ -235,8 +235,8 @@ def test_run_tool_says_status_and_the_last_stderr_line(bin_dir: Path) -> None:
 
 
 def test_systemctl_modprobe_and_cloud_init_fail_the_same_way(bin_dir: Path) -> None:
+    from vfs_agent.execute.systemd import start_unit
     from vfs_agent.system import kernel_modules
-    from vfs_agent.systemd.units import start_unit
 
     fake_tool(bin_dir, "systemctl", 'echo "Unit mnt-x.mount not found." >&2; exit 5')
     fake_tool(bin_dir, "modprobe", 'echo "modprobe: FATAL: Module virtiofs not found" >&2; exit 1')

@@ -21,12 +21,13 @@ import pytest
 from click.testing import CliRunner
 from clirunner import cli_runner
 from faketree import FakeTree
-from test_apply import RecordingMounter
+from test_apply import RecordingKernel
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
 from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
@@ -197,11 +198,12 @@ def test_connection_id_is_the_kernels_dev_t_encoding() -> None:
     assert connection_id("259:3") == (259 << 20) | 3
 
 
-def umount_abort(tree: FakeTree, target: str) -> tuple[list[str], RecordingMounter]:
-    mounter = RecordingMounter()
+def umount_abort(tree: FakeTree, target: str) -> tuple[list[str], RecordingKernel]:
+    kernel = RecordingKernel()
     context = ops.Context(SysRoot(tree.root))
-    paths = ops.umount(context, target, lazy=False, abort=True, dry_run=False, mounter=mounter)
-    return paths, mounter
+    run = Executors.pick(context.sysroot, dry_run=False, kernel=kernel)
+    paths = ops.umount(context, target, run, lazy=False, abort=True)
+    return paths, kernel
 
 
 def test_umount_abort_writes_the_connection_abort_then_detaches(tree: FakeTree) -> None:

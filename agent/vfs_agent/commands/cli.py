@@ -27,7 +27,7 @@ from vfs_agent.policy.files import DROPIN_DIR, MAIN_POLICY
 if TYPE_CHECKING:
     from vfs_agent.commands import operations as ops
     from vfs_agent.core.render_systemd import Skipped
-    from vfs_agent.execute.apply import Outcome
+    from vfs_agent.execute.outcome import Outcome
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -212,7 +212,7 @@ def mount_all(ctx: ops.Context, dry_run: bool, as_json: bool) -> None:
     """
     from vfs_agent.commands import operations as ops
 
-    _finish(ops.mount_all(ctx, dry_run=dry_run), as_json)
+    _finish(ops.mount_all(ctx, ops.executors(ctx, dry_run=dry_run)), as_json)
 
 
 @main.command()
@@ -226,7 +226,7 @@ def mount(ctx: ops.Context, tag: str, path: str | None, dry_run: bool, as_json: 
     """Mount share TAG at PATH, or where the policy says (even a tag the policy ignores)."""
     from vfs_agent.commands import operations as ops
 
-    _finish(ops.mount_one(ctx, tag, path, dry_run=dry_run), as_json)
+    _finish(ops.mount_one(ctx, tag, path, ops.executors(ctx, dry_run=dry_run)), as_json)
 
 
 @main.command()
@@ -249,7 +249,7 @@ def umount(
     """Unmount a share: every mount of TAG, or the share mounted at PATH."""
     from vfs_agent.commands import operations as ops
 
-    paths = ops.umount(ctx, target, lazy=lazy, abort=abort, dry_run=dry_run)
+    paths = ops.umount(ctx, target, ops.executors(ctx, dry_run=dry_run), lazy=lazy, abort=abort)
     verb = "would unmount" if dry_run else "unmounted"
     if as_json:
         emit_json({"unmounted": paths, "dry_run": dry_run})

@@ -32,14 +32,13 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands import report
-from vfs_agent.execute.apply import Outcome
+from vfs_agent.execute.outcome import Outcome
 from vfs_agent.policy.files import DROPIN_DIR, policy_files
 from vfs_agent.policy.load import (
     YAML_DEPTH_MAX,
@@ -282,7 +281,7 @@ def remove_dropin(sysroot: SysRoot) -> bool:
 
 
 def _mount_all(ctx: ops.Context) -> list[Outcome]:
-    return ops.mount_all(ctx, dry_run=False)
+    return ops.mount_all(ctx, ops.executors(ctx, dry_run=False))
 
 
 def apply(
@@ -297,7 +296,7 @@ def apply(
     systemctl runs by default only on the running system under systemd, never for --root."""
     out = out or BootReporter(ctx.sysroot)
     if systemctl is None:
-        live = ctx.sysroot.root == Path("/") and systemd_running(ctx.sysroot)
+        live = ctx.sysroot.live and systemd_running(ctx.sysroot)
         systemctl = run_systemctl if live else _no_systemctl
     try:
         config, userdata = cloud_config((query or run_query)())

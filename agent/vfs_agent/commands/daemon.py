@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vfs_agent.commands import operations as ops
-from vfs_agent.core.model import Transport
 from vfs_agent.core.plan import ActionKind
-from vfs_agent.execute.apply import Mounter, Outcome
+from vfs_agent.execute.apply import Executors
+from vfs_agent.execute.kernel import KernelCalls, LiveKernelCalls
+from vfs_agent.execute.outcome import Outcome
+from vfs_agent.execute.route import SystemdMode
 from vfs_agent.policy.errors import PolicyError
 from vfs_agent.policy.types import Policy
-from vfs_agent.system.kernel_modules import ensure_driver
 from vfs_agent.system.uevents import EventSource, ShareEvent, needs_driver
 from vfs_agent.systemd.notify import Notifier
 
@@ -51,16 +52,19 @@ class Daemon:
         events: Callable[[], EventSource],
         *,
         notifier: Notifier | None = None,
-        mounter: Mounter | None = None,
+        kernel: KernelCalls | None = None,
         unmount_on_exit: bool = False,
-        load_driver: Callable[[Transport], str | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.events_factory = events
         self.notifier = notifier or Notifier()
-        self.mounter = mounter
+        self.kernel = kernel or LiveKernelCalls(ctx.sysroot)
+        # Picked once: the kernel for shares without a unit, and shares whose path has a
+        # generated unit left to systemd (the unit follows its device unit by itself).
+        self.executors = Executors.pick(
+            ctx.sysroot, dry_run=False, systemd=SystemdMode.LEAVE, kernel=self.kernel
+        )
         self.unmount_on_exit = unmount_on_exit
-        self.load_driver = load_driver or (lambda t: ensure_driver(ctx.sysroot, t))
         self._signals: list[int] = []
 
     def run(self) -> int:
@@ -127,7 +131,7 @@ class Daemon:
             if transport is None:
                 reconcile = True
                 continue
-            problem = self.load_driver(transport)
+            problem = self.kernel.load_driver(transport)
             if problem:
                 log.warning(
                     "A %s device was added but its driver is missing: %s", transport, problem
@@ -158,9 +162,7 @@ class Daemon:
 
     def _reconcile(self, state: DaemonState, why: str) -> list[Outcome]:
         try:
-            outcomes = ops.reconcile(
-                self.ctx, state.policy, mounter=self.mounter, systemd=ops.SystemdMode.LEAVE
-            )
+            outcomes = ops.reconcile(self.ctx, state.policy, self.executors)
         except OSError as e:  # the mount table could not be read (EIO): nothing was changed
             log.error("Failed to reconcile after %s: %s; the next event retries, ignoring.", why, e)
             return []
@@ -196,10 +198,9 @@ class Daemon:
         return ", ".join(f"{v} {k}" for k, v in counts.items())
 
     def _unmount_ours(self, state: DaemonState) -> None:
-        mounter = self.mounter
         for path in sorted(state.mounted_by_us, key=lambda p: -p.count("/")):
             try:
-                ops.umount(self.ctx, path, lazy=True, dry_run=False, mounter=mounter)
+                ops.umount(self.ctx, path, self.executors, lazy=True)
                 log.info("Unmounted %s.", path)
             except ops.OperationError as e:
                 log.warning("%s, ignoring.", e)

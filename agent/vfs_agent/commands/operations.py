@@ -3,39 +3,32 @@ mount syscalls, output files) around the pure core. The CLI and the daemon call 
 
 from __future__ import annotations
 
-import errno
 import logging
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
 from vfs_agent.core import desired
 from vfs_agent.core.desired import desired_fstab, desired_units
-from vfs_agent.core.model import SHARE_FSTYPES, Mounted, Observed, Transport
+from vfs_agent.core.model import SHARE_FSTYPES, Observed, Transport
 from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.plan import Action, ActionKind, plan
 from vfs_agent.core.render_systemd import Skipped, UnitFile
-from vfs_agent.execute.apply import KernelMounter, Mounter, Outcome, apply_plan
+from vfs_agent.execute.apply import Executors, apply_plan
+from vfs_agent.execute.executor import UnmountError
+from vfs_agent.execute.outcome import Outcome
+from vfs_agent.execute.route import Step
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.system.discovery import discover
-from vfs_agent.system.fuse_abort import abort_connection
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
-from vfs_agent.system.kernel_modules import bind_unbound, ensure_filesystem
+from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
 from vfs_agent.system.observe import nonempty_dirs, observe
 from vfs_agent.systemd.installed import udev_rule_installed
-from vfs_agent.systemd.units import managed_unit, start_unit
+from vfs_agent.systemd.units import managed_unit
 
 log = logging.getLogger(__name__)
-
-
-class SystemdMode(StrEnum):
-    """What to do with a share whose path has a generated .mount unit (systemd manages it)."""
-
-    START = "start"  # systemctl start the unit (commands run by hand)
-    LEAVE = "leave"  # leave it to systemd (the daemon: the unit follows its device itself)
 
 
 @dataclass(frozen=True)
@@ -63,31 +56,27 @@ def current_plan(
     return Planned(policy, observed, actions)
 
 
-def mount_all(ctx: Context, *, dry_run: bool, mounter: Mounter | None = None) -> list[Outcome]:
+def executors(ctx: Context, *, dry_run: bool) -> Executors:
+    """The executors of a command run by hand, picked once from its `--dry-run`."""
+    return Executors.pick(ctx.sysroot, dry_run=dry_run)
+
+
+def mount_all(ctx: Context, run: Executors) -> list[Outcome]:
     # An invalid policy stops here, before anything changes.
-    policy = ctx.policy() if dry_run else ctx.policy_to_apply()
-    return reconcile(ctx, policy, dry_run=dry_run, mounter=mounter)
+    policy = ctx.policy() if run.dry_run else ctx.policy_to_apply()
+    return reconcile(ctx, policy, run)
 
 
-def reconcile(
-    ctx: Context,
-    policy: Policy,
-    *,
-    dry_run: bool = False,
-    mounter: Mounter | None = None,
-    systemd: SystemdMode = SystemdMode.START,
-) -> list[Outcome]:
+def reconcile(ctx: Context, policy: Policy, run: Executors) -> list[Outcome]:
     """Discover, plan and apply under the mount lock: mount-all, and every daemon event."""
-    with ctx.locked(dry_run):
-        if not dry_run:
+    with ctx.locked(run.dry_run):
+        if not run.dry_run:
             _bind_unbound(ctx)
         planned = current_plan(ctx, policy)
-        return _apply(ctx, planned.actions, dry_run, mounter, systemd)
+        return _apply(ctx, planned.actions, run)
 
 
-def mount_one(
-    ctx: Context, tag: str, path: str | None, *, dry_run: bool, mounter: Mounter | None = None
-) -> list[Outcome]:
+def mount_one(ctx: Context, tag: str, path: str | None, run: Executors) -> list[Outcome]:
     """Mount one tag where the policy says, or at `path`. An explicit request mounts the tag
     even when the policy would ignore it or names no rule for it."""
     policy = ctx.policy()
@@ -103,23 +92,17 @@ def mount_one(
         mount_timeout=base.mount_timeout if base else None,
     )
     override = replace(policy, rules=(RuleRef(rule, "the command line", 0), *policy.rules))
-    with ctx.locked(dry_run):
+    with ctx.locked(run.dry_run):
         planned = current_plan(ctx, override)
         skip = (ActionKind.UNMOUNT_STALE, ActionKind.IGNORE)
         mine = [a for a in planned.actions if a.tag == tag and a.kind not in skip]
         if not mine:
             raise OperationError(f"no share with tag {tag!r} is attached (see 'vfs-agent status')")
-        return _apply(ctx, mine, dry_run, mounter)
+        return _apply(ctx, mine, run)
 
 
 def umount(
-    ctx: Context,
-    target: str,
-    *,
-    lazy: bool,
-    dry_run: bool,
-    abort: bool = False,
-    mounter: Mounter | None = None,
+    ctx: Context, target: str, run: Executors, *, lazy: bool, abort: bool = False
 ) -> list[str]:
     """Unmount a share by mount path or by tag (every mount of it). Returns the paths.
 
@@ -127,8 +110,7 @@ def umount(
     (system/fuse_abort.py), then the mount is detached: the way out of a mount whose virtiofsd died.
     The mount table is read, never the mounts themselves, so a hung mount cannot hang this.
     """
-    mounter = mounter or KernelMounter()
-    with ctx.locked(dry_run):
+    with ctx.locked(run.dry_run):
         table = read_mount_table(ctx.sysroot)
         shares = [e for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
         if target.startswith("/"):
@@ -148,17 +130,10 @@ def umount(
                 )
         chosen.sort(key=lambda e: -e.target.count("/"))
         for entry in chosen:
-            if dry_run:
-                continue
-            if abort:
-                _abort(ctx, entry)
             try:
-                mounter.umount(str(ctx.sysroot.path(entry.target)), lazy=lazy or abort)
-            except OSError as e:
-                hint = "; retry with --lazy" if e.errno == errno.EBUSY and not lazy else ""
-                raise OperationError(
-                    f"Failed to unmount {entry.target}: {e.strerror}{hint}"
-                ) from None
+                run.unmounter.unmount(entry, lazy=lazy, abort=abort)
+            except UnmountError as e:
+                raise OperationError(str(e)) from None
         return [e.target for e in chosen]
 
 
@@ -172,72 +147,19 @@ def _bind_unbound(ctx: Context) -> None:
         )
 
 
-def _abort(ctx: Context, entry: Mounted) -> None:
-    fields = {"TAG": entry.source, "MOUNT_PATH": entry.target}
-    try:
-        aborted = abort_connection(ctx.sysroot, entry.device)
-    except (OSError, ValueError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise OperationError(
-            f"Failed to abort the FUSE connection of {entry.target} (device {entry.device}): {why}"
-        ) from None
-    if aborted:
-        log.warning(
-            "Aborted the FUSE connection of share %r on %s.",
-            entry.source,
-            entry.target,
-            extra=fields,
+def _apply(ctx: Context, actions: list[Action], run: Executors) -> list[Outcome]:
+    return apply_plan(gather_steps(ctx, actions), run)
+
+
+def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
+    """Each action with the fact its routing needs, read once here at the edge: the vfs-agent
+    generated unit systemd has for its path (only a mount can go to systemd)."""
+    return [
+        Step(
+            a, managed_unit(ctx.sysroot, a.path) if a.kind is ActionKind.MOUNT and a.path else None
         )
-    else:
-        log.warning(
-            "The kernel offers no abort for the virtio-fs mount of %r on %s; detaching it so "
-            "nothing new enters it. Requests already sent to its device wait until the host "
-            "answers or removes the device.",
-            entry.source,
-            entry.target,
-            extra=fields,
-        )
-
-
-def _apply(
-    ctx: Context,
-    actions: list[Action],
-    dry_run: bool,
-    mounter: Mounter | None,
-    systemd: SystemdMode = SystemdMode.START,
-) -> list[Outcome]:
-    def prepare(transport: Transport) -> str | None:
-        return ensure_filesystem(ctx.sysroot, transport)
-
-    def delegate(action: Action) -> Outcome | None:
-        unit = managed_unit(ctx.sysroot, action.path) if action.path else None
-        if unit is None:
-            return None
-        if dry_run:
-            return Outcome(action, True, False, f"would start {unit}")
-        if ctx.sysroot.root != Path("/"):
-            # Like systemctl --root: a unit inside another root is never started by the
-            # running system's manager.
-            why = f"left to systemd inside {ctx.sysroot.root} ({unit}); --root starts no unit"
-            return Outcome(action, True, False, why)
-        if systemd is SystemdMode.LEAVE:
-            return Outcome(action, True, False, f"left to systemd ({unit})")
-        problem = start_unit(unit)
-        if problem:
-            message = f"Failed to mount share {action.tag!r} on {action.path} via {unit}: {problem}"
-            return Outcome(action, False, False, message)
-        return Outcome(
-            action, True, True, f"Mounted share {action.tag!r} on {action.path} ({unit})."
-        )
-
-    return apply_plan(
-        actions,
-        ctx.sysroot,
-        mounter or KernelMounter(),
-        dry_run=dry_run,
-        prepare=prepare,
-        delegate=delegate,
-    )
+        for a in actions
+    ]
 
 
 def generated_units(

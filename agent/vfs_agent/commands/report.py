@@ -9,7 +9,7 @@ from vfs_agent.system.kernel_features import KernelReport, ModuleState
 if TYPE_CHECKING:  # types only: `kernel` needs no planner
     from vfs_agent.core.plan import Action
     from vfs_agent.core.status import ShareStatus
-    from vfs_agent.execute.apply import Outcome
+    from vfs_agent.execute.outcome import Outcome
 
 
 def show(text: str) -> str:

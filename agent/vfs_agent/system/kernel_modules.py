@@ -27,7 +27,7 @@ def filesystem_registered(sysroot: SysRoot, fstype: str) -> bool:
 def ensure_filesystem(sysroot: SysRoot, transport: Transport) -> str | None:
     """Load the modules `transport` needs if its filesystem is not registered yet.
     Returns None when ready, else what went wrong. Only acts on the running system (root /)."""
-    if filesystem_registered(sysroot, transport.value) or str(sysroot.root) != "/":
+    if filesystem_registered(sysroot, transport.value) or not sysroot.live:
         return None
     for module in MODULES[transport]:
         problem = _modprobe(module)
@@ -42,7 +42,7 @@ def ensure_driver(sysroot: SysRoot, transport: Transport) -> str | None:
     driver a module that is not loaded (Debian 12: virtiofs.ko), a new device stays unbound, so
     no `bind` uevent ever follows its `add`. Returns None when ready, else what went wrong."""
     driver = DRIVERS[transport]
-    if sysroot.exists(f"{VIRTIO_DRIVERS}/{driver}") or str(sysroot.root) != "/":
+    if sysroot.exists(f"{VIRTIO_DRIVERS}/{driver}") or not sysroot.live:
         return None
     return _modprobe(driver)
 
@@ -53,7 +53,7 @@ def bind_unbound(sysroot: SysRoot, transport: Transport) -> list[str]:
     whose tag another device still holds (EEXIST), and nothing probes it again by itself: the
     host plugged a share while the guest was still removing the previous device with that tag.
     Only acts on the running system (root /)."""
-    if str(sysroot.root) != "/" or not sysroot.exists(f"{VIRTIO_DRIVERS}/{DRIVERS[transport]}"):
+    if not sysroot.live or not sysroot.exists(f"{VIRTIO_DRIVERS}/{DRIVERS[transport]}"):
         return []
     bound = []
     try:

@@ -36,6 +36,13 @@ class UnsafePathError(OSError):
 class SysRoot:
     root: Path
 
+    @property
+    def live(self) -> bool:
+        """Whether this is the running system (root /), not an image or a test tree: the one
+        place that decides it. Only the running system loads modules, binds devices or asks
+        its service manager to start units."""
+        return self.root == Path("/")
+
     def path(self, inner: str) -> Path:
         """The host path of `inner`, an absolute path inside the root (no symlink resolution)."""
         return self.root / inner.lstrip("/")

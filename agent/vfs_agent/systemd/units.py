@@ -1,11 +1,11 @@
-"""Which shares systemd mounts itself (through generated .mount units), and starting them."""
+"""Which shares systemd mounts itself (through generated .mount units); execute/systemd.py
+starts them."""
 
 from __future__ import annotations
 
 from vfs_agent.core.escape import mount_unit_name
 from vfs_agent.system.generated_files import is_ours
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.system.tools import run_tool
 
 UNIT_DIRS = ("/run/systemd/generator", "/etc/systemd/system", "/run/systemd/system")
 
@@ -23,8 +23,3 @@ def managed_unit(sysroot: SysRoot, path: str) -> str | None:
         if is_ours(sysroot.path(f"{directory}/{name}")):
             return name
     return None
-
-
-def start_unit(name: str, *, timeout: float = 120) -> str | None:
-    """`systemctl start NAME`; None on success, else why it failed (system/tools.py)."""
-    return run_tool(["systemctl", "start", name], timeout)

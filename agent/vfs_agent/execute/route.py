@@ -1,0 +1,79 @@
+"""Which executor carries out an action: a pure function of data gathered at the edge.
+
+The whole table (`route`):
+
+| action                     | dry run | managed unit | live root | systemd | route         |
+| -------------------------- | ------- | ------------ | --------- | ------- | ------------- |
+| keep ignore absent         | any     | any          | any       | any     | VERDICT       |
+| conflict refuse            | any     | any          | any       | any     | VERDICT       |
+| unresponsive               | any     | any          | any       | any     | VERDICT       |
+| mount, unmount-stale       | yes     | any          | any       | any     | DRY_RUN       |
+| unmount-stale              | no      | any          | any       | any     | KERNEL        |
+| mount                      | no      | no           | any       | any     | KERNEL        |
+| mount                      | no      | yes          | no        | any     | OTHER_ROOT    |
+| mount                      | no      | yes          | yes       | start   | SYSTEMD_START |
+| mount                      | no      | yes          | yes       | leave   | SYSTEMD_LEAVE |
+
+"Managed unit": systemd runs in the root and has a vfs-agent generated .mount unit for the
+action's path. "Live root": the root is the running system's `/` (`SysRoot.live`); under
+`--root` a unit is that root's systemd's business, never the running manager's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vfs_agent.core.plan import Action, ActionKind
+
+
+class SystemdMode(StrEnum):
+    """What to do with a share whose path has a generated .mount unit (systemd manages it)."""
+
+    START = "start"  # systemctl start the unit (commands run by hand)
+    LEAVE = "leave"  # leave it to systemd (the daemon: the unit follows its device itself)
+
+
+class Route(StrEnum):
+    VERDICT = "verdict"  # nothing to carry out: the plan's verdict is the outcome
+    DRY_RUN = "dry-run"  # say what would be done, change nothing
+    KERNEL = "kernel"  # mount(2)/umount2(2) here
+    SYSTEMD_START = "systemd-start"  # systemctl start the share's unit
+    SYSTEMD_LEAVE = "systemd-leave"  # the unit follows its device: nothing to do here
+    OTHER_ROOT = "other-root"  # a unit inside --root: that root's systemd mounts it
+
+
+CHANGING = frozenset({ActionKind.MOUNT, ActionKind.UNMOUNT_STALE})
+
+
+@dataclass(frozen=True)
+class Step:
+    """An action with the one fact about the system its routing needs."""
+
+    action: Action
+    unit: str | None = None  # the generated .mount unit systemd has for a MOUNT's path
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What holds for a whole command run, decided once when its executors are picked."""
+
+    live: bool  # the running system's root, not an image or a test tree
+    dry_run: bool
+    systemd: SystemdMode = SystemdMode.START
+
+
+def route(step: Step, situation: Situation) -> Route:
+    """The executor for `step` (see the table in the module docstring). No I/O."""
+    kind = step.action.kind
+    if kind not in CHANGING:
+        return Route.VERDICT
+    if situation.dry_run:
+        return Route.DRY_RUN
+    if kind is ActionKind.UNMOUNT_STALE or step.unit is None:
+        return Route.KERNEL
+    if not situation.live:
+        return Route.OTHER_ROOT
+    if situation.systemd is SystemdMode.START:
+        return Route.SYSTEMD_START
+    return Route.SYSTEMD_LEAVE

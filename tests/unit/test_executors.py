@@ -1,0 +1,272 @@
+"""Each executor on its own, and the executors a command picks: a fake tree, a fake of the kernel
+calls, and a fake `systemctl` on PATH (the real `start_unit` runs it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from faketree import FakeTree
+from test_apply import RecordingKernel, mount_action
+
+from vfs_agent.commands import operations as ops
+from vfs_agent.core.model import Mounted, Transport
+from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.render_systemd import GENERATED_MARK
+from vfs_agent.execute.apply import Executors, apply_plan
+from vfs_agent.execute.dry_run import DryRun
+from vfs_agent.execute.executor import UnmountError
+from vfs_agent.execute.kernel import KernelExecutor, LiveKernelCalls
+from vfs_agent.execute.route import Situation, Step, SystemdMode
+from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart
+from vfs_agent.execute.verdict import Verdict
+from vfs_agent.system.sysroot import SysRoot
+
+SYSTEMCTL = """\
+#!/bin/sh
+echo "$@" >> "{log}"
+case "$2" in
+  fail-*) echo "Job for $2 failed because the control process exited with error code." >&2
+          exit 1;;
+esac
+"""
+
+
+@pytest.fixture
+def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `systemctl` first on PATH that logs its arguments; units named fail-* fail to start."""
+    bindir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bindir.mkdir()
+    script = bindir / "systemctl"
+    script.write_text(SYSTEMCTL.format(log=log))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> FakeTree:
+    return FakeTree(tmp_path / "root")
+
+
+def stale(path: str = "/mnt/gone") -> Action:
+    return Action(
+        kind=ActionKind.UNMOUNT_STALE,
+        tag="gone",
+        reason="its share is gone",
+        path=path,
+        transport=Transport.VIRTIOFS,
+    )
+
+
+# --- dry run ---------------------------------------------------------------------------------
+
+
+def test_dry_run_says_what_it_would_do_for_each_kind_of_change():
+    dry = DryRun()
+    mount = mount_action("t", "/mnt/t")
+    outcomes = [
+        dry.carry_out(Step(mount)),
+        dry.carry_out(Step(mount, "mnt-t.mount")),
+        dry.carry_out(Step(stale())),
+    ]
+    assert [o.message for o in outcomes] == [
+        "would mount 't' on /mnt/t",
+        "would start mnt-t.mount",
+        "would unmount /mnt/gone lazily (its share is gone)",
+    ]
+    assert all(o.ok and not o.changed for o in outcomes)
+
+
+def test_a_dry_run_umount_unmounts_nothing(tmp_path: Path):
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=True, kernel=kernel)
+    run.unmounter.unmount(Mounted(30, 1, "/mnt/t", "virtiofs", "t"), lazy=False, abort=True)
+    assert kernel.unmounts == [] and isinstance(run.unmounter, DryRun)
+
+
+def test_a_dry_run_plan_loads_mounts_and_starts_nothing(tmp_path: Path, systemctl: Path):
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=True, kernel=kernel)
+    run = dataclasses.replace(run, situation=Situation(live=True, dry_run=True))
+    steps = [Step(mount_action("a", "/mnt/a"), "mnt-a.mount"), Step(mount_action("b", "/mnt/b"))]
+    steps.append(Step(stale()))
+    outcomes = apply_plan(steps, run)
+    assert [o.message.split()[1] for o in outcomes] == ["start", "mount", "unmount"]
+    assert (kernel.loaded, kernel.mounts, kernel.unmounts) == ([], [], [])
+    assert not systemctl.exists() and not (tmp_path / "mnt").exists()
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "required", "ok", "message"),
+    [
+        (ActionKind.KEEP, True, True, "/mnt/t: already mounted"),
+        (ActionKind.IGNORE, False, True, "the reason"),
+        (ActionKind.ABSENT, False, True, "share 't' is not attached"),
+        (ActionKind.ABSENT, True, False, "share 't' is not attached"),
+        (ActionKind.CONFLICT, False, False, "the reason"),
+        (ActionKind.REFUSE, True, False, "the reason"),
+        (ActionKind.UNRESPONSIVE, False, False, "the reason"),
+    ],
+)
+def test_verdicts_change_nothing(kind: ActionKind, required: bool, ok: bool, message: str):
+    action = Action(
+        kind=kind,
+        tag="t",
+        reason="the reason",
+        path="/mnt/t",
+        transport=Transport.VIRTIOFS,
+        required=required,
+    )
+    outcome = Verdict().carry_out(Step(action))
+    assert (outcome.ok, outcome.changed, outcome.message) == (ok, False, message)
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+def test_systemd_start_runs_systemctl_start_for_the_unit(systemctl: Path):
+    outcome = SystemdStart().carry_out(Step(mount_action("t", "/mnt/t"), "mnt-t.mount"))
+    assert systemctl.read_text() == "start mnt-t.mount\n"
+    assert (outcome.ok, outcome.changed) == (True, True)
+    assert outcome.message == "Mounted share 't' on /mnt/t (mnt-t.mount)."
+
+
+def test_a_unit_that_fails_to_start_says_why_in_systemctls_words(systemctl: Path):
+    action = mount_action("t", "/mnt/t", required=True)
+    outcome = SystemdStart().carry_out(Step(action, "fail-t.mount"))
+    assert not outcome.ok and outcome.fatal and not outcome.changed
+    assert outcome.message == (
+        "Failed to mount share 't' on /mnt/t via fail-t.mount: systemctl start fail-t.mount "
+        "failed: exit status 1: Job for fail-t.mount failed because the control process exited "
+        "with error code."
+    )
+
+
+def test_left_to_systemd_and_another_roots_systemd_start_nothing(systemctl: Path):
+    step = Step(mount_action("t", "/mnt/t"), "mnt-t.mount")
+    left = LeftToSystemd().carry_out(step)
+    other = OtherRootSystemd(Path("/img")).carry_out(step)
+    assert (left.ok, left.changed, left.message) == (True, False, "left to systemd (mnt-t.mount)")
+    assert (other.ok, other.changed) == (True, False)
+    assert other.message == "left to systemd inside /img (mnt-t.mount); --root starts no unit"
+    assert not systemctl.exists()
+
+
+# --- the kernel ------------------------------------------------------------------------------
+
+
+def test_each_filesystem_is_loaded_once_before_its_first_mount(tmp_path: Path):
+    kernel = RecordingKernel()
+    here = KernelExecutor(SysRoot(tmp_path), kernel)
+    nine = Action(
+        kind=ActionKind.MOUNT, tag="n", reason="r", path="/mnt/n", transport=Transport.NINEP
+    )
+    for action in (stale(), mount_action("a", "/mnt/a"), nine, mount_action("b", "/mnt/b")):
+        here.carry_out(Step(action))
+    assert kernel.loaded == [Transport.VIRTIOFS, Transport.NINEP]
+    assert [m[0] for m in kernel.mounts] == ["a", "n", "b"]
+
+
+def test_each_plan_loads_again_with_the_same_executors(tmp_path: Path):
+    """The daemon picks its executors once and applies one plan per reconcile."""
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=False, kernel=kernel)
+    apply_plan([Step(mount_action("a", "/mnt/a")), Step(mount_action("b", "/mnt/b"))], run)
+    apply_plan([Step(mount_action("c", "/mnt/c"))], run)
+    assert kernel.loaded == [Transport.VIRTIOFS, Transport.VIRTIOFS]
+
+
+def test_enodev_names_the_problem_loading_the_filesystem(tmp_path: Path):
+    kernel = RecordingKernel(fail={"t": errno.ENODEV}, missing={Transport.VIRTIOFS: "no module"})
+    outcome = KernelExecutor(SysRoot(tmp_path), kernel).carry_out(Step(mount_action("t", "/m")))
+    assert not outcome.ok and outcome.message.endswith(" (no module)"), outcome.message
+
+
+class FailingUmount(RecordingKernel):
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def umount(self, target: str, *, lazy: bool = False) -> None:
+        super().umount(target, lazy=lazy)
+        raise OSError(self.code, os.strerror(self.code))
+
+
+def test_a_stale_mount_someone_else_unmounted_is_fine_other_errors_fail(tmp_path: Path):
+    gone = KernelExecutor(SysRoot(tmp_path), FailingUmount(errno.EINVAL)).carry_out(Step(stale()))
+    assert (gone.ok, gone.changed, gone.message) == (True, False, "/mnt/gone is no longer mounted")
+    busy = KernelExecutor(SysRoot(tmp_path), FailingUmount(errno.EPERM)).carry_out(Step(stale()))
+    assert not busy.ok and busy.message == "Failed to unmount /mnt/gone: Operation not permitted"
+
+
+def test_umount_of_a_busy_share_hints_at_lazy(tmp_path: Path):
+    entry = Mounted(30, 1, "/mnt/t", "virtiofs", "t")
+    here = KernelExecutor(SysRoot(tmp_path), FailingUmount(errno.EBUSY))
+    with pytest.raises(
+        UnmountError, match=r"^Failed to unmount /mnt/t: .*busy; retry with --lazy$"
+    ):
+        here.unmount(entry, lazy=False, abort=False)
+    with pytest.raises(UnmountError, match=r"busy$"):
+        here.unmount(entry, lazy=True, abort=False)
+
+
+def test_a_failed_abort_is_an_unmount_error_and_nothing_is_unmounted(tree: FakeTree):
+    tree.write("sys/fs/fuse/connections/100/abort/x", "")  # a directory: the write fails
+    kernel = RecordingKernel()
+    entry = Mounted(30, 1, "/mnt/t", "fuse", "t", device="0:100")
+    with pytest.raises(UnmountError, match="Failed to abort the FUSE connection of /mnt/t"):
+        KernelExecutor(SysRoot(tree.root), kernel).unmount(entry, lazy=False, abort=True)
+    assert kernel.unmounts == []
+
+
+def test_the_real_kernel_calls_load_nothing_outside_the_running_system(tmp_path: Path):
+    assert LiveKernelCalls(SysRoot(tmp_path)).load_filesystem(Transport.VIRTIOFS) is None
+
+
+# --- picking and routing ---------------------------------------------------------------------
+
+
+def test_only_the_running_systems_root_is_live(tmp_path: Path):
+    assert Executors.pick(SysRoot(Path("/")), dry_run=True).situation.live
+    assert not Executors.pick(SysRoot(tmp_path), dry_run=False).situation.live
+
+
+def test_the_managed_unit_of_each_mount_is_gathered(tree: FakeTree):
+    actions = [
+        mount_action("m", "/mnt/media"),
+        mount_action("o", "/mnt/other"),
+        stale("/mnt/media"),
+    ]
+    ctx = ops.Context(SysRoot(tree.root))
+    tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
+    assert [s.unit for s in ops.gather_steps(ctx, actions)] == [None, None, None]  # no systemd
+    tree.write("run/systemd/system/.keep", "")
+    assert [s.unit for s in ops.gather_steps(ctx, actions)] == ["mnt-media.mount", None, None]
+    tree.write("etc/systemd/system/mnt-other.mount", "[Mount]\n")  # not vfs-agent's
+    assert ops.gather_steps(ctx, actions)[1].unit is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "started"), [(SystemdMode.START, True), (SystemdMode.LEAVE, False)]
+)
+def test_on_the_live_system_a_managed_share_goes_to_systemd_the_rest_to_the_kernel(
+    tmp_path: Path, systemctl: Path, mode: SystemdMode, started: bool
+):
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=False, systemd=mode, kernel=kernel)
+    run = dataclasses.replace(run, situation=Situation(live=True, dry_run=False, systemd=mode))
+    steps = [Step(mount_action("a", "/mnt/a"), "mnt-a.mount"), Step(mount_action("b", "/mnt/b"))]
+    outcomes = apply_plan(steps, run)
+    assert [o.changed for o in outcomes] == [started, True]
+    assert (systemctl.exists() and systemctl.read_text()) == (
+        "start mnt-a.mount\n" if started else False
+    )
+    assert [m[0] for m in kernel.mounts] == ["b"]
+    assert kernel.loaded == [Transport.VIRTIOFS]  # for b; systemd's mount(8) loads its own

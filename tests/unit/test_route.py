@@ -1,0 +1,58 @@
+"""The routing table (execute/route.py), every combination of its inputs, against the table
+written out here row by row (first matching row wins, None matches anything)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vfs_agent.core.model import Transport
+from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
+
+K = ActionKind
+REPORTED = {K.KEEP, K.IGNORE, K.ABSENT, K.CONFLICT, K.REFUSE, K.UNRESPONSIVE}
+Row = tuple[set[ActionKind], bool | None, bool | None, bool | None, SystemdMode | None, Route]
+# (kinds, dry run, has a managed unit, live root, systemd mode) -> route
+TABLE: list[Row] = [
+    (REPORTED, None, None, None, None, Route.VERDICT),
+    ({K.MOUNT, K.UNMOUNT_STALE}, True, None, None, None, Route.DRY_RUN),
+    ({K.UNMOUNT_STALE}, False, None, None, None, Route.KERNEL),
+    ({K.MOUNT}, False, False, None, None, Route.KERNEL),
+    ({K.MOUNT}, False, True, False, None, Route.OTHER_ROOT),
+    ({K.MOUNT}, False, True, True, SystemdMode.START, Route.SYSTEMD_START),
+    ({K.MOUNT}, False, True, True, SystemdMode.LEAVE, Route.SYSTEMD_LEAVE),
+]
+COMBINATIONS = list(
+    itertools.product(ActionKind, (False, True), (False, True), (False, True), SystemdMode)
+)
+
+
+def expected(kind: ActionKind, dry: bool, unit: bool, live: bool, mode: SystemdMode) -> Route:
+    for kinds, t_dry, t_unit, t_live, t_mode, result in TABLE:
+        if (
+            kind in kinds
+            and t_dry in (None, dry)
+            and t_unit in (None, unit)
+            and t_live in (None, live)
+            and t_mode in (None, mode)
+        ):
+            return result
+    raise AssertionError(f"the table has no row for {kind, dry, unit, live, mode}")
+
+
+def test_the_table_covers_every_action_kind():
+    assert {k for row in TABLE for k in row[0]} == set(ActionKind)
+
+
+@pytest.mark.parametrize(("kind", "dry", "unit", "live", "mode"), COMBINATIONS)
+def test_route(kind: ActionKind, dry: bool, unit: bool, live: bool, mode: SystemdMode):
+    action = Action(kind=kind, tag="t", reason="why", path="/mnt/t", transport=Transport.VIRTIOFS)
+    step = Step(action, "mnt-t.mount" if unit else None)
+    situation = Situation(live=live, dry_run=dry, systemd=mode)
+    assert route(step, situation) is expected(kind, dry, unit, live, mode)
+
+
+def test_every_route_is_reachable():
+    assert {expected(*c) for c in COMBINATIONS} == set(Route)
