@@ -17,7 +17,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from faketree import FakeTree
-from test_apply import RecordingMounter
+from test_apply import RecordingKernel, apply
 from test_daemon import FakeKernel, PipeEvents, run_daemon, wait_for
 
 from vfs_agent.commands import operations as ops
@@ -25,7 +25,7 @@ from vfs_agent.commands.cli import main
 from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.plan import WANTED, ActionKind, plan
 from vfs_agent.core.render_systemd import render_units
-from vfs_agent.execute.apply import apply_plan
+from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
@@ -116,10 +116,10 @@ def test_a_held_share_keeps_its_unit_and_fstab_line() -> None:
 def test_applying_a_held_mount_calls_no_mount_and_fails_only_a_required_share(
     tmp_path: Path,
 ) -> None:
-    mounter = RecordingMounter()
+    kernel = RecordingKernel()
     held = plan(attached(REMOVING), pol(POLICY), [])
-    outcomes = apply_plan(held, SysRoot(tmp_path), mounter)
-    assert [m[0] for m in mounter.mounts] == ["nine"]
+    outcomes = apply(held, tmp_path, kernel)
+    assert [m[0] for m in kernel.mounts] == ["nine"]
     by_tag = {o.action.tag: o for o in outcomes}
     assert not by_tag["fresh"].ok and by_tag["fresh"].fatal
     assert not by_tag["kept"].ok and not by_tag["kept"].fatal  # optional: a warning
@@ -167,15 +167,15 @@ def test_plan_status_and_mount_all_say_why_and_what_to_do(tmp_path: Path) -> Non
     assert share["health"] == "not-mounted"
     assert "is removing virtio-fs device 0000:00:09.0 (virtio7)" in share["detail"]
 
-    mounter = RecordingMounter()
-    outcomes = ops.mount_all(ops.Context(SysRoot(tree.root)), dry_run=False, mounter=mounter)
-    assert mounter.mounts == []
+    kernel = RecordingKernel()
+    sysroot = SysRoot(tree.root)
+    run = Executors.pick(sysroot, dry_run=False, kernel=kernel)
+    outcomes = ops.mount_all(ops.Context(sysroot), run)
+    assert kernel.mounts == []
     assert [o.fatal for o in outcomes if o.action.tag == "fresh"] == [True]
     # mount TAG by hand: the same reason at once, not a mount(2) that waits for the removal.
-    by_hand = ops.mount_one(
-        ops.Context(SysRoot(tree.root)), "fresh", "/mnt/by-hand", dry_run=False, mounter=mounter
-    )
-    assert mounter.mounts == [] and not by_hand[0].ok
+    by_hand = ops.mount_one(ops.Context(sysroot), "fresh", "/mnt/by-hand", run)
+    assert kernel.mounts == [] and not by_hand[0].ok
     assert "reboot the guest" in by_hand[0].message
 
 
