@@ -230,8 +230,9 @@ def test_removal_of_a_dead_device_then_a_new_one_with_its_tag(guest: VM, host_di
     tag. The daemon detaches the dead mount at once. Whether the guest can finish the removal
     depends on the requests still in flight to the dead daemon: when it can (QEMU reports
     DEVICE_DELETED), the new share is mounted on the same path; when it cannot, the kernel holds
-    virtio-fs's global lock, status says so, and a mount(2) that would wait for it for good
-    fails after its deadline instead of hanging the agent. Either way nothing hangs."""
+    virtio-fs's global lock, status says so, and no virtio-fs mount(2) is tried while it lasts
+    (each would wait for good): `plan` holds them back with the reason, a mount by hand fails at
+    once, and the daemon's reconciles leave no mount child per attempt. Nothing hangs."""
     guest.kill_share_daemon("victim2")
     guest.run(USER_HANGS_ON.format(path="/mnt/victim2"), check=True)
     healthy_seconds, seen = health(guest)
@@ -271,12 +272,27 @@ def test_removal_of_a_dead_device_then_a_new_one_with_its_tag(guest: VM, host_di
     problems = json.loads(guest.run("vfs-agent status --json", check=True).stdout)
     [problem] = problems["discovery_problems"]
     assert "is being removed" in problem and "guest reboot" in problem
+    plan = json.loads(guest.run("vfs-agent plan --json", check=True).stdout)["actions"]
+    # victim: its device stays and its mount was detached, so the policy wants it mounted.
+    [victim] = [a for a in plan if a["tag"] == "victim"]
+    assert victim["action"] == "held" and "reboot the guest" in victim["reason"], victim
     seconds, out, rc = timed(guest, "vfs-agent mount good /mnt/extra 2>&1")
     print(f"mount while virtio-fs is stuck: {seconds:.1f}s, exit {rc}: {out.strip()}")
     assert rc == 1, out
-    assert "did not return within 30s" in out and "stuck removing a virtio-fs device" in out
+    assert "is removing virtio-fs device" in out and "reboot the guest" in out
+    assert seconds < 20  # no mount(2) waited for the removal (its deadline is 30 s)
     pid = daemon_pid(guest)
     assert pid is not None
-    guest.run(f"kill -HUP {pid}", check=True)
-    wait_until("the daemon's reload", lambda: b"Reloaded the policy" in guest.get_file(LOG))
+    for _ in range(3):  # three more reconciles, each of which used to try victim's mount
+        done = guest.get_file(LOG).count(b"Reconciled after policy reload")
+        guest.run(f"kill -HUP {pid}", check=True)
+        wait_until(
+            "the daemon's reconcile after a reload",
+            lambda done=done: guest.get_file(LOG).count(b"Reconciled after policy reload") > done,
+            120,
+        )
+    children = guest.run(f"ps -o pid=,stat=,comm= --ppid {pid}").stdout.splitlines()
+    asleep = [line for line in children if line.split()[1].startswith("D")]
+    print(f"the daemon's children after 3 reconciles during the stuck removal: {children}")
+    assert len(asleep) <= 1, children
     assert daemon_pid(guest) == pid

@@ -109,6 +109,9 @@ class VMConfig:
     cpus: int = 2
     memory_mb: int = 2048
     hotplug_slots: int = 3
+    # Tags whose virtiofsd is killed once QEMU has connected to it and the guest kernel prints
+    # its first line: the host's daemon dies before the guest ever talks to it.
+    dead_at_boot: Sequence[str] = ()
     boot_timeout: float | None = None  # default: 120 s fast, 300 s systemd
     retries: int = 1
     name: str = "vm"
@@ -224,6 +227,7 @@ class VM:
             stats.attempts = attempt
             try:
                 vm.start()
+                vm.kill_dead_at_boot()
                 vm.wait_channel()
                 BOOTS.append((config.name, config.mode, attempt, stats.channel_seconds, True))
                 return vm
@@ -295,6 +299,21 @@ class VM:
         self.started_at = time.monotonic()
         self.qmp = QMPClient(self._sockets / "qmp.sock")
         self.channel = Channel(self._sockets / "channel.sock")
+
+    def kill_dead_at_boot(self) -> None:
+        """Kill the virtiofsd of each `dead_at_boot` share as soon as the guest kernel runs
+        (QEMU connected to it while setting up the device, before the guest starts)."""
+        if not self.config.dead_at_boot:
+            return
+        deadline = time.monotonic() + 60
+        while b"Linux version" not in self.serial_log.read_bytes():
+            self._check_boot_alive()
+            if time.monotonic() > deadline:
+                raise BootError(f"{self.config.name}: no kernel output after 60s")
+            time.sleep(0.05)
+        for tag in self.config.dead_at_boot:
+            self.kill_share_daemon(tag)
+        progress(f"{self.config.name}: killed the virtiofsd of {list(self.config.dead_at_boot)}")
 
     def wait_channel(self) -> float:
         """Wait until the guest answers a ping; returns seconds since QEMU started."""

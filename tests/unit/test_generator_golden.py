@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from clirunner import cli_runner
 from faketree import FakeTree, run_generator
 
 from vfs_agent.commands.cli import main
+from vfs_agent.core.render_systemd import exec_word
 from vfs_agent.systemd.installed import RULE_NAME
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "generator"
@@ -38,6 +40,10 @@ REGENERATE = os.environ.get("VFS_AGENT_REGENERATE_GOLDEN") == "1"
 CREDENTIALS = "/run/credentials/@system"  # what systemd passes as $CREDENTIALS_DIRECTORY
 KMSG = "kmsg"  # expected/kmsg: the generator's kernel log lines
 NORMAL = "normal"  # expected/normal/: the generator's normal directory
+# The interpreter that runs the generator is the one its units run (vfs-agent-answer@.service's
+# ExecStart=); expected/ names it @PYTHON@, so the trees hold for every environment.
+PYTHON = exec_word(sys.executable).encode()
+PYTHON_MARK = b"@PYTHON@"
 
 
 def build_root(case: Path, root: Path) -> FakeTree:
@@ -79,8 +85,15 @@ def listing(top: Path) -> dict[str, tuple[str, bytes]]:
             if path.is_symlink():
                 out[rel] = ("link", os.readlink(path).encode())
             elif path.is_file():
-                out[rel] = ("file", path.read_bytes())
+                out[rel] = ("file", path.read_bytes().replace(PYTHON, PYTHON_MARK))
     return out
+
+
+def with_python(top: Path, old: bytes, new: bytes) -> None:
+    """Replace `old` by `new` in every regular file below `top` (see PYTHON_MARK)."""
+    for path in top.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.write_bytes(path.read_bytes().replace(old, new))
 
 
 def describe_difference(
@@ -133,6 +146,7 @@ def test_generator_writes_the_golden_tree(case: str, tmp_path: Path) -> None:
     if REGENERATE:
         shutil.rmtree(expected_dir, ignore_errors=True)
         shutil.copytree(out, expected_dir, symlinks=True)
+        with_python(expected_dir, PYTHON, PYTHON_MARK)
     expected, actual = listing(expected_dir), listing(out)
     assert expected, f"{case}: expected/ is empty; regenerate it (see this module's docstring)"
     assert actual == expected, describe_difference(expected, actual)
@@ -176,6 +190,7 @@ def test_systemd_analyze_verify_accepts_the_golden_tree(case: str, tmp_path: Pat
     # A copy: systemd-analyze reads the drop-in directories next to the units as well.
     copy = tmp_path / NORMAL
     shutil.copytree(normal, copy, symlinks=True)
+    with_python(copy, PYTHON_MARK, PYTHON)
     env = {**os.environ, "SYSTEMD_UNIT_PATH": str(copy)}
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *(str(copy / u.name) for u in units)],

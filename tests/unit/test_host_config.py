@@ -113,7 +113,7 @@ def test_a_policy_with_globs_or_defaults_needs_the_credential(tmp_path: Path):
     assert data["mounts"] == []
     assert data["mounts_unusable_because"] == [
         "defaults (unknown) have no command-line form",
-        "rule 2 ('a'): 'required' and 'device_timeout' have no command-line form",
+        "rule 2 ('a'): 'required', 'device_timeout' and 'mount_timeout' have no command-line form",
     ]
     assert "no vfs_agent.mount= form: defaults (unknown)" in host_config(path).stdout
 

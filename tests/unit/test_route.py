@@ -12,7 +12,7 @@ from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
 
 K = ActionKind
-REPORTED = {K.KEEP, K.IGNORE, K.ABSENT, K.CONFLICT, K.REFUSE, K.UNRESPONSIVE}
+REPORTED = {K.KEEP, K.IGNORE, K.ABSENT, K.CONFLICT, K.REFUSE, K.UNRESPONSIVE, K.HELD}
 Row = tuple[set[ActionKind], bool | None, bool | None, bool | None, SystemdMode | None, Route]
 # (kinds, dry run, has a managed unit, live root, systemd mode) -> route
 TABLE: list[Row] = [

@@ -4,6 +4,10 @@ Events in, pure reconcile out: every batch of share events (and every SIGHUP) ru
 discover -> plan -> apply as mount-all, under the same lock. Shares whose path has a generated
 .mount unit are left to systemd, which follows their device units itself. A share device that
 appears without a driver gets its driver loaded (as udevd would); its `bind` brings the reconcile.
+While the plan holds virtio-fs mounts back because the kernel is removing a device
+(core/plan.py), the daemon looks again after a growing pause (1 s, doubled up to 60 s): no
+uevent is sure to come when a removal ends, and each look only plans (nothing is mounted while
+the removal lasts).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,12 +33,16 @@ from vfs_agent.systemd.notify import Notifier
 
 log = logging.getLogger(__name__)
 
+MAX_RECHECK = 60.0  # seconds between looks while a device removal holds mounts back
+
 
 @dataclass
 class DaemonState:
     policy: Policy
     mounted_by_us: set[str] = field(default_factory=set)
     reconciles: int = 0
+    recheck: float | None = None  # seconds until the next look while mounts are held back
+    backoff: float | None = None  # the pause that `recheck` started from
 
 
 class Daemon:
@@ -74,9 +83,14 @@ class Daemon:
             self.notifier.ready(self._status(state))
             log.info("Started; following virtio-fs uevents (%s).", getattr(source, "source", "?"))
             while True:
-                timeout = self.notifier.watchdog_interval
+                timeout = _earliest(self.notifier.watchdog_interval, state.recheck)
+                started = time.monotonic()
                 ready, _, _ = select.select([source.fileno(), wake_r], [], [], timeout)
                 self.notifier.watchdog()
+                if state.recheck is not None:
+                    state.recheck -= time.monotonic() - started
+                    if state.recheck <= 0:
+                        self._reconcile(state, "a device removal that held mounts back")
                 if wake_r in ready:
                     _drain_pipe(wake_r)
                 if self._signals and self._handle_signals(state):
@@ -153,6 +167,11 @@ class Daemon:
             log.error("Failed to reconcile after %s: %s; the next event retries, ignoring.", why, e)
             return []
         state.reconciles += 1
+        if any(o.action.kind is ActionKind.HELD for o in outcomes):
+            backoff = state.backoff = min(MAX_RECHECK, state.backoff * 2 if state.backoff else 1.0)
+            state.recheck = backoff
+        else:
+            state.backoff = state.recheck = None
         for outcome in outcomes:
             path = outcome.action.path
             if outcome.changed and path:
@@ -185,6 +204,12 @@ class Daemon:
                 log.info("Unmounted %s.", path)
             except ops.OperationError as e:
                 log.warning("%s, ignoring.", e)
+
+
+def _earliest(*timeouts: float | None) -> float | None:
+    """The shortest of the timeouts that are set (None: wait for ever)."""
+    chosen = [max(0.0, t) for t in timeouts if t is not None]
+    return min(chosen) if chosen else None
 
 
 def _drain_pipe(fd: int) -> None:

@@ -91,8 +91,11 @@ def _as_mounts(section: FileSection) -> tuple[list[str], list[str]]:
         name = f"rule {index} ({rule.tag!r})"
         if rule.ignore or rule.path is None:
             why.append(f"{name}: only 'tag' + 'path' (+ 'options') have a command-line form")
-        elif rule.required or rule.device_timeout is not None:
-            why.append(f"{name}: 'required' and 'device_timeout' have no command-line form")
+        elif rule.required or rule.device_timeout is not None or rule.mount_timeout is not None:
+            why.append(
+                f"{name}: 'required', 'device_timeout' and 'mount_timeout' have no command-line "
+                "form"
+            )
         elif rule.transport is not TransportChoice.AUTO:
             why.append(f"{name}: 'transport' has no command-line form")
         else:

@@ -89,6 +89,7 @@ def mount_one(ctx: Context, tag: str, path: str | None, run: Executors) -> list[
         required=True,
         transport=base.transport if base else TransportChoice.AUTO,
         device_timeout=base.device_timeout if base else None,
+        mount_timeout=base.mount_timeout if base else None,
     )
     override = replace(policy, rules=(RuleRef(rule, "the command line", 0), *policy.rules))
     with ctx.locked(run.dry_run):

@@ -58,6 +58,9 @@ class Discovery:
     # The same for 9p: False when a 9p device's tag could not be read (then no 9p mount may be
     # taken for stale). 9p tags need no other source, so this is normally True.
     ninep_complete: bool = True
+    # virtio-fs devices the kernel is removing (PCI address and virtio name, as a person finds
+    # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
+    removing: tuple[str, ...] = field(default=())
 
 
 # The filesystem types of share mounts: what liveness probes and status look at.
@@ -70,3 +73,6 @@ class Observed:
     table: list[Mounted]
     dead: frozenset[str]  # share mounts that answer ENOTCONN (device gone)
     unresponsive: frozenset[str]  # share mounts that did not answer at all (daemon gone)
+    # virtio-fs tags whose host did not answer when a generated unit was to mount them
+    # (system/answer.py), with the seconds it was given
+    unanswered: tuple[tuple[str, int], ...] = ()

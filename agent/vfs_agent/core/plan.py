@@ -3,7 +3,10 @@
 Pure and deterministic: no I/O. Liveness of existing mounts is probed at the edge
 (system/liveness.py) and passed in: `dead` (ENOTCONN, the device is gone) and `unresponsive` (no
 answer: the host's daemon is gone while the device stays). Nothing is planned that would touch
-an unresponsive mount or a path below it, so no executor can hang on one.
+an unresponsive mount or a path below it, so no executor can hang on one. While discovery sees
+the kernel removing a virtio-fs device, no virtio-fs mount is planned either: every virtio-fs
+mount(2) waits for that removal, which lasts until the guest reboots when the device's host
+daemon died.
 """
 
 from __future__ import annotations
@@ -32,10 +35,19 @@ class ActionKind(StrEnum):
     CONFLICT = "conflict"  # two tags for one path, or the path holds another filesystem
     REFUSE = "refuse"  # unsafe path or unusable options
     UNRESPONSIVE = "unresponsive"  # the mount at (or above) the path does not answer: left alone
+    HELD = "held"  # a virtio-fs mount that would wait for a device removal: not tried now
 
 
 # Kinds that describe a mount the policy wants (generators write units/lines for these).
-WANTED = frozenset({ActionKind.MOUNT, ActionKind.KEEP, ActionKind.ABSENT, ActionKind.UNRESPONSIVE})
+WANTED = frozenset(
+    {
+        ActionKind.MOUNT,
+        ActionKind.KEEP,
+        ActionKind.ABSENT,
+        ActionKind.UNRESPONSIVE,
+        ActionKind.HELD,
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +64,7 @@ class Action:
     rule: str | None = None  # which rule decided, for humans
     source_file: str | None = None  # the policy layer that decided (the rule's, or defaults')
     device_timeout: int | None = None  # seconds the boot waits for the share's device
+    mount_timeout: int | None = None  # seconds the boot waits for the host to answer (virtio-fs)
     warning: str | None = None  # something a person should know, though the action goes on
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +95,7 @@ class _Want:
     present: bool
     why: str
     device_timeout: int | None
+    mount_timeout: int
     on_nonempty: NonEmpty
     layer: str  # the policy layer that decided: the rule's, or the one that set defaults.unknown
 
@@ -166,7 +180,27 @@ def plan(
                     transport=transport,
                 )
             )
+    if discovery.removing:
+        actions = [_held(a, discovery.removing) for a in actions]
     return sorted(actions, key=_order)
+
+
+def _held(action: Action, removing: tuple[str, ...]) -> Action:
+    """A virtio-fs mount, while the kernel removes a virtio-fs device, becomes HELD: its
+    mount(2) would wait for that removal (for good when the device's host daemon died) and
+    leave the caller, or a bounded child of it, in uninterruptible sleep."""
+    if action.kind is not ActionKind.MOUNT or action.transport is not Transport.VIRTIOFS:
+        return action
+    return replace(action, kind=ActionKind.HELD, reason=held_reason(removing), warning=None)
+
+
+def held_reason(removing: tuple[str, ...]) -> str:
+    devices = ", ".join(removing)
+    return (
+        f"not mounted: the kernel is removing virtio-fs device {devices}, and every virtio-fs "
+        "mount waits until that ends (retried then); if it stays, that device's host daemon "
+        "died with requests in flight: reboot the guest"
+    )
 
 
 def _decide_present(
@@ -243,10 +277,11 @@ def _want(
     options = kernel_options(policy.options_for(rule), transport)
     required = rule.required if rule else False
     timeout = policy.device_timeout_for(rule)
+    answer = policy.mount_timeout_for(rule)
     nonempty = policy.on_nonempty_for(rule)
     layer = ref.file if ref else policy.unknown_from
     return _Want(
-        tag, transport, path, options, required, ref, present, why, timeout, nonempty, layer
+        tag, transport, path, options, required, ref, present, why, timeout, answer, nonempty, layer
     )
 
 
@@ -318,6 +353,7 @@ def _action(kind: ActionKind, want: _Want, reason: str) -> Action:
         rule=want.ref.describe() if want.ref else None,
         source_file=want.layer,
         device_timeout=want.device_timeout,
+        mount_timeout=want.mount_timeout if want.transport is Transport.VIRTIOFS else None,
     )
 
 

@@ -62,6 +62,9 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
         action = decided.get((share.tag, share.transport))
         where = tuple(dict.fromkeys(mounts.get((share.transport.value, share.tag), [])))
         health, detail = _health(action, where, observed.dead, observed.unresponsive)
+        waited = dict(observed.unanswered).get(share.tag)
+        if health is Health.NOT_MOUNTED and waited and share.transport is Transport.VIRTIOFS:
+            health, detail = Health.UNRESPONSIVE, _unanswered(waited, action)
         out.append(
             ShareStatus(
                 tag=share.tag,
@@ -114,6 +117,15 @@ def share_status(observed: Observed, actions: list[Action]) -> list[ShareStatus]
     return out
 
 
+def _unanswered(seconds: int, action: Action | None) -> str:
+    where = f" on {action.path}" if action and action.path else ""
+    return (
+        f"its host did not answer within {seconds} s when it was to be mounted{where} (has "
+        "the host's virtio-fs daemon died?); its mount unit and what requires it failed; "
+        "once the host serves it again, 'vfs-agent mount-all' mounts it"
+    )
+
+
 def _health(
     action: Action | None,
     where: tuple[str, ...],
@@ -134,6 +146,8 @@ def _health(
         return Health.IGNORED, action.reason if action else "not in the plan"
     if action.kind is ActionKind.UNRESPONSIVE:
         return Health.UNRESPONSIVE, action.reason
+    if action.kind is ActionKind.HELD and not where:
+        return Health.NOT_MOUNTED, action.reason
     if action.kind in (ActionKind.CONFLICT, ActionKind.REFUSE):
         return Health.BLOCKED, action.reason
     if action.path in where:

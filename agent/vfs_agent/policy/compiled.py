@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CACHE = "/var/lib/vfs-agent/policy.json"
-FORMAT = 5
+FORMAT = 6  # 6: mount_timeout
 CACHE_MAX = 4 << 20  # bytes
 
 
@@ -115,6 +115,7 @@ def from_json(data: dict[str, Any]) -> Policy:
         UnknownTags(d["unknown"]),
         None if d["device_timeout"] is None else _timeout(d["device_timeout"]),
         NonEmpty(d["on_nonempty"]),
+        _timeout(d["mount_timeout"]),
     )
     files = data["files"]
     if not isinstance(files, list) or not all(isinstance(f, str) and _printable(f) for f in files):
@@ -130,6 +131,7 @@ def from_json(data: dict[str, Any]) -> Policy:
             TransportChoice(r["transport"]),
             None if r["device_timeout"] is None else _timeout(r["device_timeout"]),
             None if r["on_nonempty"] is None else NonEmpty(r["on_nonempty"]),
+            None if r["mount_timeout"] is None else _timeout(r["mount_timeout"]),
         )
         if r["file"] not in files or type(r["index"]) is not int or r["index"] < 0:
             raise ValueError("rule origin")
@@ -174,7 +176,7 @@ def _options(options: Any) -> tuple[str, ...]:
 
 def _timeout(value: Any) -> int:
     if type(value) is not int or not 1 <= value <= 3600:
-        raise ValueError("device_timeout")
+        raise ValueError("timeout")
     return value
 
 

@@ -22,6 +22,7 @@ from vfs_agent.policy.pydantic_compat import (
 )
 from vfs_agent.policy.types import (
     DEFAULT_MOUNT_ROOT,
+    DEFAULT_MOUNT_TIMEOUT,
     DEFAULT_OPTIONS,
     MAX_TAG_BYTES,
     DefaultsPatch,
@@ -110,6 +111,11 @@ class DefaultsSection(StrictModel):
         description="A mountpoint that already holds files: warn (mount; its files are hidden "
         "while mounted) or refuse (do not mount there).",
     )
+    mount_timeout: DeviceTimeout = Field(
+        DEFAULT_MOUNT_TIMEOUT,
+        description="Seconds the boot waits for the host to answer a virtio-fs share (its "
+        "virtiofsd) before its mount unit, and what requires it, fail.",
+    )
 
     _mount_root = validator("mount_root", allow_reuse=True)(_check_mount_root)
     _options = validator("options", each_item=True, allow_reuse=True)(_check_option)
@@ -137,6 +143,9 @@ class RuleModel(StrictModel):
     )
     on_nonempty: NonEmpty | None = Field(
         None, description="warn or refuse: a mountpoint that already holds files."
+    )
+    mount_timeout: DeviceTimeout | None = Field(
+        None, description="Seconds the boot waits for the host to answer this virtio-fs share."
     )
 
     _tag = validator("tag", allow_reuse=True)(_check_tag_pattern)
@@ -184,6 +193,7 @@ def to_section(name: str, parsed: PolicyFile) -> FileSection:
             transport=m.transport,
             device_timeout=m.device_timeout,
             on_nonempty=m.on_nonempty,
+            mount_timeout=m.mount_timeout,
         )
         for m in parsed.mounts
     )

@@ -25,6 +25,8 @@ MAX_TAG_BYTES = 36
 GLOB_CHARS = frozenset("*?[")
 DEFAULT_MOUNT_ROOT = "/mnt/virtiofs"
 DEFAULT_OPTIONS = ("nosuid", "nodev")
+# Seconds the boot waits for the host to answer a virtio-fs share (generated units).
+DEFAULT_MOUNT_TIMEOUT = 30
 BUILT_IN = "the built-in default"
 
 
@@ -60,6 +62,7 @@ class Rule:
     transport: TransportChoice = TransportChoice.AUTO
     device_timeout: int | None = None  # seconds; None: defaults.device_timeout
     on_nonempty: NonEmpty | None = None  # None: defaults.on_nonempty
+    mount_timeout: int | None = None  # seconds; None: defaults.mount_timeout
 
     def matches(self, tag: str) -> bool:
         return self.tag == tag or (self._glob is not None and self._glob(tag) is not None)
@@ -89,6 +92,7 @@ class Defaults:
     unknown: UnknownTags = UnknownTags.MOUNT
     device_timeout: int | None = None  # None: systemd's DefaultDeviceTimeoutSec (90 s)
     on_nonempty: NonEmpty = NonEmpty.WARN
+    mount_timeout: int = DEFAULT_MOUNT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class DefaultsPatch:
     unknown: UnknownTags | None = None
     device_timeout: int | None = None
     on_nonempty: NonEmpty | None = None
+    mount_timeout: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,11 @@ class Policy:
         if rule is not None and rule.device_timeout is not None:
             return rule.device_timeout
         return self.defaults.device_timeout
+
+    def mount_timeout_for(self, rule: Rule | None) -> int:
+        if rule is not None and rule.mount_timeout is not None:
+            return rule.mount_timeout
+        return self.defaults.mount_timeout
 
 
 def merge(files: list[FileSection]) -> Policy:

@@ -148,8 +148,10 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
     problems: list[str] = []
     known = {s.device for s in virtiofs}
     unexplained = [d for d in devices if d not in known]
+    removing: list[str] = []
     if pci and sysroot.exists(SYSFS_VIRTIOFS):
-        problems += [REMOVAL_STUCK.format(device=d) for d in removing_devices(sysroot)]
+        removing = removing_devices(sysroot)
+        problems += [REMOVAL_STUCK.format(device=d) for d in removing]
     if unexplained and pci:
         virtiofs, more = _from_other_sources(sysroot, virtiofs, unexplained)
         problems += more
@@ -167,6 +169,7 @@ def discover(sysroot: SysRoot, *, pci: bool = True) -> Discovery:
         complete=complete,
         problems=tuple(problems),
         ninep_complete=not ninep_problems,
+        removing=tuple(removing),
     )
 
 

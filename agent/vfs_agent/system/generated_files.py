@@ -8,7 +8,13 @@ import os
 from pathlib import Path
 
 from vfs_agent.core.render_fstab import BlockError, replace_block
-from vfs_agent.core.render_systemd import GENERATED_MARK, TIMEOUT_DROPIN, GeneratedFile, UnitFile
+from vfs_agent.core.render_systemd import (
+    ANSWER_PREFIX,
+    GENERATED_MARK,
+    TIMEOUT_DROPIN,
+    GeneratedFile,
+    UnitFile,
+)
 from vfs_agent.system.atomic import remove_durably, symlink_atomic, write_atomic
 from vfs_agent.system.safe_io import FileRefused, check_output_dir, read_regular, resolve_output
 
@@ -61,6 +67,10 @@ def sync_unit_dir(directory: Path, units: list[UnitFile]) -> tuple[list[str], li
         if ours and relpath not in wanted_extras and not (directory / link.name).exists():
             remove_durably(link)
             _rmdir_if_empty(link.parent)
+    for answer in directory.glob(f"{ANSWER_PREFIX}*.service"):
+        if answer.name not in wanted_extras and is_ours(answer):
+            remove_durably(answer)
+            removed.append(answer.name)
     for dropin in directory.glob(f"*.d/{TIMEOUT_DROPIN}"):
         if str(dropin.relative_to(directory)) not in wanted_extras and is_ours(dropin):
             remove_durably(dropin)

@@ -30,7 +30,24 @@ def observe(sysroot: SysRoot) -> Observed:
         table,
         frozenset(t for t, v in liveness.items() if v is Liveness.DEAD),
         frozenset(t for t, v in liveness.items() if v is Liveness.UNRESPONSIVE),
+        unanswered_tags(sysroot),
     )
+
+
+def unanswered_tags(sysroot: SysRoot) -> tuple[tuple[str, int], ...]:
+    """The records answer.py leaves of shares whose host did not answer in time."""
+    from vfs_agent.system.answer import UNANSWERED_DIR
+
+    found = []
+    for name in sysroot.listdir(UNANSWERED_DIR):
+        text = sysroot.read_text(f"{UNANSWERED_DIR}/{name}")
+        try:
+            tag = bytes.fromhex(name).decode("utf-8", "surrogateescape")
+            seconds = int((text or "").strip())
+        except ValueError:
+            continue
+        found.append((tag, seconds))
+    return tuple(sorted(found))
 
 
 def nonempty_dirs(sysroot: SysRoot, paths: Iterable[str]) -> frozenset[str]:

@@ -1,0 +1,131 @@
+"""A full systemd boot with a required share whose host daemon is dead.
+
+The virtiofsd of `dead` is killed once QEMU has connected to it and the guest kernel runs (QEMU
+keeps the device; nothing in the guest ever gets an answer from it). The other required share,
+`good`, is served. Each has a `RequiresMountsFor=` consumer pulled into the boot.
+
+Seen here before the wait for an answer existed (Debian 13, 6.12, QEMU 7.2): QEMU keeps running
+("Error starting vhost"), the guest probes the device, mount(2) returns before the host answered
+FUSE_INIT, so srv-dead.mount was "Mounted" and local-fs.target and multi-user.target were
+reached, but the consumer of the dead share hung on its first access for good (a oneshot has no
+start timeout): `systemctl is-system-running --wait` never returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.guest.conftest import BootGuest
+from tests.guestlib.image import GuestImage
+from tests.guestlib.vm import VM, VMConfig
+
+pytestmark = pytest.mark.guest
+
+POLICY = """\
+version: 1
+mounts:
+  - {tag: good, path: /srv/good, required: true}
+  - {tag: dead, path: /srv/dead, required: true}
+"""
+CONSUMER = """\
+[Unit]
+Description=Test service that needs /srv/{name}
+RequiresMountsFor=/srv/{name}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'cat /srv/{name}/{name}.txt > /run/needs-{name}.txt'
+"""
+
+
+def credential(name: str, text: str) -> list[str]:
+    value = base64.b64encode(text.encode()).decode()
+    return ["-smbios", f"type=11,value=io.systemd.credential.binary:{name}={value}"]
+
+
+@pytest.fixture(scope="module")
+def guest(
+    boot_guest: BootGuest, deb_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VM]:
+    root = tmp_path_factory.mktemp("dead-backend")
+    shares = []
+    for name in ("good", "dead"):
+        (root / name).mkdir()
+        (root / name / f"{name}.txt").write_text(f"{name}\n")
+        shares.append((name, root / name))
+    qemu_args = credential("vfs-agent.policy", POLICY)
+    for name in ("good", "dead"):
+        unit = CONSUMER.format(name=name)
+        qemu_args += credential(f"systemd.extra-unit.needs-{name}.service", unit)
+    vm = boot_guest(
+        VMConfig(
+            mode="systemd",
+            name="dead-backend-boot",
+            shares=shares,
+            dead_at_boot=("dead",),
+            extra_qemu_args=qemu_args,
+            extra_cmdline=("systemd.wants=needs-good.service", "systemd.wants=needs-dead.service"),
+            boot_timeout=400,
+        ),
+        deb_image,
+    )
+    yield vm
+    vm.kill()  # processes stuck on the dead device would stall a clean shutdown
+
+
+def show(guest: VM, unit: str, *props: str) -> dict[str, str]:
+    out = guest.run(["systemctl", "show", unit, *[f"--property={p}" for p in props]], check=True)
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def ran_for(guest: VM, unit: str) -> float:
+    """Seconds between the start and the exit of a oneshot service's process."""
+    times = show(guest, unit, "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
+    return (
+        int(times["ExecMainExitTimestampMonotonic"]) - int(times["ExecMainStartTimestampMonotonic"])
+    ) / 1e6
+
+
+def test_the_boot_goes_on_without_the_dead_share_and_its_dependents(guest: VM) -> None:
+    state = guest.wait_system_running(timeout=400, settle=False)
+    print(guest.run("systemd-analyze time", timeout=60).stdout.strip())
+    failed = guest.run("systemctl list-units --failed --plain --no-legend --no-pager").stdout
+    print(f"is-system-running: {state}; failed units:\n{failed}")
+    # The boot finished (no job left waiting on the dead share) and says what failed.
+    assert state == "degraded", failed
+    assert {line.split()[0] for line in failed.splitlines() if line.strip()} == {
+        "vfs-agent-answer@srv-dead.service"
+    }
+    jobs = guest.run("systemctl list-jobs --no-legend --no-pager").stdout.strip()
+    assert jobs in ("", "No jobs running."), jobs
+
+    # The healthy share and its consumer are up; the dead one is not mounted at all.
+    mounts = guest.run("findmnt -n -l -o TARGET,SOURCE -t virtiofs", check=True).stdout.split()
+    assert mounts == ["/srv/good", "good"], mounts
+    assert show(guest, "needs-good.service", "ActiveState")["ActiveState"] == "active"
+    assert guest.get_file("/run/needs-good.txt") == b"good\n"
+    assert show(guest, "srv-dead.mount", "ActiveState")["ActiveState"] == "inactive"
+    assert show(guest, "needs-dead.service", "ActiveState")["ActiveState"] == "inactive"
+    journal = guest.run("journalctl -b --no-pager -o cat", check=True).stdout
+    assert "Share 'dead' is not usable: its host did not answer within 30 s" in journal
+    assert "Dependency failed for srv-dead.mount - virtio-fs share dead." in journal
+    assert "Dependency failed for needs-dead.service" in journal
+    seconds = ran_for(guest, "vfs-agent-answer@srv-dead.service")
+    healthy = ran_for(guest, "vfs-agent-answer@srv-good.service")
+    print(f"the wait for an answer took {seconds:.1f}s (dead host), {healthy:.1f}s (healthy)")
+    assert 30 <= seconds < 60  # mount_timeout (30 s) after the interpreter started; then it failed
+
+    # status says which share is dead, and fast.
+    result = guest.run(["vfs-agent", "status", "--json"], timeout=120)
+    assert result.rc == 0, str(result)
+    shares = {s["tag"]: s for s in json.loads(result.stdout)["shares"]}
+    print(f"status --json took {result.seconds:.1f}s: {shares['dead']['detail']}")
+    assert shares["good"]["health"] == "mounted"
+    assert shares["dead"]["health"] == "unresponsive"
+    assert "did not answer within 30 s" in shares["dead"]["detail"]
+    assert result.seconds < 30
