@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from vfs_agent.core.model import Discovery, Mounted, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share, Source, Transport
 from vfs_agent.core.plan import plan
 from vfs_agent.policy.types import DefaultsPatch, FileSection, Policy, Rule, UnknownTags, merge
 

@@ -6,16 +6,23 @@
 - Logging is reset around every test: an in-process CLI run (`setup_logging`) leaves a handler
   bound to that run's captured stderr and `propagate = False` on the `vfs_agent` logger, so a
   later test's `caplog` would see nothing, depending on the order the tests ran in.
+- Children of system/bounded.py that a test left hanging (a stuck probe or mount child) are
+  killed and reaped after it, so the next test never sees them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faketree import FakeTree
+
+from vfs_agent.system import bounded
 
 # The loggers vfs-agent configures: its own, and the root logger (pytest's caplog hangs there).
 _LOGGERS = ("vfs_agent", "")
@@ -43,3 +50,14 @@ def _reset_logging() -> Iterator[None]:
         logger.setLevel(level)
         logger.propagate = propagate
         logger.disabled = disabled
+
+
+@pytest.fixture(autouse=True)
+def _no_bounded_child_left_behind() -> Iterator[None]:
+    yield
+    for pid in bounded.unreaped():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while bounded.unreaped() and time.monotonic() < deadline:
+        bounded.reap()
+        time.sleep(0.02)

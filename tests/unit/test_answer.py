@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +14,13 @@ from click.testing import CliRunner
 from faketree import FakeTree
 
 from vfs_agent.commands.cli import main
-from vfs_agent.core.model import Discovery, Share, Transport
+from vfs_agent.core.observation import Discovery, Share, Transport
 from vfs_agent.core.plan import plan
 from vfs_agent.core.render_systemd import render_units
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
-from vfs_agent.system import answer, bounded
+from vfs_agent.system import answer
 
 POLICY = """\
 version: 1
@@ -33,17 +30,6 @@ mounts:
   - {tag: "odd tag%", path: /srv/odd}
   - {tag: nine, path: /srv/nine}
 """
-
-
-@pytest.fixture(autouse=True)
-def no_child_left_behind() -> Iterator[None]:
-    yield
-    for pid in bounded.unreaped():
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while bounded.unreaped() and time.monotonic() < deadline:
-        bounded.reap()
-        time.sleep(0.02)
 
 
 def units() -> dict[str, str]:

@@ -13,7 +13,7 @@ from fake_pci import PCI_CFG_POS, FakePciBus, FakeVirtioPci
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vfs_agent.core.model import Share, Source, Transport
+from vfs_agent.core.observation import Share, Source, Transport
 from vfs_agent.system.pci_config import (
     PciDiscovery,
     capability_offsets,

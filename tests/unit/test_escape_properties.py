@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
 
 from vfs_agent.core import escape
-from vfs_agent.core.model import Transport
+from vfs_agent.core.observation import Transport
 from vfs_agent.core.paths import derived_path
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_fstab import render_line, render_lines

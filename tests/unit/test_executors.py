@@ -13,7 +13,7 @@ from faketree import FakeTree
 from test_apply import RecordingKernel, mount_action
 
 from vfs_agent.commands import operations as ops
-from vfs_agent.core.model import Mounted, Transport
+from vfs_agent.core.observation import Mounted, Transport
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_systemd import GENERATED_MARK
 from vfs_agent.execute.apply import Executors, apply_plan

@@ -1,6 +1,6 @@
 import random
 
-from vfs_agent.core.model import Discovery, Mounted, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share, Source, Transport
 from vfs_agent.core.plan import ActionKind, plan
 from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.pydantic_compat import field_names

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from vfs_agent.core.model import Transport
 from vfs_agent.core.mount_options import (
     kernel_options,
     option_problem,
     to_mount_args,
     transport_problem,
 )
+from vfs_agent.core.observation import Transport
 
 GOOD = [
     "context=system_u:object_r:container_file_t:s0",

@@ -453,7 +453,7 @@ def test_one_control_character_rule() -> None:
 
 
 def test_action_and_share_status_are_built_by_keyword() -> None:
-    from vfs_agent.core.model import Transport
+    from vfs_agent.core.observation import Transport
     from vfs_agent.core.plan import Action, ActionKind
     from vfs_agent.core.status import Health, ShareStatus
 

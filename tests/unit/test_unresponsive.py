@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from test_apply import RecordingKernel
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.core.model import Discovery, Mounted, Share, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share, Transport
 from vfs_agent.core.plan import ActionKind, plan
 from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.document import parse_text
@@ -45,18 +44,6 @@ mounts:
   - {tag: inner, path: /mnt/media/inner}
   - {tag: other, path: /mnt/other}
 """
-
-
-@pytest.fixture(autouse=True)
-def no_probe_left_behind() -> Iterator[None]:
-    """Stuck probe children of one test must not be seen by the next."""
-    yield
-    for pid in bounded.unreaped():
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while bounded.unreaped() and time.monotonic() < deadline:
-        bounded.reap()
-        time.sleep(0.02)
 
 
 @pytest.fixture

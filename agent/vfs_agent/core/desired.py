@@ -15,7 +15,7 @@ unit or fstab line can express (core/persist.py).
 
 from __future__ import annotations
 
-from vfs_agent.core.model import Discovery
+from vfs_agent.core.observation import Discovery
 from vfs_agent.core.persist import share_problem
 from vfs_agent.core.plan import WANTED, Action, ActionKind, plan
 from vfs_agent.core.render_fstab import render_block

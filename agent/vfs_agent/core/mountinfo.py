@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vfs_agent.core.escape import unescape_octal
-from vfs_agent.core.model import Mounted
+from vfs_agent.core.observation import Mounted
 
 
 def parse_mountinfo(text: str) -> list[Mounted]:

@@ -15,9 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from vfs_agent.core.model import Discovery, Mounted, Share, Transport
 from vfs_agent.core.mount_options import kernel_options, transport_problem
 from vfs_agent.core.mountinfo import top_mounts
+from vfs_agent.core.observation import Discovery, Mounted, Share, Transport
 from vfs_agent.core.paths import derived_path, expand_path, path_problem
 from vfs_agent.policy.types import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
 

@@ -27,7 +27,7 @@ from vfs_agent.core.escape import (
     systemd_escape_path,
     unit_specifier_escape,
 )
-from vfs_agent.core.model import Transport
+from vfs_agent.core.observation import Transport
 from vfs_agent.core.persist import setting_problem, share_problem
 from vfs_agent.core.plan import WANTED, Action
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from vfs_agent.core.model import SHARE_FSTYPES, Observed, Transport
+from vfs_agent.core.observation import SHARE_FSTYPES, Observed, Transport
 from vfs_agent.core.plan import Action, ActionKind
 
 

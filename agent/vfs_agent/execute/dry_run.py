@@ -3,7 +3,7 @@ no unit started, no module loaded)."""
 
 from __future__ import annotations
 
-from vfs_agent.core.model import Mounted
+from vfs_agent.core.observation import Mounted
 from vfs_agent.core.plan import ActionKind
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step

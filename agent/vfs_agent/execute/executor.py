@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from vfs_agent.core.model import Mounted
+from vfs_agent.core.observation import Mounted
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 

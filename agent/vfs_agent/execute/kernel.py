@@ -9,8 +9,8 @@ import logging
 import os
 from typing import Protocol
 
-from vfs_agent.core.model import Mounted, Transport
 from vfs_agent.core.mount_options import to_mount_args
+from vfs_agent.core.observation import Mounted, Transport
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome

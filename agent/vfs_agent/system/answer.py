@@ -22,7 +22,7 @@ import ctypes
 import os
 import sys
 
-from vfs_agent.core.model import Transport
+from vfs_agent.core.observation import Transport
 from vfs_agent.system import bounded, syscalls
 
 CLONE_NEWNS = 0x00020000

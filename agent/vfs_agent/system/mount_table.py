@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vfs_agent.core.model import Mounted
 from vfs_agent.core.mountinfo import parse_mountinfo
+from vfs_agent.core.observation import Mounted
 from vfs_agent.system.sysroot import SysRoot
 
 MOUNTINFO = "/proc/self/mountinfo"

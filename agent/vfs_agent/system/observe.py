@@ -7,8 +7,8 @@ import contextlib
 import os
 from collections.abc import Iterable
 
-from vfs_agent.core.model import SHARE_FSTYPES, Observed
 from vfs_agent.core.mountinfo import top_mounts
+from vfs_agent.core.observation import SHARE_FSTYPES, Observed
 from vfs_agent.system.discovery import discover
 from vfs_agent.system.liveness import Liveness, probe
 from vfs_agent.system.mount_table import read_mount_table

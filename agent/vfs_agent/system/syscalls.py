@@ -6,7 +6,7 @@ import ctypes
 import errno
 import os
 
-from vfs_agent.core.model import Transport
+from vfs_agent.core.observation import Transport
 
 MNT_DETACH = 2
 

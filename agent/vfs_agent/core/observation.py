@@ -1,4 +1,5 @@
-"""Plain data that flows between discovery, the mount table, the planner and the executors.
+"""What one look at the system saw, as plain data: the shares attached (Share, Discovery), the
+mounts (Mounted) and their liveness (Observed).
 
 The observing edges (system/) fill these in; the pure core (plan, status, renderers) reads them."""
 
