@@ -33,20 +33,20 @@ _IMAGES: dict[str, GuestImage] = {}  # built (or found) once per session
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> Generator[None, None, None]:
-    """Everything under tests/guest/ is a guest test, marked or not. Guest tests keep the
-    order they are written in while the unit tests run in a random one (pytest-randomly,
-    whose shuffle this wraps): the tests of a module share one booted guest, and a later test
-    may build on what an earlier one did in it."""
+    """Everything under tests/guest/ is a guest test, marked or not. Guest tests run after the
+    unit tests, in the order they are written in, while the unit tests run in a random one
+    (pytest-randomly, whose shuffle this wraps): the tests of a module share one booted guest,
+    which pytest tears down as soon as a test of another module runs, and a later test may
+    build on what an earlier one did in it."""
     written = [item for item in items if HERE in Path(str(item.path)).resolve().parents]
     for item in written:
         item.add_marker(pytest.mark.guest)
     result = yield
     kept = set(items)  # -k and -m deselect inside the yield
-    written = [item for item in written if item in kept]
     ours = set(written)
-    slots = [i for i, item in enumerate(items) if item in ours]
-    for slot, item in zip(slots, written, strict=True):
-        items[slot] = item
+    items[:] = [item for item in items if item not in ours] + [
+        item for item in written if item in kept
+    ]
     return result
 
 
