@@ -18,16 +18,12 @@ for the kernel to tear its mount down, which needs the dead host too. The unit k
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import sys
 
 from vfs_agent.core.observation import Transport
 from vfs_agent.system import bounded, syscalls
 
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
 MOUNTPOINT = "/run/vfs-agent/answer"  # mounted on only inside the child's own namespace
 # One file per share whose host did not answer (named by the tag in hex), for `status`.
 UNANSWERED_DIR = "/run/vfs-agent/unanswered"
@@ -36,11 +32,7 @@ PROG = "vfs-agent-answer"
 
 def _probe(tag: str) -> int:
     """In the child: a private mount namespace, the share mounted there, one statfs(2)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        return ctypes.get_errno()
-    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return ctypes.get_errno()
+    syscalls.private_mount_namespace()
     syscalls.mount(tag, MOUNTPOINT, Transport.VIRTIOFS.value, 0, "")
     os.statvfs(MOUNTPOINT)
     return 0
@@ -69,7 +61,6 @@ def main(argv: list[str]) -> int:
         os.makedirs(UNANSWERED_DIR, mode=0o755, exist_ok=True)
         with open(marker, "w", encoding="ascii") as handle:
             handle.write(f"{timeout}\n")
-    if code == bounded.TIMED_OUT:
         why = (
             f"its host did not answer within {timeout} s (is the host's virtiofsd for it "
             "running?); failing its mount so the boot goes on without it"

@@ -1,4 +1,5 @@
-"""mount(2) and umount2(2) through libc, and errno turned into words a person can act on."""
+"""mount(2), umount2(2) and unshare(2) through libc, and errno turned into words a person can act
+on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import os
 from vfs_agent.core.observation import Transport
 
 MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [
@@ -19,6 +23,7 @@ _libc.mount.argtypes = [
     ctypes.c_char_p,
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
 
 
 def _bytes(text: str) -> bytes:
@@ -31,6 +36,14 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
         _libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data) or None)
         != 0
     ):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def private_mount_namespace() -> None:
+    """unshare(2) a mount namespace of this process's own, with every mount in it private, so
+    what it mounts stays in it. Raises OSError with the errno."""
+    if _libc.unshare(CLONE_NEWNS) != 0 or _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
