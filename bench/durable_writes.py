@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from vfs_agent.core.observation import Discovery, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Share, Source
 from vfs_agent.core.plan import plan
 from vfs_agent.core.render_systemd import UnitFile, render_units
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.types import DefaultsPatch, FileSection, Rule, merge
 from vfs_agent.system import atomic
 from vfs_agent.system.generated_files import sync_unit_dir

@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from vfs_agent.core.observation import Discovery, Mounted, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share, Source
 from vfs_agent.core.plan import plan
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.types import DefaultsPatch, FileSection, Policy, Rule, UnknownTags, merge
 
 SIZES = [(1_000, 100), (1_000, 1_000), (10_000, 1_000), (20_000, 2_000)]

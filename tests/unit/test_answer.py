@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from faketree import FakeTree
 
 from vfs_agent.commands.cli import main
-from vfs_agent.core.observation import Discovery, Share, Transport
+from vfs_agent.core.observation import Discovery, Share
 from vfs_agent.core.plan import plan
 from vfs_agent.core.render_systemd import render_units
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge

@@ -3,8 +3,8 @@ import os
 from pathlib import Path
 
 from vfs_agent.core.mount_options import MS_NODEV, MS_NOSUID, MS_RDONLY
-from vfs_agent.core.observation import Transport
 from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step

@@ -17,7 +17,7 @@ from faketree import FakeTree
 from vfs_agent.commands import daemon as daemon_module
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.daemon import Daemon
-from vfs_agent.core.observation import Transport
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.system.uevents import ShareEvent, needs_driver, relevant
 

@@ -3,7 +3,8 @@ from pathlib import Path
 from faketree import FakeTree
 
 from vfs_agent.core.mountinfo import parse_mountinfo
-from vfs_agent.core.observation import Share, Source, Transport
+from vfs_agent.core.observation import Share, Source
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.discovery import discover, read_tag
 from vfs_agent.system.sysroot import SysRoot
 

@@ -13,7 +13,8 @@ from fake_pci import PCI_CFG_POS, FakePciBus, FakeVirtioPci
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vfs_agent.core.observation import Share, Source, Transport
+from vfs_agent.core.observation import Share, Source
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.pci_config import (
     PciDiscovery,
     capability_offsets,

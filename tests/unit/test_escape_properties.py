@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
 
 from vfs_agent.core import escape
-from vfs_agent.core.observation import Transport
 from vfs_agent.core.paths import derived_path
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_fstab import render_line, render_lines
+from vfs_agent.core.transport import Transport
 
 MAX_TAG_BYTES = 36
 TOOL_EXAMPLES = 150  # each example of (b) and (c) runs one process

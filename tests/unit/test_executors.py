@@ -13,9 +13,10 @@ from faketree import FakeTree
 from test_apply import RecordingKernel, mount_action
 
 from vfs_agent.commands import operations as ops
-from vfs_agent.core.observation import Mounted, Transport
+from vfs_agent.core.observation import Mounted
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_systemd import GENERATED_MARK
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.dry_run import DryRun
 from vfs_agent.execute.executor import UnmountError

@@ -32,11 +32,11 @@ from test_escape_properties import tags
 from vfs_agent.commands import report
 from vfs_agent.commands.cli import main
 from vfs_agent.core.escape import mount_unit_name, tag_bytes
-from vfs_agent.core.observation import Transport
 from vfs_agent.core.paths import derived_path
 from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_fstab import fstab_problem, render_block
 from vfs_agent.core.render_systemd import render_units
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.generated_files import write_units
 from vfs_agent.systemd import udev_tag
 

@@ -211,18 +211,34 @@ def test_the_boot_starts_required_and_unbound_units_and_devices_start_bound_ones
             assert os.readlink(device_link) == f"../{unit.name}"
 
 
+def after(path: Path) -> list[str]:
+    """Every After= value of a unit file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.split("=", 1)[1] for line in lines if line.startswith("After=")]
+
+
 def test_bound_units_name_the_escaped_device_alias(tmp_path: Path) -> None:
-    """With --bind-device, BindsTo= names systemd's unit for /dev/virtiofs/by-tag/<encoded>."""
-    root = make_tree(tmp_path, tags=TAGS, policy=POLICY)
+    """With --bind-device, BindsTo= names systemd's unit for /dev/virtiofs/by-tag/<encoded>.
+    Only a share not attached yet waits for that device (After=); an attached one is mounted
+    without waiting for udev's coldplug, as an fstab line is."""
+    absent = "absent_tag"
+    policy = POLICY + f"  - {{tag: {absent}, path: /srv/absent, required: true}}\n"
+    root = make_tree(tmp_path, tags=TAGS, policy=policy)
     out = tmp_path / "units"
     assert generate(root, out, "--bind-device").exit_code == 0
     units = sorted(out.glob("*.mount"))
     aliases = [f"/dev/virtiofs/by-tag/{encode_tag(unit_settings(u)['What'])}" for u in units]
     devices = systemd_escape(aliases, "device")
+    waiting = []
     for unit, device in zip(units, devices, strict=True):
         settings = unit_settings(unit)
         assert settings["BindsTo"] == device
-        assert settings["After"] == device
+        answer = out / f"vfs-agent-answer@{unit.name.removesuffix('.mount')}.service"
+        assert unit_settings(answer)["BindsTo"] == device
+        if device in after(unit):
+            waiting.append(settings["What"])
+        assert (device in after(unit)) == (device in after(answer)), unit.name
+    assert waiting == [absent]
 
 
 def test_without_bind_device_units_do_not_wait_for_devices(

@@ -1,7 +1,8 @@
 import random
 
-from vfs_agent.core.observation import Discovery, Mounted, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share, Source
 from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.pydantic_compat import field_names
 from vfs_agent.policy.schema import PolicyFile, to_section

@@ -22,9 +22,10 @@ from test_daemon import FakeKernel, PipeEvents, run_daemon, wait_for
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.core.observation import Discovery, Mounted, Share, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share
 from vfs_agent.core.plan import WANTED, ActionKind, plan
 from vfs_agent.core.render_systemd import render_units
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from vfs_agent.core.observation import Transport
 from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
 
 K = ActionKind

@@ -12,7 +12,7 @@ from vfs_agent.core.mount_options import (
     to_mount_args,
     transport_problem,
 )
-from vfs_agent.core.observation import Transport
+from vfs_agent.core.transport import Transport
 
 GOOD = [
     "context=system_u:object_r:container_file_t:s0",

@@ -231,3 +231,17 @@ def test_a_policy_file_replaced_by_a_symlink_is_checked_again(tree: FakeTree):
     policy.rename(target)
     policy.symlink_to("real.yml")
     assert policy_cache.load(SysRoot(tree.root)) is None
+
+
+def test_the_answer_wait_imports_none_of_the_cores_data():
+    """It starts once per virtio-fs share at every boot and hotplug, before the mount: no
+    dataclasses (inspect, ast), enum or pathlib unless a mount fails."""
+    code = (
+        "import sys, vfs_agent.system.answer; "
+        "print(sorted({'dataclasses', 'enum', 'pathlib', 'typing'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

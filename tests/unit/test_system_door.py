@@ -453,9 +453,9 @@ def test_one_control_character_rule() -> None:
 
 
 def test_action_and_share_status_are_built_by_keyword() -> None:
-    from vfs_agent.core.observation import Transport
     from vfs_agent.core.plan import Action, ActionKind
     from vfs_agent.core.status import Health, ShareStatus
+    from vfs_agent.core.transport import Transport
 
     with pytest.raises(TypeError):
         Action(ActionKind.MOUNT, "t", "why")  # type: ignore[misc]

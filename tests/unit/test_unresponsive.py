@@ -24,8 +24,9 @@ from test_apply import RecordingKernel
 
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.cli import main
-from vfs_agent.core.observation import Discovery, Mounted, Share, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share
 from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors
 from vfs_agent.policy.document import parse_text
 from vfs_agent.policy.schema import to_section

@@ -12,9 +12,10 @@ from vfs_agent.commands.context import OperationError as OperationError
 from vfs_agent.core import desired
 from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.mountinfo import top_mounts
-from vfs_agent.core.observation import SHARE_FSTYPES, Observed, Transport
+from vfs_agent.core.observation import SHARE_FSTYPES, Observed
 from vfs_agent.core.plan import Action, ActionKind, plan
 from vfs_agent.core.render_systemd import Skipped, UnitFile
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vfs_agent.core.observation import Transport
+from vfs_agent.core.transport import Transport
 
 # mount(2) flags, from <linux/mount.h>.
 MS_RDONLY = 1

@@ -8,12 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Transport(StrEnum):
-    """How a share reaches the guest; also the filesystem type passed to mount(2)."""
-
-    VIRTIOFS = "virtiofs"
-    NINEP = "9p"
+from vfs_agent.core.transport import Transport
 
 
 class Source(StrEnum):

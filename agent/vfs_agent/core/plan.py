@@ -17,8 +17,9 @@ from enum import StrEnum
 
 from vfs_agent.core.mount_options import kernel_options, transport_problem
 from vfs_agent.core.mountinfo import top_mounts
-from vfs_agent.core.observation import Discovery, Mounted, Share, Transport
+from vfs_agent.core.observation import Discovery, Mounted, Share
 from vfs_agent.core.paths import derived_path, expand_path, path_problem
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.types import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
 
 TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from vfs_agent.core.observation import SHARE_FSTYPES, Observed, Transport
+from vfs_agent.core.observation import SHARE_FSTYPES, Observed
 from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.transport import Transport
 
 
 class Health(StrEnum):

@@ -10,14 +10,16 @@ import os
 from typing import Protocol
 
 from vfs_agent.core.mount_options import to_mount_args
-from vfs_agent.core.observation import Mounted, Transport
+from vfs_agent.core.observation import Mounted
 from vfs_agent.core.plan import Action, ActionKind
+from vfs_agent.core.transport import Transport
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 from vfs_agent.system import bounded, syscalls
 from vfs_agent.system.fuse_abort import abort_connection
 from vfs_agent.system.kernel_modules import ensure_driver, ensure_filesystem
+from vfs_agent.system.mount_errors import explain_mount_error
 from vfs_agent.system.sysroot import SysRoot
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class KernelExecutor:
                     action.tag, f"/proc/self/fd/{fd}", transport.value, args.flags, args.data
                 )
         except OSError as e:
-            message = syscalls.explain_mount_error(e, action.tag, transport)
+            message = explain_mount_error(e, action.tag, transport)
             if e.errno == errno.ENODEV and self._loaded.get(transport):
                 message += f" ({self._loaded[transport]})"
             return Outcome(

@@ -12,7 +12,9 @@ and the boot goes on without them.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
 for the kernel to tear its mount down, which needs the dead host too. The unit keeps it
-(KillMode=process). Kept off click and pydantic: it runs once per share on every boot.
+(KillMode=process). It runs once per share on every boot and on every hotplug, so it imports
+the standard library's os, select and ctypes and nothing of the core's data (no dataclasses,
+no enum) unless a mount fails.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import os
 import sys
 
-from vfs_agent.core.observation import Transport
 from vfs_agent.system import bounded, syscalls
 
 MOUNTPOINT = "/run/vfs-agent/answer"  # mounted on only inside the child's own namespace
@@ -33,7 +34,7 @@ PROG = "vfs-agent-answer"
 def _probe(tag: str) -> int:
     """In the child: a private mount namespace, the share mounted there, one statfs(2)."""
     syscalls.private_mount_namespace()
-    syscalls.mount(tag, MOUNTPOINT, Transport.VIRTIOFS.value, 0, "")
+    syscalls.mount(tag, MOUNTPOINT, "virtiofs", 0, "")
     os.statvfs(MOUNTPOINT)
     return 0
 
@@ -65,9 +66,11 @@ def main(argv: list[str]) -> int:
             f"its host did not answer within {timeout} s (is the host's virtiofsd for it "
             "running?); failing its mount so the boot goes on without it"
         )
-    else:
-        error = OSError(code, os.strerror(code))
-        why = syscalls.explain_mount_error(error, tag, Transport.VIRTIOFS)
+    else:  # rare: only then the words for the errno, and the enum they take
+        from vfs_agent.core.transport import Transport
+        from vfs_agent.system.mount_errors import explain_mount_error
+
+        why = explain_mount_error(OSError(code, os.strerror(code)), tag, Transport.VIRTIOFS)
     sys.stderr.write(f"Share {tag!r} is not usable: {why}.\n")
     return 1
 

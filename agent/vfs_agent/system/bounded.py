@@ -16,17 +16,21 @@ import os
 import select
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 TIMED_OUT = -1  # the answer of a child that missed the deadline
 
 _CHILDREN: set[int] = set()  # children of this process not yet reaped
 
 
-@dataclass(frozen=True)
 class Child:
-    pid: int
-    answer_fd: int
+    """A forked child and the read end of the pipe it answers on. A plain class: the answer
+    wait (answer.py) runs at boot once per share and imports no dataclasses."""
+
+    __slots__ = ("answer_fd", "pid")
+
+    def __init__(self, pid: int, answer_fd: int) -> None:
+        self.pid = pid
+        self.answer_fd = answer_fd
 
 
 def spawn(call: Callable[[], int], *, keep: Iterable[int] = (), name: bytes = b"") -> Child:

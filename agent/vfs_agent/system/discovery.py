@@ -15,7 +15,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from vfs_agent.core.observation import Discovery, Share, Source, Transport
+from vfs_agent.core.observation import Discovery, Share, Source
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.sysroot import SysRoot
 
 SYSFS_VIRTIOFS = "/sys/fs/virtiofs"

@@ -4,7 +4,7 @@ system/tools.py), and probing again a share device its driver refused."""
 
 from __future__ import annotations
 
-from vfs_agent.core.observation import Transport
+from vfs_agent.core.transport import Transport
 from vfs_agent.system.discovery import VIRTIO_DEVICES, VIRTIO_ID_9P, VIRTIO_ID_FS, virtio_devices
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.system.tools import run_tool

@@ -38,7 +38,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Protocol
 
-from vfs_agent.core.observation import Share, Source, Transport
+from vfs_agent.core.observation import Share, Source
+from vfs_agent.core.transport import Transport
 
 VIRTIO_VENDOR_ID = 0x1AF4
 VIRTIO_FS_PCI_DEVICE_ID = 0x105A  # 0x1040 + virtio device id 26 (modern, non-transitional)

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from vfs_agent.core.observation import Transport
+from vfs_agent.core.transport import Transport
 
 
 @dataclass(frozen=True)
