@@ -151,7 +151,16 @@ def test_the_boot_does_not_wait_for_the_daemon(guest: VM) -> None:
     """multi-user.target is not ordered after vfs-agent.service (the shares are the units'
     job), yet the daemon keeps a service's other default dependencies and runs."""
     assert "vfs-agent.service" not in show(guest, "multi-user.target", "After")["After"].split()
-    props = show(guest, "vfs-agent.service", "After", "Requires", "Conflicts", "ActiveState")
+    props = show(
+        guest,
+        "vfs-agent.service",
+        "After",
+        "Requires",
+        "Conflicts",
+        "ActiveState",
+        "StartupCPUWeight",
+    )
+    assert props["StartupCPUWeight"] == "10", props  # systemd took it: yields while booting
     after = props["After"].split()
     for unit in ("sysinit.target", "basic.target", "local-fs.target", "systemd-udevd.service"):
         assert unit in after, props
@@ -268,7 +277,9 @@ exec /usr/lib/vfs-agent/vfs-agent-tag-id.real "$@"
 def test_a_slow_udev_delays_but_never_fails_a_present_required_share(guest: VM) -> None:
     """The policy sets no device_timeout, so systemd's own DefaultDeviceTimeoutSec (90 s)
     applies: a device unit that appears 25 s late (well past the 10 s vfs-agent once set)
-    still gets the required share and its RequiresMountsFor= consumer up."""
+    still gets the required share and its RequiresMountsFor= consumer up. The share was
+    attached when the generator ran, so its mount did not wait for the device unit at all: it
+    was mounted before udev named the device, as an fstab line would be."""
     guest.put_file("/etc/vfs-agent/policy.yaml", SLOW_UDEV_POLICY)
     helper = "/usr/lib/vfs-agent/vfs-agent-tag-id"
     guest.run(f"mv {helper} {helper}.real", check=True)
@@ -289,3 +300,20 @@ def test_a_slow_udev_delays_but_never_fails_a_present_required_share(guest: VM) 
     print(f"slow udev: the share's device unit came {late / 1e6:.1f}s after systemd started")
     assert late > 10_000_000  # past the 10 s default vfs-agent used to set
     assert not guest.run(f"ls /run/systemd/generator/{DEV}present\\\\x2da.device.d").ok
+    mount = show(guest, "srv-a.mount", "ActiveEnterTimestampMonotonic", "After")
+    assert not any(unit.startswith(DEV) for unit in mount["After"].split()), mount
+    early = int(device["ActiveEnterTimestampMonotonic"]) - int(
+        mount["ActiveEnterTimestampMonotonic"]
+    )
+    print(f"slow udev: the share was mounted {early / 1e6:.1f}s before its device unit came")
+    assert early > 0
+
+
+def test_a_share_mounted_before_its_device_unit_still_goes_with_its_device(guest: VM) -> None:
+    """Not ordered after its device, the boot-time share is still bound to it: unplugged, its
+    mount is stopped, and the service that requires it with it."""
+    assert mounted(guest).get("/srv/a") == "present-a"
+    guest.unplug_share("present-a")
+    wait_until("srv-a.mount stopped", lambda: "/srv/a" not in mounted(guest), timeout=30)
+    assert show(guest, "srv-a.mount", "ActiveState")["ActiveState"] == "inactive"
+    assert show(guest, "needs-a.service", "ActiveState")["ActiveState"] == "inactive"

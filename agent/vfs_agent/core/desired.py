@@ -2,7 +2,8 @@
 attached shares only (pure).
 
 The boot-time generator and `vfs-agent generate systemd|fstab` both come here, so they cannot
-disagree. The plan is made against an EMPTY mount table: what is mounted right now (another
+disagree (but for one ordering: the generator's units hold for this boot only, see
+`this_boot`). The plan is made against an EMPTY mount table: what is mounted right now (another
 filesystem on a policy path, a share mounted elsewhere, a dead or unresponsive mount) is the
 running system's state, not what the next boot should do. Planning against the live table
 would make `generate systemd --output DIR` write no unit for a path that happens to be busy,
@@ -37,13 +38,22 @@ def origin_of(policy: Policy) -> str:
 
 
 def desired_units(
-    policy: Policy, discovery: Discovery, *, bind_device: bool, generator: str | None = None
+    policy: Policy,
+    discovery: Discovery,
+    *,
+    bind_device: bool,
+    generator: str | None = None,
+    this_boot: bool = False,
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """One mount unit per share the policy wants, and every share that gets none, with why.
-    `generator` names the program in the header ("... by vfs-agent-generator")."""
+    `generator` names the program in the header ("... by vfs-agent-generator"). `this_boot`:
+    the units are for this boot only (the generator's), so an attached share does not wait for
+    its device unit (core/render_systemd.py)."""
     actions = desired_actions(policy, discovery)
     origin = origin_of(policy) + (f" by {generator}" if generator else "")
-    units, unexpressible = render_units(actions, origin, bind_device=bind_device)
+    units, unexpressible = render_units(
+        actions, origin, bind_device=bind_device, this_boot=this_boot
+    )
     return units, unwritten(actions) + unexpressible
 
 

@@ -8,10 +8,12 @@ creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
 - an optional share is started by its device alone, so an absent one costs the boot nothing;
 - a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left;
-- a share attached when the units are written is not ordered after its device (no After=):
-  the kernel knows its tag already, so its mount goes ahead while udev's coldplug, which makes
-  the device unit, is still running. That is what a hand-written fstab line does; ordered, the
-  mount would wait for coldplug and the boot with it.
+- units for this boot only (`this_boot`: the boot-time generator, which runs again at every
+  boot and daemon-reload) do not order a share attached now after its device (no After=): the
+  kernel knows its tag already, so its mount goes ahead while udev's coldplug, which makes the
+  device unit, is still running, as a hand-written fstab line is. Ordered, the mount would
+  wait for coldplug and the boot with it. Units that outlive the boot (`generate systemd
+  --output`) keep the order for every share: at a later boot it may not be there yet.
 
 Each virtio-fs unit also requires `vfs-agent-answer@<path>.service`, which waits at most
 `mount_timeout` seconds for the share's host to answer (system/answer.py): a share whose
@@ -94,7 +96,7 @@ def device_unit_name(tag: str) -> str:
 
 
 def render_units(
-    actions: list[Action], origin: str, *, bind_device: bool
+    actions: list[Action], origin: str, *, bind_device: bool, this_boot: bool = False
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """One .mount unit per wanted share; shares that neither a unit nor an fstab line can
     express are skipped with the reason (persist.share_problem; mount-all can still mount
@@ -108,7 +110,7 @@ def render_units(
         if problem:
             skipped.append(Skipped(action.tag, action.path, problem))
             continue
-        units.append(render_unit(action, origin, bind_device=bind_device))
+        units.append(render_unit(action, origin, bind_device=bind_device, this_boot=this_boot))
     return sorted(units, key=lambda u: u.name), skipped
 
 
@@ -123,7 +125,9 @@ def comment_text(text: str) -> str:
     return "".join(ascii(c)[1:-1] if is_control(c) else c for c in text)
 
 
-def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
+def render_unit(
+    action: Action, origin: str, *, bind_device: bool, this_boot: bool = False
+) -> UnitFile:
     assert action.path is not None and action.transport is not None
     name = mount_unit_name(action.path)
     esc = unit_specifier_escape
@@ -154,7 +158,7 @@ def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
     if answer:
         unit += [f"Requires={answer}", f"After={answer}"]
     if device:
-        unit += device_dependencies(action, device)
+        unit += device_dependencies(action, device, this_boot=this_boot)
     if action.required:
         unit.append("Before=local-fs.target")
     unit += [
@@ -177,16 +181,17 @@ def render_unit(action: Action, origin: str, *, bind_device: bool) -> UnitFile:
             dropin = f"{GENERATED_MARK}; do not edit.\n{timeout}"
             extras.append(GeneratedFile(f"{device}.d/{TIMEOUT_DROPIN}", dropin))
     if answer:
-        extras.append(GeneratedFile(answer, _answer_unit(action, name, device)))
+        extras.append(GeneratedFile(answer, _answer_unit(action, name, device, this_boot)))
     return UnitFile(name, "\n".join(unit) + "\n", tuple(extras))
 
 
-def device_dependencies(action: Action, device: str) -> list[str]:
-    """Bound to the share's device unit (stopped when it goes); ordered after it only when the
-    share was not attached when the units were written, so it waits for the share to appear."""
-    if action.kind is ActionKind.ABSENT:
-        return [f"BindsTo={device}", f"After={device}"]
-    return [f"BindsTo={device}"]
+def device_dependencies(action: Action, device: str, *, this_boot: bool) -> list[str]:
+    """Bound to the share's device unit (stopped when it goes), and ordered after it (so it
+    waits for the share to appear) unless the unit is for this boot only and the share is
+    attached now (see the module's docstring)."""
+    if this_boot and action.kind is ActionKind.MOUNT:
+        return [f"BindsTo={device}"]
+    return [f"BindsTo={device}", f"After={device}"]
 
 
 def answer_unit_name(mount_unit: str) -> str:
@@ -194,7 +199,7 @@ def answer_unit_name(mount_unit: str) -> str:
     return ANSWER_PREFIX + mount_unit.removesuffix(".mount") + ".service"
 
 
-def _answer_unit(action: Action, mount_unit: str, device: str | None) -> str:
+def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot: bool) -> str:
     assert action.mount_timeout is not None
     tag_hex = action.tag.encode("utf-8", "surrogateescape").hex()  # nothing left to escape
     lines = [
@@ -206,7 +211,7 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None) -> str:
         f"Before={mount_unit}",
     ]
     if device:
-        lines += device_dependencies(action, device)
+        lines += device_dependencies(action, device, this_boot=this_boot)
     lines += [
         "",
         "[Service]",

@@ -47,6 +47,7 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
         discover(sysroot, pci=False),
         bind_device=udev_rule_installed(sysroot),
         generator=IDENT,
+        this_boot=True,  # written again at every boot and daemon-reload
     )
     for skip in skipped:
         level = INFO if skip.ignored else WARNING  # ignoring is what the policy asked for
