@@ -220,10 +220,12 @@ def after(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("writer", ["generate systemd", "generator"])
 def test_bound_units_name_the_escaped_device_alias(tmp_path: Path, writer: str) -> None:
-    """With --bind-device, BindsTo= names systemd's unit for /dev/virtiofs/by-tag/<encoded>,
-    and the unit and its answer wait are ordered After= it: every one `generate systemd` writes
-    (they outlive the boot), and of the generator's (for this boot) only a share not attached
-    yet. An attached one is mounted without waiting for udev's coldplug, as an fstab line is."""
+    """With --bind-device, every unit and its answer wait name systemd's unit for
+    /dev/virtiofs/by-tag/<encoded>: bound to it and ordered after it (waiting for the share),
+    in every unit `generate systemd` writes (they outlive the boot) and in the generator's (for
+    this boot) for a share not attached yet. For an attached one the generator's unit is only
+    stopped with its device (StopPropagatedFrom=): mounted without waiting for udev's coldplug,
+    as an fstab line is."""
     absent = "absent_tag"
     policy = POLICY + f"  - {{tag: {absent}, path: /srv/absent, required: true}}\n"
     root = make_tree(tmp_path, tags=TAGS, policy=policy)
@@ -240,14 +242,19 @@ def test_bound_units_name_the_escaped_device_alias(tmp_path: Path, writer: str) 
     devices = systemd_escape(aliases, "device")
     waiting = []
     for unit, device in zip(units, devices, strict=True):
-        settings = unit_settings(unit)
-        assert settings["BindsTo"] == device
         answer = out / f"vfs-agent-answer@{unit.name.removesuffix('.mount')}.service"
-        if answer.exists():  # none for a path too long for its name
-            assert unit_settings(answer)["BindsTo"] == device
-            assert (device in after(unit)) == (device in after(answer)), unit.name
-        if device in after(unit):
-            waiting.append(settings["What"])
+        for path in (unit, answer) if answer.exists() else (unit,):  # none for a too long path
+            settings = unit_settings(path)
+            if settings.get("BindsTo") == device:
+                assert device in after(path), path.name
+                assert "StopPropagatedFrom" not in settings, path.name
+            else:
+                assert settings["StopPropagatedFrom"] == device, path.name
+                assert "BindsTo" not in settings and device not in after(path), path.name
+        if unit_settings(unit).get("BindsTo") == device:
+            waiting.append(unit_settings(unit)["What"])
+        if answer.exists():
+            assert unit_settings(unit).get("BindsTo") == unit_settings(answer).get("BindsTo")
     everyone = sorted(unit_settings(u)["What"] for u in units)
     assert sorted(waiting) == (everyone if writer == "generate systemd" else [absent])
 

@@ -155,17 +155,17 @@ def test_generator_writes_the_golden_tree(case: str, tmp_path: Path) -> None:
 
 def ordered_after_device(unit: bytes) -> bytes:
     """A generator unit as `generate systemd` writes it: those units outlive the boot, so
-    every unit bound to a device is also ordered after it (the generator's, written for this
-    boot, leave that out for a share attached now; core/render_systemd.py)."""
-    lines = unit.split(b"\n")
-    out = []
-    for index, line in enumerate(lines):
-        out.append(line)
-        if line.startswith(b"BindsTo="):
-            after = b"After=" + line.removeprefix(b"BindsTo=")
-            if lines[index + 1 : index + 2] != [after]:
-                out.append(after)
-    return b"\n".join(out)
+    every share's unit waits for its device (BindsTo= and After=) where the generator's,
+    written for this boot, only stop with the device of a share attached now
+    (StopPropagatedFrom=; core/render_systemd.py)."""
+    lines = []
+    for line in unit.split(b"\n"):
+        if line.startswith(b"StopPropagatedFrom="):
+            device = line.removeprefix(b"StopPropagatedFrom=")
+            lines += [b"BindsTo=" + device, b"After=" + device]
+        else:
+            lines.append(line)
+    return b"\n".join(lines)
 
 
 @pytest.mark.parametrize("case", CASES)

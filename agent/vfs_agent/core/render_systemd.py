@@ -9,11 +9,16 @@ creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
 - a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left;
 - units for this boot only (`this_boot`: the boot-time generator, which runs again at every
-  boot and daemon-reload) do not order a share attached now after its device (no After=): the
-  kernel knows its tag already, so its mount goes ahead while udev's coldplug, which makes the
-  device unit, is still running, as a hand-written fstab line is. Ordered, the mount would
-  wait for coldplug and the boot with it. Units that outlive the boot (`generate systemd
-  --output`) keep the order for every share: at a later boot it may not be there yet.
+  boot and daemon-reload) do not make a share attached now wait for its device: the kernel
+  knows its tag already, so its mount goes ahead while udev's coldplug, which makes the device
+  unit, is still running, as a hand-written fstab line is (waiting, the boot waited for
+  coldplug). Such a unit has `StopPropagatedFrom=` its device instead of `BindsTo=` and
+  `After=`: the device's unplug still stops it, but no start job for the device is pulled in
+  (systemd drops a device job nothing is ordered after, and would then stop a unit bound to
+  the device that is not there yet). systemd >= 249, which every distribution with
+  /sys/fs/virtiofs (Linux >= 6.9) has; without that directory the generator sees no share and
+  every unit waits for its device. Units that outlive the boot (`generate systemd --output`)
+  keep `BindsTo=` and `After=` for every share: at a later boot it may not be there yet.
 
 Each virtio-fs unit also requires `vfs-agent-answer@<path>.service`, which waits at most
 `mount_timeout` seconds for the share's host to answer (system/answer.py): a share whose
@@ -186,11 +191,10 @@ def render_unit(
 
 
 def device_dependencies(action: Action, device: str, *, this_boot: bool) -> list[str]:
-    """Bound to the share's device unit (stopped when it goes), and ordered after it (so it
-    waits for the share to appear) unless the unit is for this boot only and the share is
-    attached now (see the module's docstring)."""
+    """Stopped when the share's device unit goes; waiting for it to appear, unless the unit is
+    for this boot only and the share is attached now (see the module's docstring)."""
     if this_boot and action.kind is ActionKind.MOUNT:
-        return [f"BindsTo={device}"]
+        return [f"StopPropagatedFrom={device}"]
     return [f"BindsTo={device}", f"After={device}"]
 
 
