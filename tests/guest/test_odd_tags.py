@@ -21,6 +21,9 @@ pytestmark = pytest.mark.guest
 
 ODD = "odd\ttag#1"
 HASHED = "#lead"
+# Every character systemd's command line gives a meaning to: its answer wait passes it to
+# mount(8) as one argument (ExecStart=), which must reach the kernel unchanged.
+QUOTED = "q$x\"y\\z%w'v;"
 POLICY = """\
 version: 1
 defaults:
@@ -36,7 +39,7 @@ def guest(
     boot_guest: BootGuest, deb_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VM]:
     root = tmp_path_factory.mktemp("odd-tags")
-    dirs = {name: root / name for name in ("odd", "hashed")}
+    dirs = {name: root / name for name in ("odd", "hashed", "quoted")}
     for path in dirs.values():
         path.mkdir()
     (dirs["odd"] / "hello.txt").write_text("hello\n")
@@ -44,7 +47,7 @@ def guest(
         VMConfig(
             mode="systemd",
             name="odd-tags",
-            shares=[(ODD, dirs["odd"]), (HASHED, dirs["hashed"])],
+            shares=[(ODD, dirs["odd"]), (HASHED, dirs["hashed"]), (QUOTED, dirs["quoted"])],
         ),
         deb_image,
     )
@@ -68,8 +71,7 @@ def unit_settings(text: str) -> dict[str, str]:
     return out
 
 
-def test_the_odd_tag_is_mounted_by_systemd_through_its_generated_unit(guest: VM) -> None:
-    unit = mount_unit_name(ODD_PATH)
+def wait_active(guest: VM, unit: str) -> None:
     deadline = time.monotonic() + 60
     while True:
         state = guest.run(["systemctl", "show", unit, "--property=ActiveState"]).stdout.strip()
@@ -77,11 +79,24 @@ def test_the_odd_tag_is_mounted_by_systemd_through_its_generated_unit(guest: VM)
             break
         time.sleep(0.5)
     assert state == "ActiveState=active", guest.run(["systemctl", "status", unit]).stdout
-    found = json.loads(guest.run(["findmnt", "--json", ODD_PATH], check=True).stdout)
-    assert found["filesystems"][0]["source"] == ODD
-    assert guest.get_file(f"{ODD_PATH}/hello.txt") == b"hello\n"
+
+
+@pytest.mark.parametrize("tag", [ODD, QUOTED])
+def test_the_odd_tag_is_mounted_by_systemd_through_its_generated_unit(guest: VM, tag: str) -> None:
+    """The mount unit and its answer wait, which mounts the share by itself first."""
+    path = f"/mnt/virtiofs/{encode_tag(tag)}"
+    unit = mount_unit_name(path)
+    wait_active(guest, unit)
+    wait_active(guest, f"vfs-agent-answer@{unit.removesuffix('.mount')}.service")
+    found = json.loads(guest.run(["findmnt", "--json", path], check=True).stdout)
+    assert found["filesystems"][0]["source"] == tag
     journal = guest.run("journalctl -b -t vfs-agent -o cat --no-pager").stdout
-    assert f"Mounted share {ODD!r}" not in journal  # systemd did it, not the daemon
+    assert f"Mounted share {tag!r}" not in journal  # systemd did it, not the daemon
+
+
+def test_the_odd_tags_file_is_read_through_the_unit(guest: VM) -> None:
+    wait_active(guest, mount_unit_name(ODD_PATH))
+    assert guest.get_file(f"{ODD_PATH}/hello.txt") == b"hello\n"
 
 
 def test_the_guests_fstab_generator_reads_the_fstab_line_as_vfs_agent_writes_the_unit(

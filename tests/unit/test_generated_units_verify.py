@@ -25,6 +25,7 @@ from faketree import FakeTree, make_tree, run_generator, snapshot
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.escape import encode_tag
+from vfs_agent.core.render_systemd import exec_word
 from vfs_agent.systemd.installed import RULE_NAME
 
 LONG_TAG = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -400,3 +401,23 @@ def test_a_foreign_empty_directory_survives(tmp_path: Path) -> None:
 
     assert (out / "getty.target.wants").is_dir()
     assert (out / "ssh.service.d").is_dir()
+
+
+@pytest.mark.parametrize("name", ["plain", "with space", "cost $HOME", "100%", "semi;colon"])
+def test_exec_word_gives_systemd_back_the_interpreters_path(tmp_path: Path, name: str) -> None:
+    """systemd itself reads the word (the interpreter of the answer waits): an executable
+    whose path needs quoting or '%' doubled is found by `systemd-analyze verify`, which
+    complains about a command it cannot find. ('$' is not expanded in a command's name, and
+    systemd refuses a quote or a backslash there whatever the quoting.)"""
+    program = tmp_path / name / "prog"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    unit = tmp_path / "units" / "exec-word.service"
+    unit.parent.mkdir()
+    unit.write_text(
+        "[Unit]\nDefaultDependencies=no\n[Service]\nType=oneshot\n"
+        f"ExecStart={exec_word(str(program))} arg\n"
+    )
+    rc, output = verify(unit.parent, [unit])
+    assert rc == 0 and "exec-word.service" not in output, output
