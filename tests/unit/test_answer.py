@@ -1,12 +1,19 @@
 """The wait for a virtio-fs share's host to answer before its generated mount unit runs
-(answer.py, render_systemd.py): the deadline, what it says, the record status reads, and the
-units. A real dead virtiofsd needs a guest: tests/guest/test_dead_backend_boot.py."""
+(answer.py, render_systemd.py): the units, the shell each runs and the one prober that answers
+them all, the deadlines, what they say, the record status reads. Only the probe itself is a fake
+here; a real dead virtiofsd needs a guest: tests/guest/test_dead_backend_boot.py."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +21,17 @@ from click.testing import CliRunner
 from faketree import FakeTree
 
 from vfs_agent.commands.cli import main
+from vfs_agent.commands.install import Layout
 from vfs_agent.core.observation import Discovery, Share
 from vfs_agent.core.plan import plan
-from vfs_agent.core.render_systemd import render_units
+from vfs_agent.core.render_systemd import ANSWER_SCRIPT, exec_word, render_units
 from vfs_agent.core.transport import Transport
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
 from vfs_agent.system import answer
+
+REPO = Path(__file__).resolve().parents[2]
 
 POLICY = """\
 version: 1
@@ -55,21 +65,162 @@ def test_every_virtio_fs_unit_waits_for_its_host_with_its_own_timeout() -> None:
     assert "Requires=vfs-agent-answer@srv-fast.service\n" in fast
     assert "After=vfs-agent-answer@srv-fast.service\n" in fast
     waits = files["vfs-agent-answer@srv-fast.service"]
-    assert waits.endswith(f" -I -m vfs_agent.system.answer {b'fast'.hex()} 3\n")  # the rule's 3 s
+    python = exec_word(sys.executable, argument=True)
+    # The rule's 3 s; the tag in hex, so nothing in it reaches the command line.
+    assert waits.endswith(f"' vfs-agent-answer {b'fast'.hex()} 3 {python}\n")
+    assert "ExecStart=/bin/sh -c 'd=/run/vfs-agent/answers; " in waits
     assert "TimeoutStartSec=33s\n" in waits and "KillMode=process\n" in waits
     assert "Before=srv-fast.mount\n" in waits
-    # defaults.mount_timeout; the tag in hex, so nothing in it reaches the command line.
+    assert "Wants=vfs-agent-prober.socket\nAfter=vfs-agent-prober.socket\n" in waits
     odd = files["vfs-agent-answer@srv-odd.service"]
-    assert odd.endswith(f" {b'odd tag%'.hex()} 12\n")
+    assert odd.endswith(f" {b'odd tag%'.hex()} 12 {python}\n")  # defaults.mount_timeout
     assert "Description=Wait for the host to answer virtio-fs share odd tag%%\n" in odd
     # 9p has no FUSE_INIT to wait for.
     assert "vfs-agent-answer@srv-nine.service" not in files
     assert "Requires=" not in files["srv-nine.mount"]
 
 
-def test_a_host_that_never_answers_fails_after_the_timeout(
+def test_the_shell_the_prober_and_its_socket_agree_on_the_fifos() -> None:
+    socket = (REPO / "systemd/vfs-agent-prober.socket.in").read_text()
+    assert f"ListenFIFO={answer.ANSWERS_DIR}/request\n" in socket
+    assert ANSWER_SCRIPT.startswith(f"d={answer.ANSWERS_DIR}; ")
+    assert "'" not in ANSWER_SCRIPT and "\\" not in ANSWER_SCRIPT  # one single-quoted word
+
+
+def test_systemd_analyze_verify_accepts_the_probers_units(tmp_path: Path) -> None:
+    layout = Layout("/usr", sys.executable, str(Path(sys.executable).parent))
+    units = []
+    for name in ("vfs-agent-prober.socket", "vfs-agent-prober.service"):
+        assert f"/usr/lib/systemd/system/{name}" in [dest for _, dest, _ in layout.files()]
+        units.append(tmp_path / name)
+        units[-1].write_text(layout.render(f"{name}.in"))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"},  # trailing ':' adds the defaults
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
+    assert "StandardInput=socket\n" in units[1].read_text()  # the request FIFO on stdin
+
+
+# The prober as systemd runs it (the request FIFO on stdin), its directories moved into the
+# test's and a fake probe: a tag starting with "dead" never answers, "gone" is not attached,
+# any other answers after 0.2 s.
+PROBER = """
+import errno, sys, time
+from vfs_agent.system import answer
+answer.ANSWERS_DIR, answer.MOUNTPOINT, answer.UNANSWERED_DIR = sys.argv[1:4]
+def probe(tag):
+    if tag.startswith("dead"):
+        time.sleep(600)
+    time.sleep(0.2)
+    return errno.ENOENT if tag == "gone" else 0
+answer._probe = probe
+sys.exit(answer.serve(0, idle=float(sys.argv[4])))
+"""
+
+
+class Prober:
+    def __init__(self, tmp_path: Path, idle: float = 30) -> None:
+        self.dir = tmp_path / "answers"
+        self.dir.mkdir()
+        self.unanswered = tmp_path / "unanswered"
+        fifo = self.dir / "request"
+        os.mkfifo(fifo, 0o600)
+        self.fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)  # as systemd holds it
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PROBER,
+                str(self.dir),
+                str(tmp_path / "mnt"),
+                str(self.unanswered),
+                str(idle),
+            ],
+            stdin=self.fifo_fd,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its late children go with it (os.killpg)
+        )
+
+    def wait(self, tag: str, seconds: int) -> subprocess.Popen[str]:
+        """One share's wait as its generated unit runs it: the shell, on this prober."""
+        script = ANSWER_SCRIPT.replace(f"d={answer.ANSWERS_DIR};", f"d={self.dir};", 1)
+        return subprocess.Popen(
+            [
+                "/bin/sh",
+                "-c",
+                script,
+                "vfs-agent-answer",
+                tag.encode().hex(),
+                str(seconds),
+                "/nonexistent/python3",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        os.close(self.fifo_fd)
+
+
+@pytest.fixture
+def prober(tmp_path: Path) -> Iterator[Prober]:
+    running = Prober(tmp_path)
+    yield running
+    running.stop()
+
+
+def test_one_prober_answers_many_waits_at_once_each_by_its_own_deadline(
+    prober: Prober,
+) -> None:
+    started = time.monotonic()
+    waits = {tag: prober.wait(tag, 5) for tag in [f"share{i}" for i in range(12)] + ["dead"]}
+    healthy = {tag: w.wait(timeout=30) for tag, w in waits.items() if tag != "dead"}
+    healthy_took = time.monotonic() - started
+    assert set(healthy.values()) == {0}
+    # 12 probes of 0.2 s each, answered together, and not held up by the dead host's 5 s.
+    assert healthy_took < 4, healthy_took
+    assert waits["dead"].wait(timeout=30) == 1
+    assert time.monotonic() - started >= 5
+    err = waits["dead"].stderr.read()  # type: ignore[union-attr]
+    assert err.startswith("Share 'dead' is not usable: its host did not answer within 5 s")
+    assert (prober.unanswered / b"dead".hex()).read_text() == "5\n"  # for `status`
+    assert sorted(p.name for p in prober.dir.iterdir()) == ["request"]  # answer FIFOs removed
+
+
+def test_the_prober_explains_a_mount_error_and_clears_an_old_record(prober: Prober) -> None:
+    prober.unanswered.mkdir()
+    (prober.unanswered / b"share".hex()).write_text("30\n")  # its host did not answer before
+    gone, share = prober.wait("gone", 5), prober.wait("share", 5)
+    assert gone.wait(timeout=30) == 1
+    assert "the kernel has no virtio-fs share with tag 'gone'" in gone.stderr.read()  # type: ignore[union-attr]
+    assert share.wait(timeout=30) == 0
+    assert not (prober.unanswered / b"share".hex()).exists()
+
+
+def test_the_prober_ignores_garbage_and_exits_when_idle(tmp_path: Path) -> None:
+    prober = Prober(tmp_path, idle=1)
+    try:
+        os.write(prober.fifo_fd, b"not-hex 5 1\n66 0 1\n66 5 x\n\xff\n")
+        assert prober.process.wait(timeout=30) == 0  # idle for 1 s after the garbage
+        err = prober.process.stderr.read()  # type: ignore[union-attr]
+        assert err.count("vfs-agent-answer: ignored a request") == 4, err
+    finally:
+        prober.stop()
+
+
+def test_a_wait_without_the_prober_waits_by_itself(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The shell's fallback, `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, when no
+    prober socket is installed: the same verdicts, for one share."""
     monkeypatch.setattr(answer, "MOUNTPOINT", str(tmp_path / "mnt"))
     monkeypatch.setattr(answer, "UNANSWERED_DIR", str(tmp_path / "unanswered"))
     monkeypatch.setattr(answer, "_probe", lambda tag: time.sleep(60) or 0)  # a dead virtiofsd
@@ -79,20 +230,28 @@ def test_a_host_that_never_answers_fails_after_the_timeout(
     err = capsys.readouterr().err
     assert err.startswith("Share 'dead' is not usable: its host did not answer within 1 s")
     assert (tmp_path / "unanswered" / b"dead".hex()).read_text() == "1\n"
-    # It answers later (the host is back): the record goes.
-    monkeypatch.setattr(answer, "_probe", lambda tag: 0)
+    monkeypatch.setattr(answer, "_probe", lambda tag: 0)  # the host is back: the record goes
     assert answer.main([b"dead".hex(), "1"]) == 0
     assert not (tmp_path / "unanswered" / b"dead".hex()).exists()
-
-
-def test_a_mount_error_is_explained(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(answer, "MOUNTPOINT", str(tmp_path / "mnt"))
     monkeypatch.setattr(answer, "_probe", lambda tag: errno.ENOENT)
     assert answer.main([b"gone".hex(), "5"]) == 1
     assert "the kernel has no virtio-fs share with tag 'gone'" in capsys.readouterr().err
-    assert answer.main(["not hex", "5"]) == 2
+    for bad in (["not hex", "5"], [b"x".hex(), "0"], [b"x".hex(), "5", "123"]):
+        assert answer.main(bad) == 2
+
+
+def test_the_shell_falls_back_to_its_own_wait_without_the_socket(tmp_path: Path) -> None:
+    """No request FIFO: the shell runs the interpreter it was given, with the tag and the
+    seconds (a usage error here shows that it got them, in order)."""
+    script = ANSWER_SCRIPT.replace(f"d={answer.ANSWERS_DIR};", f"d={tmp_path};", 1)
+    done = subprocess.run(
+        ["/bin/sh", "-c", script, "vfs-agent-answer", "zz", "7", sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "not a tag in hex: 'zz'" in done.stderr
 
 
 def test_status_reports_a_share_whose_host_did_not_answer(tmp_path: Path) -> None:

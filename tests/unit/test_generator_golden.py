@@ -41,9 +41,9 @@ REGENERATE = os.environ.get("VFS_AGENT_REGENERATE_GOLDEN") == "1"
 CREDENTIALS = "/run/credentials/@system"  # what systemd passes as $CREDENTIALS_DIRECTORY
 KMSG = "kmsg"  # expected/kmsg: the generator's kernel log lines
 NORMAL = "normal"  # expected/normal/: the generator's normal directory
-# The interpreter that runs the generator is the one its units run (vfs-agent-answer@.service's
-# ExecStart=); expected/ names it @PYTHON@, so the trees hold for every environment.
-PYTHON = exec_word(sys.executable).encode()
+# The interpreter that runs the generator is the one its answer waits fall back to (the last
+# word of their ExecStart=); expected/ names it @PYTHON@, so the trees hold for every environment.
+PYTHON = exec_word(sys.executable, argument=True).encode()
 PYTHON_MARK = b"@PYTHON@"
 
 

@@ -27,6 +27,8 @@ SYSTEM_FILES = {
     "/usr/lib/vfs-agent/vfs-agent-tag-id": 0o755,
     "/usr/lib/systemd/system/vfs-agent.service": 0o644,
     "/usr/lib/systemd/system/vfs-agent-cloud-init.service": 0o644,
+    "/usr/lib/systemd/system/vfs-agent-prober.socket": 0o644,
+    "/usr/lib/systemd/system/vfs-agent-prober.service": 0o644,
     "/etc/vfs-agent/policy.yaml": 0o644,
     "/usr/share/man/man1/vfs-agent.1.gz": 0o644,
     "/usr/share/man/man5/vfs-agent.policy.5.gz": 0o644,

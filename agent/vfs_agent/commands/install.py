@@ -1,5 +1,6 @@
-"""Put the systemd units (the daemon's and the cloud-init hook's), the generator, the udev rule
-and its helper, the manual pages and the bash and zsh completions in place.
+"""Put the systemd units (the daemon's, the cloud-init hook's, and the socket and service of the
+prober that the generated answer waits ask), the generator, the udev rule and its helper, the
+manual pages and the bash and zsh completions in place.
 
 One table of files serves every kind of install: a wheel-only install runs
 `vfs-agent install-system-files` (prefix /usr/local), the Debian and RPM packages run
@@ -45,6 +46,16 @@ class Layout:
             ),
             ("vfs-agent-tag-id.in", f"{self.libexec}/vfs-agent-tag-id", 0o755),
             ("vfs-agent.service.in", f"{lib}/systemd/system/vfs-agent.service", 0o644),
+            (
+                "vfs-agent-prober.socket.in",
+                f"{lib}/systemd/system/vfs-agent-prober.socket",
+                0o644,
+            ),
+            (
+                "vfs-agent-prober.service.in",
+                f"{lib}/systemd/system/vfs-agent-prober.service",
+                0o644,
+            ),
             (
                 "vfs-agent-cloud-init.service.in",
                 f"{lib}/systemd/system/vfs-agent-cloud-init.service",

@@ -49,17 +49,46 @@ ANSWER_PREFIX = "vfs-agent-answer@"
 UNIT_NAME_MAX = 255  # bytes, systemd's UNIT_NAME_MAX
 
 
-def exec_word(word: str) -> str:
+def exec_word(word: str, *, argument: bool = False) -> str:
     """One word of a systemd command line: quoted (C escapes) when it holds a space, a
-    quote or a backslash, and with '%' doubled."""
+    quote or a backslash, and with '%' doubled; as an argument, '$' doubled too (systemd
+    expands variables in arguments, not in the command's name)."""
     word = unit_specifier_escape(word)
+    if argument:
+        word = word.replace("$", "$$")
     if not any(c.isspace() or c in "\"'\\;" for c in word):
         return word
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# How answer.py is run: the interpreter that runs this code (the generator's own), isolated.
-ANSWER_COMMAND = f"{exec_word(sys.executable)} -I -m vfs_agent.system.answer"
+# A share's wait (system/answer.py): a shell asks vfs-agent-prober.service, one interpreter for
+# every share, through its FIFO, and reads the answer from a FIFO of its own. Arguments: the tag
+# in hex, the seconds, and the interpreter (the generator's own) that waits for this share alone
+# when the prober's socket is not installed. Kept free of quotes and backslashes, so that one
+# pair of single quotes makes it one word of a systemd command line.
+ANSWER_SCRIPT = "; ".join(
+    (
+        "d=/run/vfs-agent/answers",
+        '[ -p "$d/request" ] || exec "$3" -I -m vfs_agent.system.answer "$1" "$2"',
+        "f=$d/$$",
+        '{ mkfifo -m 600 "$f" || { rm -f "$f" && mkfifo -m 600 "$f"; }; } || exit 1',
+        'exec 3<>"$f"',
+        'echo "$1 $2 $$" >"$d/request" || exit 1',
+        "read -r verdict why <&3",
+        '[ "$verdict" = 0 ] && exit 0',
+        'printf "%s" "${why:-no answer from vfs-agent-prober.service}" >&2',
+        "exit 1",
+    )
+)
+ANSWER_SOCKET = "vfs-agent-prober.socket"
+
+
+def _answer_command(tag_hex: str, seconds: int) -> str:
+    script = unit_specifier_escape(ANSWER_SCRIPT).replace("$", "$$")
+    return (
+        f"/bin/sh -c '{script}' {ANSWER_PREFIX.rstrip('@')} {tag_hex} {seconds} "
+        f"{exec_word(sys.executable, argument=True)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -212,6 +241,8 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         f"Description=Wait for the host to answer virtio-fs share "
         f"{unit_specifier_escape(ascii(action.tag)[1:-1])}",
         "DefaultDependencies=no",
+        f"Wants={ANSWER_SOCKET}",
+        f"After={ANSWER_SOCKET}",
         f"Before={mount_unit}",
     ]
     if device:
@@ -221,10 +252,10 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         "[Service]",
         "Type=oneshot",
         "RemainAfterExit=yes",
-        # A probe the host never answered is left alone: killed, it would only wait, without
-        # end, for the kernel to tear down its mount (system/answer.py).
+        # Without the prober, a probe the host never answered is left alone: killed, it would
+        # only wait, without end, for the kernel to tear down its mount (system/answer.py).
         "KillMode=process",
         f"TimeoutStartSec={action.mount_timeout + 30}s",
-        f"ExecStart={ANSWER_COMMAND} {tag_hex} {action.mount_timeout}",
+        f"ExecStart={_answer_command(tag_hex, action.mount_timeout)}",
     ]
     return "\n".join(lines) + "\n"

@@ -1,34 +1,81 @@
-"""Wait, at boot, for the host to answer a virtio-fs share: `python3 -m vfs_agent.system.answer
-TAG_HEX SECONDS`, run by the generated `vfs-agent-answer@<path>.service` before the share's
-mount unit.
+"""Wait for the host to answer a virtio-fs share before its generated mount unit runs.
 
 Why: virtio-fs mount(2) returns before the host's daemon answered FUSE_INIT, so with a dead
 virtiofsd the mount unit "succeeds", and every service that requires it then hangs on its first
 access, for good (the kernel has no request timeout for it; see the README's Host-side faults).
 So the share is mounted first in a private mount namespace of a forked child (bounded.py), which
-asks for statfs(2): FUSE sends that only after FUSE_INIT is answered. No answer within SECONDS
-means this unit fails, so the mount unit and what requires it fail with it ("Dependency failed")
-and the boot goes on without them.
+asks for statfs(2): FUSE sends that only after FUSE_INIT is answered. No answer within the
+share's `mount_timeout` means its wait unit fails, so the mount unit and what requires it fail
+with it ("Dependency failed") and the boot goes on without them.
+
+Who waits: each share's generated `vfs-agent-answer@<path>.service`, a shell (render_systemd.py)
+that asks `vfs-agent-prober.service`, one interpreter for all of them, started by its FIFO
+(`vfs-agent-prober.socket`): `python3 -m vfs_agent.system.answer --serve`, the FIFO on stdin.
+At boot every share attached then asks at once, and one interpreter instead of one per share is
+what keeps the waits off the boot's critical path. A request is one line, `TAG_HEX SECONDS PID`;
+the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. The
+prober exits after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
+socket (units written by `generate systemd` for a system without vfs-agent's own units) the shell
+runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one share.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
-for the kernel to tear its mount down, which needs the dead host too. The unit keeps it
-(KillMode=process). It runs once per share on every boot and on every hotplug, so it imports
-the standard library's os, select and ctypes and nothing of the core's data (no dataclasses,
-no enum) unless a mount fails.
+for the kernel to tear its mount down, which needs the dead host too. The units keep it
+(KillMode=process). This module imports the standard library's os, select, stat and time and
+nothing of the core's data (no dataclasses, no enum) unless a mount fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
+import stat
 import sys
+import time
 
 from vfs_agent.system import bounded, syscalls
 
-MOUNTPOINT = "/run/vfs-agent/answer"  # mounted on only inside the child's own namespace
+MOUNTPOINT = "/run/vfs-agent/probe"  # mounted on only inside the child's own namespace
 # One file per share whose host did not answer (named by the tag in hex), for `status`.
 UNANSWERED_DIR = "/run/vfs-agent/unanswered"
+# The prober's request FIFO (made by vfs-agent-prober.socket) and the waits' answer FIFOs.
+ANSWERS_DIR = "/run/vfs-agent/answers"
 PROG = "vfs-agent-answer"
+IDLE_SECONDS = 60.0
+MAX_TIMEOUT = 3600  # the policy's bound for mount_timeout
+_LINE_MAX = 512  # a request is three short words; longer is garbage
+
+
+class Request:
+    """One share's wait: what it asked for, and the FIFO (a PID) its answer goes to."""
+
+    __slots__ = ("reply", "tag_hex", "timeout")
+
+    def __init__(self, tag_hex: str, timeout: int, reply: str = "") -> None:
+        self.tag_hex = tag_hex
+        self.timeout = timeout
+        self.reply = reply
+
+    @property
+    def tag(self) -> str:
+        return bytes.fromhex(self.tag_hex).decode("utf-8", "surrogateescape")
+
+
+def parse_request(words: list[str]) -> Request:
+    """`TAG_HEX SECONDS [PID]`; ValueError for anything else."""
+    if len(words) not in (2, 3):
+        raise ValueError("expected TAG_HEX SECONDS [PID]")
+    tag_hex, seconds, *reply = words
+    try:
+        if not tag_hex or bytes.fromhex(tag_hex).hex() != tag_hex.lower():
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"not a tag in hex: {tag_hex!r}") from None
+    if not seconds.isdigit() or not 1 <= int(seconds) <= MAX_TIMEOUT:
+        raise ValueError(f"not a number of seconds from 1 to {MAX_TIMEOUT}: {seconds!r}")
+    if reply and not (reply[0].isdigit() and reply[0].isascii() and len(reply[0]) <= 10):
+        raise ValueError(f"not a PID: {reply[0]!r}")
+    return Request(tag_hex.lower(), int(seconds), reply[0] if reply else "")
 
 
 def _probe(tag: str) -> int:
@@ -39,40 +86,109 @@ def _probe(tag: str) -> int:
     return 0
 
 
-def wait_for_answer(tag: str, timeout: float) -> int:
-    """0 when the host answered; its errno when the mount failed; bounded.TIMED_OUT."""
+def start_probe(request: Request) -> bounded.Child:
     os.makedirs(MOUNTPOINT, mode=0o700, exist_ok=True)
-    return bounded.run(lambda: _probe(tag), timeout, name=PROG.encode())
+    tag = request.tag
+    return bounded.spawn(lambda: _probe(tag), name=PROG.encode())
 
 
-def main(argv: list[str]) -> int:
-    try:
-        tag = bytes.fromhex(argv[0]).decode("utf-8", "surrogateescape")
-        timeout = int(argv[1])
-    except (IndexError, ValueError):
-        sys.stderr.write(f"usage: {PROG} TAG_HEX SECONDS\n")
-        return 2
-    code = wait_for_answer(tag, timeout)
-    marker = os.path.join(UNANSWERED_DIR, argv[0].lower())
+def verdict(request: Request, code: int) -> str:
+    """What a probe's answer means for the share: "" when the host answered, else why it is not
+    usable. Keeps the record `status` reads of a host that did not answer."""
+    marker = os.path.join(UNANSWERED_DIR, request.tag_hex)
     if code == 0:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(marker)
-        return 0
+        return ""
     if code == bounded.TIMED_OUT:
         os.makedirs(UNANSWERED_DIR, mode=0o755, exist_ok=True)
         with open(marker, "w", encoding="ascii") as handle:
-            handle.write(f"{timeout}\n")
+            handle.write(f"{request.timeout}\n")
         why = (
-            f"its host did not answer within {timeout} s (is the host's virtiofsd for it "
-            "running?); failing its mount so the boot goes on without it"
+            f"its host did not answer within {request.timeout} s (is the host's virtiofsd for "
+            "it running?); failing its mount so the boot goes on without it"
         )
     else:  # rare: only then the words for the errno, and the enum they take
         from vfs_agent.core.transport import Transport
         from vfs_agent.system.mount_errors import explain_mount_error
 
-        why = explain_mount_error(OSError(code, os.strerror(code)), tag, Transport.VIRTIOFS)
-    sys.stderr.write(f"Share {tag!r} is not usable: {why}.\n")
-    return 1
+        error = OSError(code, os.strerror(code))
+        why = explain_mount_error(error, request.tag, Transport.VIRTIOFS)
+    return f"Share {request.tag!r} is not usable: {why}."
+
+
+def _reply(request: Request, why: str) -> None:
+    """Hand the verdict to the waiting shell; gone (its unit stopped), nobody needs it."""
+    path = os.path.join(ANSWERS_DIR, request.reply)
+    line = f"{1 if why else 0} {why}".replace("\n", " ") + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:  # ENXIO: nobody reads it any more; ENOENT: never made, or removed
+        sys.stderr.write(f"{PROG}: no one waits for the answer for {request.tag!r} ({e})\n")
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, line.encode("utf-8", "backslashreplace")[:4096])  # one atomic write
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
+    """Answer the requests read from `requests` (the FIFO), each probe with its own deadline,
+    until `idle` seconds pass with nothing asked and nothing pending."""
+    waiting: dict[int, tuple[bounded.Child, float, Request]] = {}  # by the child's answer fd
+    pending = b""
+    reading = True
+    while reading or waiting:
+        now = time.monotonic()
+        until = min((deadline for _, deadline, _ in waiting.values()), default=now + idle)
+        watched = [*waiting, *([requests] if reading else [])]
+        ready, _, _ = select.select(watched, [], [], max(until - now, 0))
+        if not ready and not waiting:
+            return 0  # idle: the socket starts the prober again for the next request
+        for fd in ready:
+            if fd != requests:
+                child, _, request = waiting.pop(fd)
+                _reply(request, verdict(request, bounded.collect(child)))
+                continue
+            chunk = os.read(requests, 4096)
+            reading = bool(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > _LINE_MAX:
+                pending = b""
+            for line in lines:
+                try:
+                    request = parse_request(line.decode("ascii").split())
+                except (UnicodeDecodeError, ValueError) as e:
+                    sys.stderr.write(f"{PROG}: ignored a request: {e}\n")
+                    continue
+                child = start_probe(request)
+                waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
+        now = time.monotonic()
+        for fd in [fd for fd, (_, deadline, _) in waiting.items() if deadline <= now]:
+            _, _, request = waiting.pop(fd)
+            os.close(fd)  # the late child is left alone (the module's docstring)
+            _reply(request, verdict(request, bounded.TIMED_OUT))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return serve(sys.stdin.fileno())
+    try:
+        if len(argv) != 2:
+            raise ValueError("expected TAG_HEX SECONDS")
+        request = parse_request(argv)
+    except ValueError as e:
+        sys.stderr.write(f"usage: {PROG} TAG_HEX SECONDS | {PROG} --serve ({e})\n")
+        return 2
+    code = bounded.wait([child := start_probe(request)], request.timeout)[child.pid]
+    why = verdict(request, code)
+    if why:
+        sys.stderr.write(why + "\n")
+    return 1 if why else 0
 
 
 if __name__ == "__main__":

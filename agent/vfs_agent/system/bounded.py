@@ -76,17 +76,23 @@ def wait(children: Iterable[Child], timeout: float) -> dict[int, int]:
             ready, _, _ = select.select(list(pending), [], [], left)
             for fd in ready:
                 child = pending.pop(fd)
-                text = os.read(fd, 16)
-                os.close(fd)
-                with contextlib.suppress(ChildProcessError):  # reap() may have been first
-                    os.waitpid(child.pid, 0)  # it answered, so it is exiting: nothing blocks
-                _CHILDREN.discard(child.pid)
-                answers[child.pid] = int(text) if text else TIMED_OUT
+                answers[child.pid] = collect(child)
     finally:
         for fd, child in pending.items():
             os.close(fd)
             answers[child.pid] = TIMED_OUT
     return answers
+
+
+def collect(child: Child) -> int:
+    """The answer of a child whose pipe is readable (it answered or died): its errno, 0, or
+    TIMED_OUT when it died without one. Closes the pipe and reaps the child."""
+    text = os.read(child.answer_fd, 16)
+    os.close(child.answer_fd)
+    with contextlib.suppress(ChildProcessError):  # reap() may have been first
+        os.waitpid(child.pid, 0)  # it answered, so it is exiting: nothing blocks
+    _CHILDREN.discard(child.pid)
+    return int(text) if text else TIMED_OUT
 
 
 def run(
