@@ -56,7 +56,7 @@ EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)
 STEPS = (
     ("uevent -> device unit active (udevd, systemd)", "device"),
     ("device active -> answer wait starts", "answer_start"),
-    ("answer wait (interpreter, private mount, statfs)", "answered"),
+    ("answer wait (shell, prober, private mount, statfs)", "answered"),
     ("answered -> mount job starts", "mount_start"),
     ("mount job (executor, mount(8), mount(2))", "mounted"),
     ("mounted -> the poller reads the file", "readable"),

@@ -121,10 +121,11 @@ def cases(work: Path) -> list[Case]:
         Case("vfs-agent status --json", [*cli, "--root", str(warm), "status", "--json"], base, 3.0),
         Case("vfs-agent plan --json", [*cli, "--root", str(warm), "plan", "--json"], base, 3.0),
         Case("vfs-agent kernel --json", [*cli, "--root", str(warm), "kernel", "--json"], base, 3.0),
-        # The boot's wait for a virtio-fs host, per share (generated units): its start-up and
-        # imports only (a usage error after them), since a real wait mounts a share.
+        # The prober that answers the boot's waits for virtio-fs hosts (one per burst of waits,
+        # started by its FIFO): its start-up and imports only (a usage error after them), since
+        # a real wait mounts a share.
         Case(
-            "answer wait, start-up (per share)",
+            "answer prober, start-up",
             [python, "-I", "-m", "vfs_agent.system.answer", "not-hex", "1"],
             base,
             2.0,
