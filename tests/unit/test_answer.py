@@ -71,7 +71,11 @@ def test_every_virtio_fs_unit_waits_for_its_host_with_its_own_timeout() -> None:
     assert "ExecStart=/bin/sh -c 'd=/run/vfs-agent/answers; " in waits
     assert "TimeoutStartSec=33s\n" in waits and "KillMode=process\n" in waits
     assert "Before=srv-fast.mount\n" in waits
-    assert "Wants=vfs-agent-prober.socket\nAfter=vfs-agent-prober.socket\n" in waits
+    # The prober is started with the waits, not only by the first request.
+    assert "Wants=vfs-agent-prober.socket vfs-agent-prober.service\n" in waits
+    assert "After=vfs-agent-prober.socket\n" in waits
+    # Not the journal, which a unit would wait for at boot: the kernel log.
+    assert "StandardOutput=null\nStandardError=file:/dev/kmsg\n" in waits
     odd = files["vfs-agent-answer@srv-odd.service"]
     assert odd.endswith(f" {b'odd tag%'.hex()} 12 {python}\n")  # defaults.mount_timeout
     assert "Description=Wait for the host to answer virtio-fs share odd tag%%\n" in odd
@@ -126,6 +130,7 @@ class Prober:
         self.dir = tmp_path / "answers"
         self.dir.mkdir()
         self.unanswered = tmp_path / "unanswered"
+        self.kmsg = tmp_path / "kmsg"  # the prober's kernel log
         fifo = self.dir / "request"
         os.mkfifo(fifo, 0o600)
         self.fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)  # as systemd holds it
@@ -140,8 +145,7 @@ class Prober:
                 str(idle),
             ],
             stdin=self.fifo_fd,
-            stderr=subprocess.PIPE,
-            text=True,
+            env={**os.environ, "VFS_AGENT_KMSG": str(self.kmsg)},
             start_new_session=True,  # its late children go with it (os.killpg)
         )
 
@@ -190,7 +194,9 @@ def test_one_prober_answers_many_waits_at_once_each_by_its_own_deadline(
     assert waits["dead"].wait(timeout=30) == 1
     assert time.monotonic() - started >= 5
     err = waits["dead"].stderr.read()  # type: ignore[union-attr]
-    assert err.startswith("Share 'dead' is not usable: its host did not answer within 5 s")
+    # One kernel log record: level, name, the shell's PID, the prober's verdict.
+    expected = f"<3>vfs-agent-answer[{waits['dead'].pid}]: Share 'dead' is not usable: its host"
+    assert err.startswith(f"{expected} did not answer within 5 s"), err
     assert (prober.unanswered / b"dead".hex()).read_text() == "5\n"  # for `status`
     assert sorted(p.name for p in prober.dir.iterdir()) == ["request"]  # answer FIFOs removed
 
@@ -210,32 +216,36 @@ def test_the_prober_ignores_garbage_and_exits_when_idle(tmp_path: Path) -> None:
     try:
         os.write(prober.fifo_fd, b"not-hex 5 1\n66 0 1\n66 5 x\n\xff\n")
         assert prober.process.wait(timeout=30) == 0  # idle for 1 s after the garbage
-        err = prober.process.stderr.read()  # type: ignore[union-attr]
-        assert err.count("vfs-agent-answer: ignored a request") == 4, err
+        log = prober.kmsg.read_text()
+        assert log.count("<4>vfs-agent-prober: ignored a request") == 4, log
     finally:
         prober.stop()
 
 
 def test_a_wait_without_the_prober_waits_by_itself(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The shell's fallback, `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, when no
     prober socket is installed: the same verdicts, for one share."""
     monkeypatch.setattr(answer, "MOUNTPOINT", str(tmp_path / "mnt"))
     monkeypatch.setattr(answer, "UNANSWERED_DIR", str(tmp_path / "unanswered"))
     monkeypatch.setattr(answer, "_probe", lambda tag: time.sleep(60) or 0)  # a dead virtiofsd
+    kmsg = tmp_path / "kmsg"
+    monkeypatch.setenv("VFS_AGENT_KMSG", str(kmsg))
     started = time.monotonic()
     assert answer.main([b"dead".hex(), "1"]) == 1
     assert time.monotonic() - started < 5
-    err = capsys.readouterr().err
-    assert err.startswith("Share 'dead' is not usable: its host did not answer within 1 s")
+    err = kmsg.read_text()
+    assert err.startswith(
+        "<3>vfs-agent-answer: Share 'dead' is not usable: its host did not answer within 1 s"
+    )
     assert (tmp_path / "unanswered" / b"dead".hex()).read_text() == "1\n"
     monkeypatch.setattr(answer, "_probe", lambda tag: 0)  # the host is back: the record goes
     assert answer.main([b"dead".hex(), "1"]) == 0
     assert not (tmp_path / "unanswered" / b"dead".hex()).exists()
     monkeypatch.setattr(answer, "_probe", lambda tag: errno.ENOENT)
     assert answer.main([b"gone".hex(), "5"]) == 1
-    assert "the kernel has no virtio-fs share with tag 'gone'" in capsys.readouterr().err
+    assert "the kernel has no virtio-fs share with tag 'gone'" in kmsg.read_text()
     for bad in (["not hex", "5"], [b"x".hex(), "0"], [b"x".hex(), "5", "123"]):
         assert answer.main(bad) == 2
 

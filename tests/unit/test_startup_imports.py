@@ -227,8 +227,8 @@ def test_a_policy_file_replaced_by_a_symlink_is_checked_again(tree: FakeTree):
         # On the boot's critical path: typing alone costs a few ms, click and the validator
         # several times the interpreter's start-up.
         ("vfs_agent.systemd.generator", ("typing", "click", "pydantic", "yaml")),
-        # Starts once per virtio-fs share at every boot and hotplug, before the mount: none of
-        # the core's data (dataclasses brings inspect and ast) unless a mount fails.
+        # The prober: every virtio-fs mount of the boot and of a hotplug waits for it to start,
+        # so none of the core's data (dataclasses brings inspect and ast) unless a mount fails.
         ("vfs_agent.system.answer", ("dataclasses", "enum", "pathlib", "typing")),
     ],
 )

@@ -153,9 +153,7 @@ def plan(
             # Only the default rule would mount it; it is in use already (the root filesystem
             # of a virtio-fs-root guest, an fstab line): do not mount it a second time.
             why = f"already mounted at {', '.join(elsewhere)}; no rule names this tag"
-            actions.append(
-                Action(kind=ActionKind.IGNORE, tag=want.tag, reason=why, transport=want.transport)
-            )
+            actions.append(_ignored(want.tag, want.transport, why))
             continue
         actions += _against_table(want, top.get(path), dead, stale_done, path in nonempty)
 
@@ -172,15 +170,7 @@ def plan(
             continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
-            actions.append(
-                Action(
-                    kind=ActionKind.UNMOUNT_STALE,
-                    tag=entry.source,
-                    reason=f"{entry.target}: {why}",
-                    path=entry.target,
-                    transport=transport,
-                )
-            )
+            actions.append(_stale(entry, transport, why))
     if discovery.removing:
         actions = [_held(a, discovery.removing) for a in actions]
     return sorted(actions, key=_order)
@@ -218,40 +208,15 @@ def _decide_present(
                 if chosen
                 else f"{described} asks for transport {choice.value}"
             )
-            actions.append(
-                Action(
-                    kind=ActionKind.IGNORE,
-                    tag=tag,
-                    reason=why,
-                    transport=other.transport,
-                    rule=described,
-                )
-            )
+            actions.append(_ignored(tag, other.transport, why, rule=described))
     if chosen is None:
         return
     if ref is not None and ref.rule.ignore:
         why = f"ignored by {described}"
-        actions.append(
-            Action(
-                kind=ActionKind.IGNORE,
-                tag=tag,
-                reason=why,
-                transport=chosen.transport,
-                rule=described,
-                source_file=ref.file,
-            )
-        )
+        actions.append(_ignored(tag, chosen.transport, why, rule=described, layer=ref.file))
     elif ref is None and policy.defaults.unknown is UnknownTags.IGNORE:
         why = f"no rule names this tag and defaults.unknown is 'ignore' ({policy.unknown_from})"
-        actions.append(
-            Action(
-                kind=ActionKind.IGNORE,
-                tag=tag,
-                reason=why,
-                transport=chosen.transport,
-                source_file=policy.unknown_from,
-            )
-        )
+        actions.append(_ignored(tag, chosen.transport, why, layer=policy.unknown_from))
     else:
         wants.append(_want(tag, chosen.transport, ref, policy, present=True))
 
@@ -315,13 +280,7 @@ def _against_table(
             return [_action(ActionKind.KEEP, want, f"already mounted ({want.why})")]
         stale_done.add(entry.target)
         return [
-            Action(
-                kind=ActionKind.UNMOUNT_STALE,
-                tag=want.tag,
-                reason=f"{entry.target}: it is dead (ENOTCONN)",
-                path=entry.target,
-                transport=want.transport,
-            ),
+            _stale(entry, want.transport, "it is dead (ENOTCONN)"),
             _action(ActionKind.MOUNT, want, f"remount after a dead mount ({want.why})"),
         ]
     holder = f"{entry.fstype} {entry.source!r}"
@@ -339,6 +298,30 @@ def _hung_reason(hung: str) -> str:
     return (
         f"the mount at {hung} does not answer (has the host's virtio-fs daemon died?); "
         f"left alone; 'vfs-agent umount --abort {hung}' recovers it"
+    )
+
+
+def _ignored(
+    tag: str, transport: Transport, why: str, *, rule: str | None = None, layer: str | None = None
+) -> Action:
+    return Action(
+        kind=ActionKind.IGNORE,
+        tag=tag,
+        reason=why,
+        transport=transport,
+        rule=rule,
+        source_file=layer,
+    )
+
+
+def _stale(entry: Mounted, transport: Transport, why: str) -> Action:
+    """Unmount the mount `entry` (dead, or its share gone) before anything is mounted."""
+    return Action(
+        kind=ActionKind.UNMOUNT_STALE,
+        tag=entry.source,
+        reason=f"{entry.target}: {why}",
+        path=entry.target,
+        transport=transport,
     )
 
 

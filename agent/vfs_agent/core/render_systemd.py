@@ -65,7 +65,8 @@ def exec_word(word: str, *, argument: bool = False) -> str:
 # every share, through its FIFO, and reads the answer from a FIFO of its own. Arguments: the tag
 # in hex, the seconds, and the interpreter (the generator's own) that waits for this share alone
 # when the prober's socket is not installed. Kept free of quotes and backslashes, so that one
-# pair of single quotes makes it one word of a systemd command line.
+# pair of single quotes makes it one word of a systemd command line. Its stderr is the kernel
+# log, so a failure is written as a kernel log record of its own (level, name, PID).
 ANSWER_SCRIPT = "; ".join(
     (
         "d=/run/vfs-agent/answers",
@@ -76,11 +77,12 @@ ANSWER_SCRIPT = "; ".join(
         'echo "$1 $2 $$" >"$d/request" || exit 1',
         "read -r verdict why <&3",
         '[ "$verdict" = 0 ] && exit 0',
-        'printf "%s" "${why:-no answer from vfs-agent-prober.service}" >&2',
+        'printf "<3>%s[%s]: %s" "$0" "$$" "${why:-no answer from vfs-agent-prober.service}" >&2',
         "exit 1",
     )
 )
 ANSWER_SOCKET = "vfs-agent-prober.socket"
+ANSWER_SERVICE = "vfs-agent-prober.service"
 
 
 def _answer_command(tag_hex: str, seconds: int) -> str:
@@ -241,7 +243,9 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         f"Description=Wait for the host to answer virtio-fs share "
         f"{unit_specifier_escape(ascii(action.tag)[1:-1])}",
         "DefaultDependencies=no",
-        f"Wants={ANSWER_SOCKET}",
+        # The prober is started with the waits, not by the first request: at boot, where
+        # every new process is slow, it is then up by the time the waits ask.
+        f"Wants={ANSWER_SOCKET} {ANSWER_SERVICE}",
         f"After={ANSWER_SOCKET}",
         f"Before={mount_unit}",
     ]
@@ -256,6 +260,9 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         # only wait, without end, for the kernel to tear down its mount (system/answer.py).
         "KillMode=process",
         f"TimeoutStartSec={action.mount_timeout + 30}s",
+        # The kernel log, not the journal: at boot the waits start before journald is up.
+        "StandardOutput=null",
+        "StandardError=file:/dev/kmsg",
         f"ExecStart={_answer_command(tag_hex, action.mount_timeout)}",
     ]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ what keeps the waits off the boot's critical path. A request is one line, `TAG_H
 the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. The
 prober exits after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
 socket (units written by `generate systemd` for a system without vfs-agent's own units) the shell
-runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one share.
+runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one share. All of
+them write to the kernel log, not the journal: at boot they run before journald has started.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
 for the kernel to tear its mount down, which needs the dead host too. The units keep it
@@ -34,13 +35,15 @@ import sys
 import time
 
 from vfs_agent.system import bounded, syscalls
+from vfs_agent.system.kmsg import ERR, WARNING, kmsg
 
 MOUNTPOINT = "/run/vfs-agent/probe"  # mounted on only inside the child's own namespace
 # One file per share whose host did not answer (named by the tag in hex), for `status`.
 UNANSWERED_DIR = "/run/vfs-agent/unanswered"
 # The prober's request FIFO (made by vfs-agent-prober.socket) and the waits' answer FIFOs.
 ANSWERS_DIR = "/run/vfs-agent/answers"
-PROG = "vfs-agent-answer"
+PROG = "vfs-agent-answer"  # the probes' name in ps, and the one-shot wait's in the kernel log
+PROBER = "vfs-agent-prober"
 IDLE_SECONDS = 60.0
 MAX_TIMEOUT = 3600  # the policy's bound for mount_timeout
 _LINE_MAX = 512  # a request is three short words; longer is garbage
@@ -124,7 +127,7 @@ def _reply(request: Request, why: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:  # ENXIO: nobody reads it any more; ENOENT: never made, or removed
-        sys.stderr.write(f"{PROG}: no one waits for the answer for {request.tag!r} ({e})\n")
+        kmsg(WARNING, PROBER, f"no one waits for the answer for {request.tag!r} ({e})")
         return
     try:
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
@@ -162,7 +165,7 @@ def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
                 try:
                     request = parse_request(line.decode("ascii").split())
                 except (UnicodeDecodeError, ValueError) as e:
-                    sys.stderr.write(f"{PROG}: ignored a request: {e}\n")
+                    kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
                 child = start_probe(request)
                 waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
@@ -187,7 +190,7 @@ def main(argv: list[str]) -> int:
     code = bounded.wait([child := start_probe(request)], request.timeout)[child.pid]
     why = verdict(request, code)
     if why:
-        sys.stderr.write(why + "\n")
+        kmsg(ERR, PROG, why)
     return 1 if why else 0
 
 
