@@ -33,6 +33,7 @@ import select
 import stat
 import sys
 import time
+from collections.abc import Callable
 
 from vfs_agent.system import bounded, syscalls
 from vfs_agent.system.kmsg import ERR, WARNING, kmsg
@@ -89,10 +90,11 @@ def _probe(tag: str) -> int:
     return 0
 
 
-def start_probe(request: Request) -> bounded.Child:
+def _probe_call(request: Request) -> Callable[[], int]:
+    """The probe of the request's share, for a bounded child (its mountpoint made first)."""
     os.makedirs(MOUNTPOINT, mode=0o700, exist_ok=True)
     tag = request.tag
-    return bounded.spawn(lambda: _probe(tag), name=PROG.encode())
+    return lambda: _probe(tag)
 
 
 def verdict(request: Request, code: int) -> str:
@@ -167,7 +169,7 @@ def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
                 except (UnicodeDecodeError, ValueError) as e:
                     kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
-                child = start_probe(request)
+                child = bounded.spawn(_probe_call(request), name=PROG.encode())
                 waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
         now = time.monotonic()
         for fd in [fd for fd, (_, deadline, _) in waiting.items() if deadline <= now]:
@@ -187,7 +189,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         sys.stderr.write(f"usage: {PROG} TAG_HEX SECONDS | {PROG} --serve ({e})\n")
         return 2
-    code = bounded.wait([child := start_probe(request)], request.timeout)[child.pid]
+    code = bounded.run(_probe_call(request), request.timeout, name=PROG.encode())
     why = verdict(request, code)
     if why:
         kmsg(ERR, PROG, why)
