@@ -13,16 +13,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bounded_children import kill_and_reap
 from faketree import FakeTree
-
-from vfs_agent.system import bounded
 
 # The loggers vfs-agent configures: its own, and the root logger (pytest's caplog hangs there).
 _LOGGERS = ("vfs_agent", "")
@@ -55,9 +51,4 @@ def _reset_logging() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _no_bounded_child_left_behind() -> Iterator[None]:
     yield
-    for pid in bounded.unreaped():
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while bounded.unreaped() and time.monotonic() < deadline:
-        bounded.reap()
-        time.sleep(0.02)
+    kill_and_reap()

@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 from faketree import FakeTree, write_policy
 from test_apply import RecordingKernel
+from test_cloud_config import BROKEN
 
 from vfs_agent.commands import cloud_init
 from vfs_agent.commands import operations as ops
@@ -47,17 +48,6 @@ vfs_agent:
 """
 
 REPO = Path(__file__).resolve().parents[2]
-
-BROKEN = """\
-#cloud-config
-vfs_agent:
-  version: 1
-  mounts:
-    - tag: media_tag
-      path: relative/path
-      requird: true
-"""
-
 
 def query_json(user_data: str | None, combined: dict[str, Any] | str | None = "parse") -> str:
     """What `cloud-init query --all` prints as root: keys sorted, merged config included."""
@@ -176,6 +166,8 @@ def test_invalid_key_exits_0_writes_nothing_and_says_where(boot: Harness) -> Non
         + next(m for f, m in expected if f == "mounts[0].path"),
         "cloud-config vfs_agent:7:7: mounts[0].requird: "
         + next(m for f, m in expected if f == "mounts[0].requird"),
+        "cloud-config vfs_agent:9:21: mounts[1].options[1]: "
+        + next(m for f, m in expected if f == "mounts[1].options[1]"),
     ]
     assert "did you mean 'required'?" in boot.out.errors[1]
     assert boot.out.errors[-1].startswith("invalid vfs_agent key in the cloud-config user-data")

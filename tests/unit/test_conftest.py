@@ -32,9 +32,10 @@ def test_2_the_next_test_starts_from_the_defaults(caplog):
 def test_logging_is_reset_between_tests(pytester: pytest.Pytester) -> None:
     conftest = Path(__file__).with_name("conftest.py").read_text(encoding="utf-8")
     pytester.makeconftest(conftest)
-    (pytester.path / "faketree.py").write_text(
-        Path(__file__).with_name("faketree.py").read_text(encoding="utf-8")
-    )
+    for helper in ("faketree.py", "bounded_children.py"):  # what conftest.py imports
+        (pytester.path / helper).write_text(
+            Path(__file__).with_name(helper).read_text(encoding="utf-8")
+        )
     pytester.makepyfile(test_inner=INNER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bounded_children import kill_and_reap
 from click.testing import CliRunner
 from clirunner import cli_runner
 from faketree import FakeTree
@@ -88,13 +89,7 @@ def test_probe_sorts_alive_dead_and_unresponsive_within_the_deadline(
     # Once the devices change (the host removed the dead one), the mount is probed afresh.
     probe(SysRoot(tmp_path), [("/hung", "0:3")], "virtio2=61", timeout=0.2)
     assert len(bounded.unreaped()) == 2
-    for pid in bounded.unreaped():
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while bounded.unreaped() and time.monotonic() < deadline:
-        bounded.reap()
-        time.sleep(0.05)
-    assert not bounded.unreaped(), "probe children must be reaped once they end"
+    assert not kill_and_reap(), "probe children must be reaped once they end"
 
 
 def test_a_hung_probe_does_not_hold_the_callers_output_open(tmp_path: Path) -> None:
