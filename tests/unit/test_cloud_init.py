@@ -49,6 +49,7 @@ vfs_agent:
 
 REPO = Path(__file__).resolve().parents[2]
 
+
 def query_json(user_data: str | None, combined: dict[str, Any] | str | None = "parse") -> str:
     """What `cloud-init query --all` prints as root: keys sorted, merged config included."""
     merged = yaml.safe_load(user_data) if combined == "parse" and user_data else combined
