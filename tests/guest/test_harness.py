@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,40 @@ def test_a_dead_boot_is_retried_once_then_fails_cleanly(
         VM.boot(guest_image, config, guest_run_dir)
     assert failed.value.attempts == 2
     assert not live_processes()
+
+
+def test_a_reboot_whose_kernel_panics_before_init_is_reset_and_goes_on(
+    guest_image: GuestImage, guest_run_dir: Path
+) -> None:
+    """Under TCG the kernel now and then panics in early boot (an int3 from its own code
+    patching). In a reboot, before init has started, nothing of the guest has changed yet:
+    reboot() resets the guest over QMP and waits for the new boot. Here the panic is made on
+    purpose: an NMI from QEMU while the second boot's kernel initialises, which the kernel
+    turns into a panic (unknown_nmi_panic=1)."""
+    config = VMConfig(name="harness-reboot-panic", extra_cmdline=["unknown_nmi_panic=1"])
+    with VM.boot(guest_image, config, guest_run_dir) as vm:
+        before = vm.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout
+        start = vm.serial_log.stat().st_size
+        injected = threading.Event()
+
+        def inject_nmi_in_early_boot() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if b"NET: Registered PF_INET6" in vm.serial_log.read_bytes()[start:]:
+                    vm._qmp().execute("inject-nmi")
+                    injected.set()
+                    return
+                time.sleep(0.05)
+
+        injector = threading.Thread(target=inject_nmi_in_early_boot)
+        injector.start()
+        try:
+            vm.reboot()
+        finally:
+            injector.join()
+        assert injected.is_set()
+        log = vm.serial_log.read_bytes()[start:]
+        assert log.count(b"end Kernel panic - not syncing: NMI") == 1, "the NMI did not panic"
+        assert log.count(b"Linux version") == 2, "one boot panicked, the reset one came up"
+        assert vm.stats.failures == [f"{config.name}: kernel panic"]
+        assert vm.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout != before
