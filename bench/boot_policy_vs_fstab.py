@@ -71,7 +71,7 @@ def manager_seconds(vm: VM, unit: str, *properties: str) -> list[float]:
     return [int(values[p]) / 1e6 for p in properties]
 
 
-def vfs_agent_cpu(vm: VM) -> dict[str, float]:
+def unit_cpu(vm: VM) -> dict[str, float]:
     """Seconds of CPU systemd accounted to each of vfs-agent's units in this boot, and to the
     shares' mount units (in both setups: what one unit's start costs)."""
     out = vm.run(
@@ -124,8 +124,8 @@ def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
         " systemd-analyze blame --no-pager | head -25",
         timeout=120,
     ).stdout
-    cpu = vfs_agent_cpu(vm)
-    report += "\nCPU time of vfs-agent's units:\n" + "".join(
+    cpu = unit_cpu(vm)
+    report += "\nCPU time of vfs-agent's units and the shares' mount units:\n" + "".join(
         f"{seconds:8.3f}s {unit}\n" for unit, seconds in sorted(cpu.items())
     )
     (logs / f"{index:02d}-{setup}.txt").write_text(report)

@@ -363,10 +363,7 @@ class VM:
             try:
                 self._check_boot_alive(since)
             except BootError as exc:
-                log = self.serial_log.read_bytes()[since:]
-                if "kernel panic" not in str(exc) or _INIT_STARTED in log.split(b"Kernel panic")[0]:
-                    raise
-                if resets >= self.config.retries:
+                if resets >= self.config.retries or not self._panicked_before_init(since):
                     raise
                 resets += 1
                 self.stats.failures.append(str(exc).splitlines()[0])
@@ -399,6 +396,15 @@ class VM:
             return self.serial_log.stat().st_size
         except OSError:
             return 0
+
+    def _panicked_before_init(self, since: int) -> bool:
+        """Whether the console, after byte `since`, shows a kernel panic before init started."""
+        try:
+            log = self.serial_log.read_bytes()[since:]
+        except OSError:
+            return False
+        before, panic, _ = log.partition(b"Kernel panic")
+        return bool(panic) and _INIT_STARTED not in before
 
     def _check_boot_alive(self, since: int = 0) -> None:
         """BootError if QEMU exited, or the console shows a kernel panic after byte `since`."""
