@@ -16,7 +16,8 @@ right after it see about the same load). And from the start of the generators, t
 moment anything of vfs-agent runs: what PID1 does before them (its own set-up, which once
 stalled for 13 s on the shared machine) is noise to this comparison; likewise
 `local-fs.target` from that moment, and the CPU time systemd accounted to vfs-agent's units
-(the daemon, the prober, the answer waits) by the time the boot was done. Each boot's
+(the daemon, the prober, and the `vfs-agent-answer@` waits of a system without the mount helper)
+and to the shares' mount units by the time the boot was done. Each boot's
 `systemd-analyze`, critical chain and blame go to the run directory; the generator phase (all
 generators, systemd's GeneratorsStart/Finish timestamps) and the host's load average are
 printed. Then, in the guest, the generator's run time (compiled policy, and the slow path with

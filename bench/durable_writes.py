@@ -41,7 +41,10 @@ def make_units(count: int) -> list[UnitFile]:
         Share(f"share-{i}", Transport.VIRTIOFS, f"virtio{i}", Source.SYSFS) for i in range(count)
     )
     units, _ = render_units(
-        plan(Discovery(shares, complete=True), policy, []), "bench", bind_device=True
+        plan(Discovery(shares, complete=True), policy, []),
+        "bench",
+        bind_device=True,
+        mount_helper=True,
     )
     return units
 

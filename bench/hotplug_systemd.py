@@ -12,8 +12,8 @@ daemon path runs no process per event.
 
 Where the systemd path's time goes, per hotplug, on the guest's monotonic clock, from the
 kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
-timestamps of the device unit (active), of the share's answer wait (vfs-agent-answer@, started
-and done) and of the mount unit (job started, mounted), then the
+timestamps of the device unit (active) and of the mount unit (job started, mounted: its mount(8)
+runs vfs-agent's mount helper, which waits for the share's host, then mounts), then the
 poller's "readable" (its own receipt of that uevent, a few ms apart); and udevd's marks
 (done with the `add`, the kernel's `bind`, done with the `bind`).
 """
@@ -55,10 +55,8 @@ EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)
 # from that event, before udevd has handled the `bind`.
 STEPS = (
     ("uevent -> device unit active (udevd, systemd)", "device"),
-    ("device active -> answer wait starts", "answer_start"),
-    ("answer wait (shell, prober, private mount, statfs)", "answered"),
-    ("answered -> mount job starts", "mount_start"),
-    ("mount job (executor, mount(8), mount(2))", "mounted"),
+    ("device active -> mount job starts", "mount_start"),
+    ("mount job (mount(8), helper's wait, mount(8), mount(2))", "mounted"),
     ("mounted -> the poller reads the file", "readable"),
 )
 # udevd's own marks, from the first kernel uevent (not a chain).
@@ -112,7 +110,6 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
             time.sleep(0.1)
             events = events_since(vm, seen)[0]
         mount = f"srv-unit-{tag.replace('-', chr(92) + 'x2d')}.mount"
-        answer = f"vfs-agent-answer@{mount.removesuffix('.mount')}.service"
         device = f"dev-virtiofs-by\\x2dtag-{tag.replace('-', chr(92) + 'x2d')}.device"
         t0 = first(events, "KERNEL", "add")
         marks = {
@@ -122,8 +119,6 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
         }
         stamps = {
             "device": monotonic(vm, device, "ActiveEnterTimestampMonotonic"),
-            "answer_start": monotonic(vm, answer, "InactiveExitTimestampMonotonic"),
-            "answered": monotonic(vm, answer, "ActiveEnterTimestampMonotonic"),
             "mount_start": monotonic(vm, mount, "InactiveExitTimestampMonotonic"),
             "mounted": monotonic(vm, mount, "ActiveEnterTimestampMonotonic"),
             "readable": t0 + up[-1],

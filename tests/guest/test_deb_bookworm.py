@@ -118,6 +118,8 @@ def test_man_pages_and_completion_are_installed(guest: VM) -> None:
     for path in (
         "/usr/share/man/man1/vfs-agent.1.gz",
         "/usr/share/man/man5/vfs-agent.policy.5.gz",
+        "/usr/share/man/man8/mount.virtiofs.vfsagent.8.gz",
+        "/usr/sbin/mount.virtiofs.vfsagent",
         "/usr/share/bash-completion/completions/vfs-agent",
         "/usr/share/zsh/vendor-completions/_vfs-agent",
     ):
@@ -194,6 +196,11 @@ def test_the_share_was_mounted_before_multi_user_target(rebooted: VM) -> None:
     multi_user = int(prop(rebooted, "multi-user.target", "ActiveEnterTimestampMonotonic"))
     assert 0 < mounted <= multi_user, (mounted, multi_user)
     assert "ro" in rebooted.run(["findmnt", "-no", "OPTIONS", "/srv/media"]).stdout.split(",")
+    # Debian 12's mount(8) (util-linux 2.38) found the mount helper in /sbin (merged /usr:
+    # the package's /usr/sbin), which waited for the host, then mounted the share as virtiofs.
+    mount = prop(rebooted, unit, "ExecMount")
+    assert "-t virtiofs.vfsagent" in mount and "status=0" in mount, mount
+    assert rebooted.run(["findmnt", "-no", "FSTYPE", "/srv/media"]).stdout.strip() == "virtiofs"
 
 
 def test_a_share_hot_plugged_after_boot_is_mounted(

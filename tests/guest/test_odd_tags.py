@@ -21,8 +21,9 @@ pytestmark = pytest.mark.guest
 
 ODD = "odd\ttag#1"
 HASHED = "#lead"
-# Every character systemd's command line gives a meaning to: its answer wait passes it to
-# mount(8) as one argument (ExecStart=), which must reach the kernel unchanged.
+# Every character systemd's command line or a shell gives a meaning to: the unit's mount(8)
+# passes it to vfs-agent's mount helper, which waits for its host (the tag in hex) and passes it
+# to mount(8) again; it must reach the kernel unchanged.
 QUOTED = "q$x\"y\\z%w'v;"
 POLICY = """\
 version: 1
@@ -83,11 +84,13 @@ def wait_active(guest: VM, unit: str) -> None:
 
 @pytest.mark.parametrize("tag", [ODD, QUOTED])
 def test_the_odd_tag_is_mounted_by_systemd_through_its_generated_unit(guest: VM, tag: str) -> None:
-    """The mount unit and its answer wait, which mounts the share by itself first."""
+    """The mount unit, whose mount(8) ran vfs-agent's mount helper: it waited for the host,
+    which the prober mounted by itself first, then mounted the share."""
     path = f"/mnt/virtiofs/{encode_tag(tag)}"
     unit = mount_unit_name(path)
     wait_active(guest, unit)
-    wait_active(guest, f"vfs-agent-answer@{unit.removesuffix('.mount')}.service")
+    mount = guest.run(["systemctl", "show", unit, "--property=ExecMount"], check=True).stdout
+    assert "-t virtiofs.vfsagent" in mount and "status=0" in mount, mount
     found = json.loads(guest.run(["findmnt", "--json", path], check=True).stdout)
     assert found["filesystems"][0]["source"] == tag
     journal = guest.run("journalctl -b -t vfs-agent -o cat --no-pager").stdout
@@ -111,8 +114,10 @@ def test_the_guests_fstab_generator_reads_the_fstab_line_as_vfs_agent_writes_the
     unit = mount_unit_name(ODD_PATH)
     from_fstab = unit_settings(guest.get_file(f"/tmp/fg/{unit}").decode())
     ours = unit_settings(guest.get_file(f"/run/systemd/generator/{unit}").decode())
-    assert from_fstab == ours
-    assert (ours["What"], ours["Where"], ours["Type"]) == (ODD, ODD_PATH, "virtiofs")
+    # The same but for the type: the unit waits for the host through vfs-agent's mount helper,
+    # which mounts it as virtiofs; an fstab line has no such wait.
+    assert from_fstab == {**ours, "Type": "virtiofs"}
+    assert (ours["What"], ours["Where"], ours["Type"]) == (ODD, ODD_PATH, "virtiofs.vfsagent")
     assert ours["Options"] == "nosuid,nodev,nofail"
 
     # The tag that begins with '#': left out of both, with one reason, named by plan.

@@ -24,7 +24,12 @@ from vfs_agent.commands.cli import main
 from vfs_agent.commands.install import Layout
 from vfs_agent.core.observation import Discovery, Share
 from vfs_agent.core.plan import plan
-from vfs_agent.core.render_systemd import ANSWER_SCRIPT, exec_word, render_units
+from vfs_agent.core.render_systemd import (
+    ANSWER_SCRIPT,
+    exec_word,
+    mount_helper_script,
+    render_units,
+)
 from vfs_agent.core.transport import Transport
 from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
@@ -43,7 +48,7 @@ mounts:
 """
 
 
-def units() -> dict[str, str]:
+def units(*, mount_helper: bool = False) -> dict[str, str]:
     policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
     shares = (
         Share("fast", Transport.VIRTIOFS, "virtio1"),
@@ -51,7 +56,10 @@ def units() -> dict[str, str]:
         Share("nine", Transport.NINEP, "virtio3"),
     )
     rendered, skipped = render_units(
-        plan(Discovery(shares, True), policy, []), "t", bind_device=True
+        plan(Discovery(shares, True), policy, []),
+        "t",
+        bind_device=True,
+        mount_helper=mount_helper,
     )
     assert not skipped
     files = {u.name: u.text for u in rendered}
@@ -82,6 +90,113 @@ def test_every_virtio_fs_unit_waits_for_its_host_with_its_own_timeout() -> None:
     # 9p has no FUSE_INIT to wait for.
     assert "vfs-agent-answer@srv-nine.service" not in files
     assert "Requires=" not in files["srv-nine.mount"]
+
+
+def test_with_the_mount_helper_each_virtio_fs_unit_waits_in_its_own_mount() -> None:
+    files = units(mount_helper=True)
+    assert not [name for name in files if name.startswith("vfs-agent-answer@")]
+    fast = files["srv-fast.mount"]
+    assert "Requires=" not in fast
+    assert "Wants=vfs-agent-prober.socket vfs-agent-prober.service\n" in fast
+    assert "After=vfs-agent-prober.socket\n" in fast
+    assert "Type=virtiofs.vfsagent\n" in fast
+    # The rule's 3 s, and 30 s more for the mount itself (systemd's default would be 90 s).
+    assert "TimeoutSec=33s\n" in fast
+    assert f"Environment=VFS_AGENT_TAG_HEX={b'fast'.hex()} VFS_AGENT_WAIT=3\n" in fast
+    odd = files["srv-odd.mount"]
+    assert f"Environment=VFS_AGENT_TAG_HEX={b'odd tag%'.hex()} VFS_AGENT_WAIT=12\n" in odd
+    # 9p has no FUSE_INIT to wait for: mounted by mount(8) itself.
+    nine = files["srv-nine.mount"]
+    assert "Type=9p\n" in nine and "Environment=" not in nine and "Wants=" not in nine
+
+
+class Helper:
+    """The mount helper as mount(8) runs it, on the test's prober, with a `mount` that records
+    its arguments (one per line) instead of mounting."""
+
+    def __init__(self, tmp_path: Path, prober: Prober) -> None:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        self.mounted = tmp_path / "mount-args"
+        fake_mount = bin_dir / "mount"
+        fake_mount.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >{self.mounted}\n')
+        fake_mount.chmod(0o755)
+        self.kmsg = tmp_path / "helper-kmsg"
+        script = mount_helper_script("/nonexistent/python3")
+        for old, new in (
+            (f"d={answer.ANSWERS_DIR};", f"d={prober.dir};"),
+            ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PATH={bin_dir}:/usr/bin:/bin"),
+            ("2>/dev/kmsg", f"2>{self.kmsg}"),
+        ):
+            assert script.count(old) == 1, old
+            script = script.replace(old, new)
+        self.path = tmp_path / "mount.virtiofs.vfsagent"
+        self.path.write_text(script)
+        self.path.chmod(0o755)
+
+    def run(self, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.path), *args],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def test_the_mount_helper_waits_then_mounts_as_virtiofs_with_mounts_arguments(
+    tmp_path: Path, prober: Prober
+) -> None:
+    helper = Helper(tmp_path, prober)
+    tag = "-odd tag"  # a tag that looks like an option stays the spec
+    env = {"VFS_AGENT_TAG_HEX": tag.encode().hex(), "VFS_AGENT_WAIT": "5"}
+    # What libmount passes a helper (mount(8)'s EXTERNAL HELPERS).
+    args = [tag, "/srv/x y", "-s", "-o", "rw,nosuid,nodev", "-N", "1234", "-t", "virtiofs.vfsagent"]
+    done = helper.run(args, env)
+    assert done.returncode == 0, done.stderr
+    assert helper.mounted.read_text().splitlines() == [
+        "-i",
+        "-t",
+        "virtiofs",
+        "-s",
+        "-o",
+        "rw,nosuid,nodev",
+        "-N",
+        "1234",
+        "--",
+        tag,
+        "/srv/x y",
+    ]
+
+
+def test_the_mount_helper_fails_the_mount_when_the_host_does_not_answer(
+    tmp_path: Path, prober: Prober
+) -> None:
+    helper = Helper(tmp_path, prober)
+    env = {"VFS_AGENT_TAG_HEX": b"dead".hex(), "VFS_AGENT_WAIT": "2"}
+    started = time.monotonic()
+    done = helper.run(["dead", "/srv/dead", "-o", "rw", "-t", "virtiofs.vfsagent"], env)
+    assert done.returncode == 32  # mount(8)'s "mount failure"
+    assert time.monotonic() - started >= 2
+    assert not helper.mounted.exists()
+    record = helper.kmsg.read_text()
+    assert record.startswith("<3>vfs-agent-answer["), record
+    assert "Share 'dead' is not usable: its host did not answer within 2 s" in record
+
+
+def test_the_mount_helper_refuses_to_run_without_what_its_units_give_it(
+    tmp_path: Path, prober: Prober
+) -> None:
+    helper = Helper(tmp_path, prober)
+    for args, env in (
+        (["share", "/srv/x"], {}),
+        (["share", "/srv/x"], {"VFS_AGENT_TAG_HEX": "7368617265"}),
+        (["share"], {"VFS_AGENT_TAG_HEX": "7368617265", "VFS_AGENT_WAIT": "5"}),
+    ):
+        done = helper.run(args, env)
+        assert done.returncode == 1, (args, env)
+        assert "run by mount(8) for the mount units vfs-agent generates" in done.stderr
+    assert not helper.mounted.exists()
 
 
 def test_the_shell_the_prober_and_its_socket_agree_on_the_fifos() -> None:

@@ -152,7 +152,7 @@ def systemd_reading(directory: Path) -> dict[str, tuple[str, ...]]:
 
 def check_both_outputs(tmp_path: Path, actions: list[Action]) -> None:
     # Which shares each output leaves out, and why: the same in both.
-    units, skipped = render_units(actions, "differential", bind_device=False)
+    units, skipped = render_units(actions, "differential", bind_device=False, mount_helper=False)
     unit_skips = sorted((s.tag, s.path or "", s.why) for s in skipped)
     fstab_skips = sorted(
         (a.tag, a.path or "", why) for a in actions if (why := fstab_problem(a)) is not None
@@ -280,7 +280,10 @@ def test_udev_alias_names_the_device_the_unit_binds_to(tmp_path: Path, tag: str)
         text=True,
     ).stdout.strip()
     units, skipped = render_units(
-        [action(tag, "/srv/x", required=True, options=())], "t", bind_device=True
+        [action(tag, "/srv/x", required=True, options=())],
+        "t",
+        bind_device=True,
+        mount_helper=True,
     )
     if skipped:  # the tag cannot be a unit at all; its device is still named consistently
         return

@@ -33,7 +33,7 @@ from faketree import FakeTree, run_generator
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_systemd import exec_word
-from vfs_agent.systemd.installed import RULE_NAME
+from vfs_agent.systemd.installed import MOUNT_HELPER, RULE_NAME
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "generator"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "case.json").is_file())
@@ -41,8 +41,9 @@ REGENERATE = os.environ.get("VFS_AGENT_REGENERATE_GOLDEN") == "1"
 CREDENTIALS = "/run/credentials/@system"  # what systemd passes as $CREDENTIALS_DIRECTORY
 KMSG = "kmsg"  # expected/kmsg: the generator's kernel log lines
 NORMAL = "normal"  # expected/normal/: the generator's normal directory
-# The interpreter that runs the generator is the one its answer waits fall back to (the last
-# word of their ExecStart=); expected/ names it @PYTHON@, so the trees hold for every environment.
+# The interpreter that runs the generator is the one its answer waits fall back to without the
+# mount helper (the last word of their ExecStart=); expected/ names it @PYTHON@, so the trees
+# hold for every environment.
 PYTHON = exec_word(sys.executable, argument=True).encode()
 PYTHON_MARK = b"@PYTHON@"
 
@@ -50,7 +51,7 @@ PYTHON_MARK = b"@PYTHON@"
 def build_root(case: Path, root: Path) -> FakeTree:
     """The fake root a case describes (see tests/generator/README.md)."""
     spec = json.loads((case / "case.json").read_text(encoding="utf-8"))
-    unknown = set(spec) - {"description", "virtiofs", "9p", "udev_rule"}
+    unknown = set(spec) - {"description", "virtiofs", "9p", "udev_rule", "mount_helper"}
     assert not unknown, f"{case.name}/case.json: unknown keys {sorted(unknown)}"
     tree = FakeTree(root)
     for tag in spec.get("virtiofs", []):
@@ -59,6 +60,8 @@ def build_root(case: Path, root: Path) -> FakeTree:
         tree.ninep(tag)
     if spec.get("udev_rule", True):
         tree.write(f"usr/lib/udev/rules.d/{RULE_NAME}", "# installed\n")
+    if spec.get("mount_helper", True):
+        tree.write(MOUNT_HELPER.lstrip("/"), "#!/bin/sh\n", mode=0o755)
     if (case / "policy.yaml").is_file():
         tree.policy((case / "policy.yaml").read_text(encoding="utf-8"))
     for dropin in sorted((case / "policy.d").glob("*")):

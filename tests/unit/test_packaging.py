@@ -32,6 +32,8 @@ SYSTEM_FILES = {
     "/etc/vfs-agent/policy.yaml": 0o644,
     "/usr/share/man/man1/vfs-agent.1.gz": 0o644,
     "/usr/share/man/man5/vfs-agent.policy.5.gz": 0o644,
+    "/usr/share/man/man8/mount.virtiofs.vfsagent.8.gz": 0o644,
+    "/usr/sbin/mount.virtiofs.vfsagent": 0o755,
     "/usr/share/bash-completion/completions/vfs-agent": 0o644,
     "/usr/share/zsh/vendor-completions/_vfs-agent": 0o644,
 }

@@ -104,7 +104,7 @@ def test_a_held_share_keeps_its_unit_and_fstab_line() -> None:
     so its unit must not disappear."""
     held = plan(attached(REMOVING), pol(POLICY), [])
     assert ActionKind.HELD in WANTED
-    units, skipped = render_units(held, "test", bind_device=True)
+    units, skipped = render_units(held, "test", bind_device=True, mount_helper=True)
     assert not skipped
     assert {u.name for u in units} == {
         "mnt-dead.mount",

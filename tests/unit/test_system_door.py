@@ -118,7 +118,9 @@ def _writers(tree: FakeTree) -> Iterator[tuple[str, Callable[[], object], Path]]
     from vfs_agent.core.plan import plan
     from vfs_agent.system.discovery import discover
 
-    units, _ = render_units(plan(discover(sysroot), policy, []), "test", bind_device=True)
+    units, _ = render_units(
+        plan(discover(sysroot), policy, []), "test", bind_device=True, mount_helper=True
+    )
     unit_dir = root / "run/units"
     yield "unit directory", lambda: sync_unit_dir(unit_dir, units), unit_dir
     wants = next(e.relpath for u in units for e in u.extras if e.link_to)

@@ -278,9 +278,18 @@ def generate() -> None:
     help="Bind each unit to its share's device unit (default: when vfs-agent's udev rule is "
     "installed). Needed for hotplug, unplug and boot timeouts.",
 )
+@click.option(
+    "--mount-helper/--no-mount-helper",
+    default=None,
+    help="Wait for each virtio-fs share's host inside its mount unit, through vfs-agent's mount "
+    "helper (default: when mount(8) finds it, /sbin/mount.virtiofs.vfsagent); without it, in a "
+    "vfs-agent-answer@ unit of the share's own.",
+)
 @pass_ops
 @handle_errors
-def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) -> None:
+def generate_systemd(
+    ctx: ops.Context, output: str, bind_device: bool | None, mount_helper: bool | None
+) -> None:
     """One .mount unit per share the policy wants.
 
     The same units the boot-time generator writes: they depend on the policy and the attached
@@ -292,11 +301,11 @@ def generate_systemd(ctx: ops.Context, output: str, bind_device: bool | None) ->
     from vfs_agent.commands import operations as ops
 
     if output == "-":
-        units, skipped = ops.generated_units(ctx, bind_device)
+        units, skipped = ops.generated_units(ctx, bind_device, mount_helper)
         for unit in units:
             click.echo(f"# {unit.name}\n{unit.text}")
     else:
-        written, removed, skipped = ops.write_units(ctx, Path(output), bind_device)
+        written, removed, skipped = ops.write_units(ctx, Path(output), bind_device, mount_helper)
         for name in written:
             click.echo(f"wrote {Path(output) / name}")
         for name in removed:

@@ -1,6 +1,7 @@
 """Put the systemd units (the daemon's, the cloud-init hook's, and the socket and service of the
-prober that the generated answer waits ask), the generator, the udev rule and its helper, the
-manual pages and the bash and zsh completions in place.
+prober that the generated answer waits ask), the generator, the mount helper that waits for a
+share's host inside its mount unit, the udev rule and its helper, the manual pages and the bash
+and zsh completions in place.
 
 One table of files serves every kind of install: a wheel-only install runs
 `vfs-agent install-system-files` (prefix /usr/local), the Debian and RPM packages run
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from vfs_agent.core.render_systemd import mount_helper_script
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.installed import RULE_NAME
+from vfs_agent.systemd.installed import MOUNT_HELPER, RULE_NAME
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class Layout:
     def libexec(self) -> str:
         return f"{self.prefix}/lib/vfs-agent"
 
+    @property
+    def mount_helper(self) -> str:
+        """Where mount(8) finds the helper: it looks in /sbin only. A package installs it in
+        /usr/sbin, which is /sbin where /usr is merged (every system it is built for); a wheel
+        install puts it in /sbin itself, outside its prefix, since nowhere else would do."""
+        return "/usr" + MOUNT_HELPER if self.prefix == "/usr" else MOUNT_HELPER
+
     def files(self) -> list[tuple[str, str, int]]:
         """(template in systemd/, destination path, mode)."""
         lib = f"{self.prefix}/lib"
@@ -45,6 +54,7 @@ class Layout:
                 0o755,
             ),
             ("vfs-agent-tag-id.in", f"{self.libexec}/vfs-agent-tag-id", 0o755),
+            (_MOUNT_HELPER, self.mount_helper, 0o755),
             ("vfs-agent.service.in", f"{lib}/systemd/system/vfs-agent.service", 0o644),
             (
                 "vfs-agent-prober.socket.in",
@@ -64,11 +74,18 @@ class Layout:
             (f"{RULE_NAME}.in", f"{lib}/udev/rules.d/{RULE_NAME}", 0o644),
             (_MAN1, f"{share}/man/man1/vfs-agent.1", 0o644),
             (_MAN5, f"{share}/man/man5/vfs-agent.policy.5", 0o644),
+            (
+                "mount.virtiofs.vfsagent.8.in",
+                f"{share}/man/man8/mount.virtiofs.vfsagent.8",
+                0o644,
+            ),
             (_BASH, f"{share}/bash-completion/completions/vfs-agent", 0o644),
             (_ZSH, f"{self.zsh_dir or share + '/zsh/site-functions'}/_vfs-agent", 0o644),
         ]
 
     def render(self, template: str) -> str:
+        if template == _MOUNT_HELPER:
+            return mount_helper_script(self.python)
         if template in _GENERATED:
             return _GENERATED[template]()
         text = resources.files("vfs_agent").joinpath("data", template).read_text(encoding="utf-8")
@@ -82,6 +99,7 @@ class Layout:
 
 
 _MAN1, _MAN5, _BASH, _ZSH = "man:1", "man:5", "completion:bash", "completion:zsh"
+_MOUNT_HELPER = "mount-helper"
 
 
 def _man1() -> str:

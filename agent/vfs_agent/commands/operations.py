@@ -26,7 +26,7 @@ from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
 from vfs_agent.system.observe import nonempty_dirs, observe
-from vfs_agent.systemd.installed import udev_rule_installed
+from vfs_agent.systemd.installed import mount_helper_installed, udev_rule_installed
 from vfs_agent.systemd.units import managed_unit
 
 log = logging.getLogger(__name__)
@@ -164,21 +164,26 @@ def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
 
 
 def generated_units(
-    ctx: Context, bind_device: bool | None = None
+    ctx: Context, bind_device: bool | None = None, mount_helper: bool | None = None
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """The units for the policy and the attached shares, exactly as the boot-time generator
     computes them (core/desired.py): the mount table plays no part. `bind_device` None: bind
     to the share's device unit when vfs-agent's udev rule is installed (without it those
-    device units never appear)."""
+    device units never appear). `mount_helper` None: wait for a share's host in its mount
+    unit when mount(8) finds vfs-agent's mount helper (without it, such a unit cannot mount)."""
     if bind_device is None:
         bind_device = udev_rule_installed(ctx.sysroot)
-    return desired_units(ctx.policy(), discover(ctx.sysroot), bind_device=bind_device)
+    if mount_helper is None:
+        mount_helper = mount_helper_installed(ctx.sysroot)
+    return desired_units(
+        ctx.policy(), discover(ctx.sysroot), bind_device=bind_device, mount_helper=mount_helper
+    )
 
 
 def write_units(
-    ctx: Context, directory: Path, bind_device: bool | None = None
+    ctx: Context, directory: Path, bind_device: bool | None = None, mount_helper: bool | None = None
 ) -> tuple[list[str], list[str], list[Skipped]]:
-    units, skipped = generated_units(ctx, bind_device)
+    units, skipped = generated_units(ctx, bind_device, mount_helper)
     written, removed = sync_unit_dir(directory, units)
     return written, removed, skipped
 

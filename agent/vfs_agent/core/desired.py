@@ -42,17 +42,19 @@ def desired_units(
     discovery: Discovery,
     *,
     bind_device: bool,
+    mount_helper: bool,
     generator: str | None = None,
     this_boot: bool = False,
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """One mount unit per share the policy wants, and every share that gets none, with why.
     `generator` names the program in the header ("... by vfs-agent-generator"). `this_boot`:
     the units are for this boot only (the generator's), so an attached share does not wait for
-    its device unit (core/render_systemd.py)."""
+    its device unit. `mount_helper`: vfs-agent's mount helper is installed, so a share's wait
+    for its host runs in its mount unit (core/render_systemd.py)."""
     actions = desired_actions(policy, discovery)
     origin = origin_of(policy) + (f" by {generator}" if generator else "")
     units, unexpressible = render_units(
-        actions, origin, bind_device=bind_device, this_boot=this_boot
+        actions, origin, bind_device=bind_device, mount_helper=mount_helper, this_boot=this_boot
     )
     return units, unwritten(actions) + unexpressible
 

@@ -20,10 +20,15 @@ creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
   every unit waits for its device. Units that outlive the boot (`generate systemd --output`)
   keep `BindsTo=` and `After=` for every share: at a later boot it may not be there yet.
 
-Each virtio-fs unit also requires `vfs-agent-answer@<path>.service`, which waits at most
-`mount_timeout` seconds for the share's host to answer (system/answer.py): a share whose
-virtiofsd is dead fails its mount and what requires it, instead of a mount that "succeeds" and
-hangs every service that touches it.
+Each virtio-fs unit also waits at most `mount_timeout` seconds for the share's host to answer
+(system/answer.py): a share whose virtiofsd is dead fails its mount and what requires it,
+instead of a mount that "succeeds" and hangs every service that touches it. Where vfs-agent's
+mount helper is installed (`mount_helper`), the wait runs inside the mount unit's own mount(8):
+the unit's `Type=virtiofs.vfsagent` makes mount(8) run /sbin/mount.virtiofs.vfsagent
+(mount_helper_script), which waits, then mounts the share as virtiofs. Without it, the unit
+requires a unit of its own for the wait, `vfs-agent-answer@<path>.service`: under emulation
+systemd spends about as much CPU starting that unit as starting the mount unit itself, once per
+share at every boot.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ def exec_word(word: str, *, argument: bool = False) -> str:
 # in hex, the seconds, and the interpreter (the generator's own) that waits for this share alone
 # when the prober's socket is not installed. Kept free of quotes and backslashes, so that one
 # pair of single quotes makes it one word of a systemd command line. Its stderr is the kernel
-# log, so a failure is written as a kernel log record of its own (level, name, PID).
+# log, so a failure is written as a kernel log record of its own (level, name, PID). The mount
+# helper (mount_helper_script) runs the same script in a subshell.
 ANSWER_SCRIPT = "; ".join(
     (
         "d=/run/vfs-agent/answers",
@@ -77,12 +83,58 @@ ANSWER_SCRIPT = "; ".join(
         'echo "$1 $2 $$" >"$d/request" || exit 1',
         "read -r verdict why <&3",
         '[ "$verdict" = 0 ] && exit 0',
-        'printf "<3>%s[%s]: %s" "$0" "$$" "${why:-no answer from vfs-agent-prober.service}" >&2',
+        'printf "<3>vfs-agent-answer[%s]: %s" "$$"'
+        ' "${why:-no answer from vfs-agent-prober.service}" >&2',
         "exit 1",
     )
 )
 ANSWER_SOCKET = "vfs-agent-prober.socket"
 ANSWER_SERVICE = "vfs-agent-prober.service"
+# The mount helper's type: mount(8) runs /sbin/mount.<type> for it (the one directory it looks
+# in), and the helper mounts the share as virtiofs. The unit names the share to wait for in its
+# environment, which mount(8) passes on to the helper.
+MOUNT_HELPER_TYPE = "virtiofs.vfsagent"
+HELPER_TAG_VARIABLE = "VFS_AGENT_TAG_HEX"
+HELPER_WAIT_VARIABLE = "VFS_AGENT_WAIT"
+
+
+def mount_helper_script(python: str) -> str:
+    """/sbin/mount.virtiofs.vfsagent: the wait for the host's answer (ANSWER_SCRIPT, with
+    `python` for the wait without the prober), then `mount -i -t virtiofs` with the arguments
+    mount(8) gave it, but for the type."""
+    lines = [
+        "#!/bin/sh",
+        f"{GENERATED_MARK}; do not edit.",
+        f"# mount(8) runs this for the mount units vfs-agent generates (Type={MOUNT_HELPER_TYPE}):",
+        "#   SPEC DIR [-sfnv] [-N NAMESPACE] [-o OPTIONS] [-t TYPE]",
+        f"# It waits for the share's host to answer, the share named by ${HELPER_TAG_VARIABLE}",
+        f"# (the tag in hex) for at most ${HELPER_WAIT_VARIABLE} seconds, both from the unit's",
+        "# Environment=, then mounts it as virtiofs. Exit 32 (mount failure): no answer.",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        f'if [ $# -lt 2 ] || [ -z "${HELPER_TAG_VARIABLE}" ] || [ -z "${HELPER_WAIT_VARIABLE}" ]'
+        "; then",
+        f'\techo "$0: needs SPEC DIR, {HELPER_TAG_VARIABLE} and {HELPER_WAIT_VARIABLE}: it is'
+        ' run by mount(8) for the mount units vfs-agent generates, not by hand" >&2',
+        "\texit 1",
+        "fi",
+        f'(set -- "${HELPER_TAG_VARIABLE}" "${HELPER_WAIT_VARIABLE}" {_sh_word(python)}; '
+        f"{ANSWER_SCRIPT}) 2>/dev/kmsg || exit 32",
+        "spec=$1 dir=$2",
+        "shift 2",
+        "skip=",
+        "for arg; do",
+        "\tshift",
+        '\tif [ -n "$skip" ]; then skip=; continue; fi',
+        "\tcase $arg in -t) skip=1; continue ;; esac",
+        '\tset -- "$@" "$arg"',
+        "done",
+        'exec mount -i -t virtiofs "$@" -- "$spec" "$dir"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _sh_word(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _answer_command(tag_hex: str, seconds: int) -> str:
@@ -132,7 +184,12 @@ def device_unit_name(tag: str) -> str:
 
 
 def render_units(
-    actions: list[Action], origin: str, *, bind_device: bool, this_boot: bool = False
+    actions: list[Action],
+    origin: str,
+    *,
+    bind_device: bool,
+    mount_helper: bool,
+    this_boot: bool = False,
 ) -> tuple[list[UnitFile], list[Skipped]]:
     """One .mount unit per wanted share; shares that neither a unit nor an fstab line can
     express are skipped with the reason (persist.share_problem; mount-all can still mount
@@ -146,7 +203,15 @@ def render_units(
         if problem:
             skipped.append(Skipped(action.tag, action.path, problem))
             continue
-        units.append(render_unit(action, origin, bind_device=bind_device, this_boot=this_boot))
+        units.append(
+            render_unit(
+                action,
+                origin,
+                bind_device=bind_device,
+                mount_helper=mount_helper,
+                this_boot=this_boot,
+            )
+        )
     return sorted(units, key=lambda u: u.name), skipped
 
 
@@ -162,7 +227,12 @@ def comment_text(text: str) -> str:
 
 
 def render_unit(
-    action: Action, origin: str, *, bind_device: bool, this_boot: bool = False
+    action: Action,
+    origin: str,
+    *,
+    bind_device: bool,
+    mount_helper: bool,
+    this_boot: bool = False,
 ) -> UnitFile:
     assert action.path is not None and action.transport is not None
     name = mount_unit_name(action.path)
@@ -188,11 +258,14 @@ def render_unit(
         and setting_problem(action.source_file) is None
     ):
         unit.append(f"SourcePath={esc(action.source_file)}")
-    answer = answer_unit_name(name) if action.mount_timeout else None
+    helper = mount_helper and action.mount_timeout is not None
+    answer = answer_unit_name(name) if action.mount_timeout and not helper else None
     if answer and len(answer.encode()) > UNIT_NAME_MAX:
         answer = None  # a path this long gets its mount unit, without the wait for an answer
     if answer:
         unit += [f"Requires={answer}", f"After={answer}"]
+    if helper:
+        unit += _prober_dependencies()
     if device:
         unit += device_dependencies(action, device, this_boot=this_boot)
     if action.required:
@@ -202,9 +275,16 @@ def render_unit(
         "[Mount]",
         f"What={esc(action.tag)}",
         f"Where={esc(action.path)}",
-        f"Type={action.transport.value}",
+        f"Type={MOUNT_HELPER_TYPE if helper else action.transport.value}",
         f"Options={esc(','.join(options))}",
     ]
+    if helper:
+        assert action.mount_timeout is not None
+        unit += [
+            f"TimeoutSec={action.mount_timeout + 30}s",
+            f"Environment={HELPER_TAG_VARIABLE}={_tag_hex(action.tag)} "
+            f"{HELPER_WAIT_VARIABLE}={action.mount_timeout}",
+        ]
     extras = []
     if action.required or not device:
         # The boot starts it. An optional share bound to its device is left out on purpose:
@@ -234,19 +314,25 @@ def answer_unit_name(mount_unit: str) -> str:
     return ANSWER_PREFIX + mount_unit.removesuffix(".mount") + ".service"
 
 
+def _tag_hex(tag: str) -> str:
+    return tag.encode("utf-8", "surrogateescape").hex()  # nothing left to escape
+
+
+def _prober_dependencies() -> list[str]:
+    # The prober is started with the waits, not by the first request: at boot, where every new
+    # process is slow, it is then up by the time the waits ask.
+    return [f"Wants={ANSWER_SOCKET} {ANSWER_SERVICE}", f"After={ANSWER_SOCKET}"]
+
+
 def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot: bool) -> str:
     assert action.mount_timeout is not None
-    tag_hex = action.tag.encode("utf-8", "surrogateescape").hex()  # nothing left to escape
     lines = [
         f"{GENERATED_MARK}; do not edit.",
         "[Unit]",
         f"Description=Wait for the host to answer virtio-fs share "
         f"{unit_specifier_escape(ascii(action.tag)[1:-1])}",
         "DefaultDependencies=no",
-        # The prober is started with the waits, not by the first request: at boot, where
-        # every new process is slow, it is then up by the time the waits ask.
-        f"Wants={ANSWER_SOCKET} {ANSWER_SERVICE}",
-        f"After={ANSWER_SOCKET}",
+        *_prober_dependencies(),
         f"Before={mount_unit}",
     ]
     if device:
@@ -263,6 +349,6 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         # The kernel log, not the journal: at boot the waits start before journald is up.
         "StandardOutput=null",
         "StandardError=file:/dev/kmsg",
-        f"ExecStart={_answer_command(tag_hex, action.mount_timeout)}",
+        f"ExecStart={_answer_command(_tag_hex(action.tag), action.mount_timeout)}",
     ]
     return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ from vfs_agent.system.discovery import discover
 from vfs_agent.system.generated_files import write_units
 from vfs_agent.system.kmsg import ERR, INFO, WARNING, kmsg
 from vfs_agent.system.sysroot import SysRoot
-from vfs_agent.systemd.installed import udev_rule_installed
+from vfs_agent.systemd.installed import mount_helper_installed, udev_rule_installed
 
 IDENT = "vfs-agent-generator"
 
@@ -46,6 +46,7 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
         policy,
         discover(sysroot, pci=False),
         bind_device=udev_rule_installed(sysroot),
+        mount_helper=mount_helper_installed(sysroot),
         generator=IDENT,
         this_boot=True,  # written again at every boot and daemon-reload
     )
