@@ -35,6 +35,7 @@ from vfs_agent.policy.load import parse_text
 from vfs_agent.policy.schema import to_section
 from vfs_agent.policy.types import merge
 from vfs_agent.system import answer
+from vfs_agent.systemd.installed import MOUNT_HELPER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,6 +230,7 @@ def test_systemd_analyze_verify_accepts_the_probers_units(tmp_path: Path) -> Non
 PROBER = """
 import errno, sys, time
 from vfs_agent.system import answer
+from vfs_agent.systemd.installed import MOUNT_HELPER
 answer.ANSWERS_DIR, answer.MOUNTPOINT, answer.UNANSWERED_DIR = sys.argv[1:4]
 def probe(tag):
     if tag.startswith("dead"):
@@ -425,3 +427,45 @@ def test_a_share_no_longer_wanted_loses_its_wait_unit(tmp_path: Path) -> None:
         "vfs-agent-answer@srv-a.service",
         "vfs-agent-answer@srv-hand.service",
     ]
+
+
+def test_installing_the_mount_helper_moves_the_waits_into_the_mount_units(tmp_path: Path) -> None:
+    """`generate systemd` finds the helper where mount(8) looks (under --root), and a unit
+    directory written before it was installed loses its wait units."""
+    tree = FakeTree(tmp_path / "root")
+    tree.policy("version: 1\nmounts:\n  - {tag: a, path: /srv/a}\n")
+    out = tmp_path / "units"
+    out.mkdir()
+    generate = ["--root", str(tree.root), "generate", "systemd", "--output", str(out)]
+    assert CliRunner().invoke(main, generate).exit_code == 0
+    assert (out / "vfs-agent-answer@srv-a.service").exists()
+    assert "Type=virtiofs\n" in (out / "srv-a.mount").read_text()
+
+    tree.write(MOUNT_HELPER.lstrip("/"), "#!/bin/sh\n", mode=0o755)
+    done = CliRunner().invoke(main, generate)
+    assert done.exit_code == 0, done.output
+    assert f"removed {out}/vfs-agent-answer@srv-a.service" in done.output
+    assert not list(out.glob("*.service"))
+    unit = (out / "srv-a.mount").read_text()
+    assert "Type=virtiofs.vfsagent\n" in unit and "VFS_AGENT_WAIT=30" in unit
+
+    # Asked for, the wait goes back into a unit of its own, with the helper there.
+    assert CliRunner().invoke(main, [*generate, "--no-mount-helper"]).exit_code == 0
+    assert (out / "vfs-agent-answer@srv-a.service").exists()
+    assert "Type=virtiofs\n" in (out / "srv-a.mount").read_text()
+
+
+def test_the_mount_helper_is_installed_where_mount_finds_it(tmp_path: Path) -> None:
+    """mount(8) looks in /sbin only: a package puts the helper in /usr/sbin (/sbin where /usr
+    is merged), a wheel install in /sbin itself; either way with the layout's interpreter."""
+    assert MOUNT_HELPER == "/sbin/mount.virtiofs.vfsagent"
+    for prefix, where in (("/usr", "/usr/sbin"), ("/usr/local", "/sbin")):
+        layout = Layout(prefix, "/opt/py/bin/python3", f"{prefix}/bin")
+        (helper,) = [
+            (t, mode) for t, dest, mode in layout.files() if dest == where + MOUNT_HELPER[5:]
+        ]
+        assert helper[1] == 0o755
+        assert layout.render(helper[0]) == mount_helper_script("/opt/py/bin/python3")
+    assert "'/opt/py/bin/python3'; d=/run/vfs-agent/answers;" in mount_helper_script(
+        "/opt/py/bin/python3"
+    )

@@ -5,11 +5,13 @@ virtiofsd the mount unit "succeeds", and every service that requires it then han
 access, for good (the kernel has no request timeout for it; see the README's Host-side faults).
 So the share is mounted first in a private mount namespace of a forked child (bounded.py), which
 asks for statfs(2): FUSE sends that only after FUSE_INIT is answered. No answer within the
-share's `mount_timeout` means its wait unit fails, so the mount unit and what requires it fail
-with it ("Dependency failed") and the boot goes on without them.
+share's `mount_timeout` means its wait fails, so the mount unit and what requires it fail with
+it and the boot goes on without them.
 
-Who waits: each share's generated `vfs-agent-answer@<path>.service`, a shell (render_systemd.py)
-that asks `vfs-agent-prober.service`, one interpreter for all of them, started by its FIFO
+Who waits: a shell (render_systemd.ANSWER_SCRIPT) for each share, run by vfs-agent's mount
+helper inside the share's mount unit (mount(8) runs /sbin/mount.virtiofs.vfsagent), or, on a
+system without the helper, by the share's `vfs-agent-answer@<path>.service`. It asks
+`vfs-agent-prober.service`, one interpreter for all of them, started by its FIFO
 (`vfs-agent-prober.socket`): `python3 -m vfs_agent.system.answer --serve`, the FIFO on stdin.
 At boot every share attached then asks at once, and one interpreter instead of one per share is
 what keeps the waits off the boot's critical path. A request is one line, `TAG_HEX SECONDS PID`;
@@ -20,8 +22,8 @@ runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one
 them write to the kernel log, not the journal: at boot they run before journald has started.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
-for the kernel to tear its mount down, which needs the dead host too. The units keep it
-(KillMode=process). This module imports the standard library's os, select, stat and time and
+for the kernel to tear its mount down, which needs the dead host too. The prober's unit keeps it
+(KillMode=process), as does a `vfs-agent-answer@` unit. This module imports the standard library's os, select, stat and time and
 nothing of the core's data (no dataclasses, no enum) unless a mount fails.
 """
 
