@@ -22,9 +22,10 @@ runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one
 them write to the kernel log, not the journal: at boot they run before journald has started.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
-for the kernel to tear its mount down, which needs the dead host too. The prober's unit keeps it
-(KillMode=process), as does a `vfs-agent-answer@` unit. This module imports the standard library's os, select, stat and time and
-nothing of the core's data (no dataclasses, no enum) unless a mount fails.
+for the kernel to tear its mount down, which needs the dead host too. The prober's unit keeps
+it (KillMode=process), as does a `vfs-agent-answer@` unit. This module imports the standard
+library's os, select, stat and time and nothing of the core's data (no dataclasses, no enum)
+unless a mount fails.
 """
 
 from __future__ import annotations
