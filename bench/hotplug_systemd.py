@@ -56,7 +56,7 @@ EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)
 STEPS = (
     ("uevent -> device unit active (udevd, systemd)", "device"),
     ("device active -> mount job starts", "mount_start"),
-    ("mount job (mount(8), helper's wait, mount(8), mount(2))", "mounted"),
+    ("mount job: mount(8), helper's wait, mount(8)", "mounted"),
     ("mounted -> the poller reads the file", "readable"),
 )
 # udevd's own marks, from the first kernel uevent (not a chain).
