@@ -69,10 +69,11 @@ def exec_word(word: str, *, argument: bool = False) -> str:
 # A share's wait (system/answer.py): a shell asks vfs-agent-prober.service, one interpreter for
 # every share, through its FIFO, and reads the answer from a FIFO of its own. Arguments: the tag
 # in hex, the seconds, and the interpreter (the generator's own; the mount helper's is the one it
-# was installed for) that waits for this share alone when the prober's socket is not installed. Kept free of quotes and backslashes, so that one
-# pair of single quotes makes it one word of a systemd command line. Its stderr is the kernel
-# log, so a failure is written as a kernel log record of its own (level, name, PID). The mount
-# helper (mount_helper_script) runs the same script in a subshell.
+# was installed for) that waits for this share alone when the prober's socket is not installed.
+# Kept free of quotes and backslashes, so that one pair of single quotes makes it one word of a
+# systemd command line. Its stderr is the kernel log, so a failure is written as a kernel log
+# record of its own (level, name, PID). The mount helper (mount_helper_script) runs the same
+# script in a subshell.
 ANSWER_SCRIPT = "; ".join(
     (
         "d=/run/vfs-agent/answers",
