@@ -230,7 +230,6 @@ def test_systemd_analyze_verify_accepts_the_probers_units(tmp_path: Path) -> Non
 PROBER = """
 import errno, sys, time
 from vfs_agent.system import answer
-from vfs_agent.systemd.installed import MOUNT_HELPER
 answer.ANSWERS_DIR, answer.MOUNTPOINT, answer.UNANSWERED_DIR = sys.argv[1:4]
 def probe(tag):
     if tag.startswith("dead"):
