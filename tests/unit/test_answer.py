@@ -465,6 +465,6 @@ def test_the_mount_helper_is_installed_where_mount_finds_it(tmp_path: Path) -> N
         ]
         assert helper[1] == 0o755
         assert layout.render(helper[0]) == mount_helper_script("/opt/py/bin/python3")
-    assert "'/opt/py/bin/python3'; d=/run/vfs-agent/answers;" in mount_helper_script(
+    assert " /opt/py/bin/python3; d=/run/vfs-agent/answers;" in mount_helper_script(
         "/opt/py/bin/python3"
     )

@@ -41,6 +41,7 @@ from vfs_agent.core.escape import (
     is_control,
     mount_unit_name,
     systemd_escape_path,
+    tag_bytes,
     unit_specifier_escape,
 )
 from vfs_agent.core.persist import setting_problem, share_problem
@@ -103,6 +104,8 @@ def mount_helper_script(python: str) -> str:
     """/sbin/mount.virtiofs.vfsagent: the wait for the host's answer (ANSWER_SCRIPT, with
     `python` for the wait without the prober), then `mount -i -t virtiofs` with the arguments
     mount(8) gave it, but for the type."""
+    import shlex  # only the installer renders the helper; the generator never does
+
     lines = [
         "#!/bin/sh",
         f"{GENERATED_MARK}; do not edit.",
@@ -118,7 +121,7 @@ def mount_helper_script(python: str) -> str:
         ' run by mount(8) for the mount units vfs-agent generates, not by hand" >&2',
         "\texit 1",
         "fi",
-        f'(set -- "${HELPER_TAG_VARIABLE}" "${HELPER_WAIT_VARIABLE}" {_sh_word(python)}; '
+        f'(set -- "${HELPER_TAG_VARIABLE}" "${HELPER_WAIT_VARIABLE}" {shlex.quote(python)}; '
         f"{ANSWER_SCRIPT}) 2>/dev/kmsg || exit 32",
         "spec=$1 dir=$2",
         "shift 2",
@@ -132,10 +135,6 @@ def mount_helper_script(python: str) -> str:
         'exec mount -i -t virtiofs "$@" -- "$spec" "$dir"',
     ]
     return "\n".join(lines) + "\n"
-
-
-def _sh_word(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _answer_command(tag_hex: str, seconds: int) -> str:
@@ -316,7 +315,7 @@ def answer_unit_name(mount_unit: str) -> str:
 
 
 def _tag_hex(tag: str) -> str:
-    return tag.encode("utf-8", "surrogateescape").hex()  # nothing left to escape
+    return tag_bytes(tag).hex()  # nothing left to escape
 
 
 def _prober_dependencies() -> list[str]:
