@@ -26,8 +26,10 @@ from vfs_agent.core.observation import Discovery, Share
 from vfs_agent.core.plan import plan
 from vfs_agent.core.render_systemd import (
     ANSWER_SCRIPT,
+    BOOT_SHARES_VARIABLE,
     exec_word,
     mount_helper_script,
+    prober_dropin,
     render_units,
 )
 from vfs_agent.core.transport import Transport
@@ -228,7 +230,7 @@ def test_systemd_analyze_verify_accepts_the_probers_units(tmp_path: Path) -> Non
 # test's and a fake probe: a tag starting with "dead" never answers, "gone" is not attached,
 # any other answers after 0.2 s.
 PROBER = """
-import errno, sys, time
+import errno, os, sys, time
 from vfs_agent.system import answer
 answer.ANSWERS_DIR, answer.MOUNTPOINT, answer.UNANSWERED_DIR = sys.argv[1:4]
 def probe(tag):
@@ -237,12 +239,13 @@ def probe(tag):
     time.sleep(0.2)
     return errno.ENOENT if tag == "gone" else 0
 answer._probe = probe
-sys.exit(answer.serve(0, idle=float(sys.argv[4])))
+early = answer.boot_shares(os.environ.get(answer.BOOT_SHARES_VARIABLE, ""))
+sys.exit(answer.serve(0, idle=float(sys.argv[4]), early=early))
 """
 
 
 class Prober:
-    def __init__(self, tmp_path: Path, idle: float = 30) -> None:
+    def __init__(self, tmp_path: Path, idle: float = 30, boot_shares: str = "") -> None:
         self.dir = tmp_path / "answers"
         self.dir.mkdir()
         self.unanswered = tmp_path / "unanswered"
@@ -261,7 +264,11 @@ class Prober:
                 str(idle),
             ],
             stdin=self.fifo_fd,
-            env={**os.environ, "VFS_AGENT_KMSG": str(self.kmsg)},
+            env={
+                **os.environ,
+                "VFS_AGENT_KMSG": str(self.kmsg),
+                answer.BOOT_SHARES_VARIABLE: boot_shares,
+            },
             start_new_session=True,  # its late children go with it (os.killpg)
         )
 
@@ -325,6 +332,59 @@ def test_the_prober_explains_a_mount_error_and_clears_an_old_record(prober: Prob
     assert "the kernel has no virtio-fs share with tag 'gone'" in gone.stderr.read()  # type: ignore[union-attr]
     assert share.wait(timeout=30) == 0
     assert not (prober.unanswered / b"share".hex()).exists()
+
+
+def test_the_prober_probes_the_boot_shares_at_once_and_answers_each_first_wait_from_it(
+    tmp_path: Path,
+) -> None:
+    """The generator's drop-in names the shares attached at boot: the prober probes them as it
+    starts, so their waits, which come later, find the verdict ready; a second wait for the
+    same share (a replug) gets a probe of its own; a dead host's deadline runs from the early
+    probe's start; a bad word is logged and left out."""
+    words = f"{b'share1'.hex()}:5 {b'dead'.hex()}:3 zz:5 {b'share2'.hex()}:0"
+    prober = Prober(tmp_path, boot_shares=words)
+    try:
+        time.sleep(1.5)  # the early probes (0.2 s each) are done
+        started = time.monotonic()
+        assert prober.wait("share1", 5).wait(timeout=30) == 0
+        early = time.monotonic() - started
+        started = time.monotonic()
+        assert prober.wait("share1", 5).wait(timeout=30) == 0
+        probed = time.monotonic() - started
+        assert early < 0.2 <= probed, (early, probed)  # the fake probe takes 0.2 s
+        started = time.monotonic()
+        dead = prober.wait("dead", 5)
+        assert dead.wait(timeout=30) == 1
+        assert time.monotonic() - started < 3  # 3 s from the prober's start, not 5 from now
+        assert "did not answer within 3 s" in dead.stderr.read()  # type: ignore[union-attr]
+        log = prober.kmsg.read_text()
+        assert log.count("ignored a share to probe at boot") == 2, log
+    finally:
+        prober.stop()
+
+
+def test_the_generator_names_the_shares_attached_at_boot_to_the_prober() -> None:
+    policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+    shares = (
+        Share("fast", Transport.VIRTIOFS, "virtio1"),
+        Share("nine", Transport.NINEP, "virtio3"),
+    )
+    actions = plan(Discovery(shares, True), policy, [])
+    rendered, _ = render_units(actions, "t", bind_device=True, mount_helper=True, this_boot=True)
+    dropin = prober_dropin(rendered)
+    assert dropin is not None and dropin.relpath == (
+        "vfs-agent-prober.service.d/50-vfs-agent-boot-shares.conf"
+    )
+    # Only the attached virtio-fs share ("odd tag%" is absent, 9p has no wait).
+    assert dropin.text.endswith(f"\nEnvironment=VFS_AGENT_BOOT_SHARES={b'fast'.hex()}:3\n")
+    assert BOOT_SHARES_VARIABLE == answer.BOOT_SHARES_VARIABLE
+    # Units that outlive the boot, or wait in units of their own, give the prober nothing.
+    for kw in (
+        {"mount_helper": True, "this_boot": False},
+        {"mount_helper": False, "this_boot": True},
+    ):
+        rendered, _ = render_units(actions, "t", bind_device=True, **kw)
+        assert prober_dropin(rendered) is None
 
 
 def test_the_prober_ignores_garbage_and_exits_when_idle(tmp_path: Path) -> None:

@@ -98,6 +98,9 @@ ANSWER_SERVICE = "vfs-agent-prober.service"
 MOUNT_HELPER_TYPE = "virtiofs.vfsagent"
 HELPER_TAG_VARIABLE = "VFS_AGENT_TAG_HEX"
 HELPER_WAIT_VARIABLE = "VFS_AGENT_WAIT"
+# The prober's drop-in, written by the generator, that names the shares attached at boot.
+PROBER_DROPIN = f"{ANSWER_SERVICE}.d/50-vfs-agent-boot-shares.conf"
+BOOT_SHARES_VARIABLE = "VFS_AGENT_BOOT_SHARES"
 
 
 def mount_helper_script(python: str) -> str:
@@ -159,6 +162,9 @@ class UnitFile:
     name: str  # e.g. mnt-media.mount
     text: str
     extras: tuple[GeneratedFile, ...]  # .wants/ links and device drop-ins
+    # "TAG_HEX:SECONDS" of a share attached now whose mount helper will ask the prober at this
+    # boot (units for this boot only): the prober probes it in advance (prober_dropin).
+    boot_probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -298,7 +304,24 @@ def render_unit(
             extras.append(GeneratedFile(f"{device}.d/{TIMEOUT_DROPIN}", dropin))
     if answer:
         extras.append(GeneratedFile(answer, _answer_unit(action, name, device, this_boot)))
-    return UnitFile(name, "\n".join(unit) + "\n", tuple(extras))
+    boot_probe = ""
+    if helper and this_boot and action.kind is ActionKind.MOUNT:
+        boot_probe = f"{_tag_hex(action.tag)}:{action.mount_timeout}"
+    return UnitFile(name, "\n".join(unit) + "\n", tuple(extras), boot_probe)
+
+
+def prober_dropin(units: list[UnitFile]) -> GeneratedFile | None:
+    """The prober's drop-in for this boot: the shares attached when the generator ran, which
+    the prober probes as soon as it starts. It starts with the first unit that wants it, early
+    in the boot (no default dependencies), while the mount units wait for
+    local-fs-pre.target: so the probes run beside early boot, as the wait units did, and each
+    mount's helper finds its answer waiting instead of probing on the boot's critical chain."""
+    probes = [unit.boot_probe for unit in units if unit.boot_probe]
+    if not probes:
+        return None
+    text = f"{GENERATED_MARK}; do not edit.\n[Service]\n"
+    text += f"Environment={BOOT_SHARES_VARIABLE}={' '.join(probes)}\n"
+    return GeneratedFile(PROBER_DROPIN, text)
 
 
 def device_dependencies(action: Action, device: str, *, this_boot: bool) -> list[str]:

@@ -15,8 +15,12 @@ system without the helper, by the share's `vfs-agent-answer@<path>.service`. It 
 (`vfs-agent-prober.socket`): `python3 -m vfs_agent.system.answer --serve`, the FIFO on stdin.
 At boot every share attached then asks at once, and one interpreter instead of one per share is
 what keeps the waits off the boot's critical path. A request is one line, `TAG_HEX SECONDS PID`;
-the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. The
-prober exits after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
+the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. At
+boot the prober does not wait to be asked: the generator's drop-in of its service names the
+shares attached then ($VFS_AGENT_BOOT_SHARES, `TAG_HEX:SECONDS` words), and it probes them as
+it starts, with the first unit that wants it, while the mount units still wait for
+local-fs-pre.target; the first request for each gets that probe's verdict. The prober exits
+after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
 socket (units written by `generate systemd` for a system without vfs-agent's own units) the shell
 runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one share. All of
 them write to the kernel log, not the journal: at boot they run before journald has started.
@@ -46,6 +50,8 @@ MOUNTPOINT = "/run/vfs-agent/probe"  # mounted on only inside the child's own na
 UNANSWERED_DIR = "/run/vfs-agent/unanswered"
 # The prober's request FIFO (made by vfs-agent-prober.socket) and the waits' answer FIFOs.
 ANSWERS_DIR = "/run/vfs-agent/answers"
+# Set by the generator's drop-in of the prober's service (render_systemd.BOOT_SHARES_VARIABLE).
+BOOT_SHARES_VARIABLE = "VFS_AGENT_BOOT_SHARES"
 PROG = "vfs-agent-answer"  # the probes' name in ps, and the one-shot wait's in the kernel log
 PROBER = "vfs-agent-prober"
 IDLE_SECONDS = 60.0
@@ -143,10 +149,41 @@ def _reply(request: Request, why: str) -> None:
             os.unlink(path)
 
 
-def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
+def boot_shares(value: str) -> list[Request]:
+    """The shares to probe in advance, from the generator's drop-in of the prober's service:
+    `TAG_HEX:SECONDS` words (render_systemd.prober_dropin). A bad word is logged and left out."""
+    shares = []
+    for word in value.split():
+        tag_hex, _, seconds = word.partition(":")
+        try:
+            shares.append(parse_request([tag_hex, seconds]))
+        except ValueError as e:
+            kmsg(WARNING, PROBER, f"ignored a share to probe at boot: {e}")
+    return shares
+
+
+def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None = None) -> int:
     """Answer the requests read from `requests` (the FIFO), each probe with its own deadline,
-    until `idle` seconds pass with nothing asked and nothing pending."""
+    until `idle` seconds pass with nothing asked and nothing pending. The `early` shares (the
+    boot's) are probed at once; the first request for each gets that probe's verdict, as soon
+    as there is one (a later request, after a replug say, gets a probe of its own)."""
     waiting: dict[int, tuple[bounded.Child, float, Request]] = {}  # by the child's answer fd
+    verdicts: dict[str, str | None] = {}  # an early probe's by tag in hex; None: not yet
+    asked: dict[str, list[Request]] = {}  # requests waiting for an early probe's verdict
+    for request in early or []:
+        verdicts[request.tag_hex] = None
+        child = bounded.spawn(_probe_call(request), name=PROG.encode())
+        waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
+
+    def answer(request: Request, why: str) -> None:
+        if request.reply:
+            _reply(request, why)
+            return
+        verdicts[request.tag_hex] = why  # an early probe: kept for the first request
+        for waiter in asked.pop(request.tag_hex, []):
+            verdicts.pop(request.tag_hex, None)
+            _reply(waiter, why)
+
     pending = b""
     reading = True
     while reading or waiting:
@@ -159,7 +196,7 @@ def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
         for fd in ready:
             if fd != requests:
                 child, _, request = waiting.pop(fd)
-                _reply(request, verdict(request, bounded.collect(child)))
+                answer(request, verdict(request, bounded.collect(child)))
                 continue
             chunk = os.read(requests, 4096)
             reading = bool(chunk)
@@ -172,19 +209,28 @@ def serve(requests: int, idle: float = IDLE_SECONDS) -> int:
                 except (UnicodeDecodeError, ValueError) as e:
                     kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
+                if request.tag_hex in verdicts:  # probed in advance: its verdict, once
+                    why = verdicts[request.tag_hex]
+                    if why is None:
+                        asked.setdefault(request.tag_hex, []).append(request)
+                    else:
+                        del verdicts[request.tag_hex]
+                        _reply(request, why)
+                    continue
                 child = bounded.spawn(_probe_call(request), name=PROG.encode())
                 waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
         now = time.monotonic()
         for fd in [fd for fd, (_, deadline, _) in waiting.items() if deadline <= now]:
             _, _, request = waiting.pop(fd)
             os.close(fd)  # the late child is left alone (the module's docstring)
-            _reply(request, verdict(request, bounded.TIMED_OUT))
+            answer(request, verdict(request, bounded.TIMED_OUT))
     return 0
 
 
 def main(argv: list[str]) -> int:
     if argv == ["--serve"]:
-        return serve(sys.stdin.fileno())
+        early = boot_shares(os.environ.get(BOOT_SHARES_VARIABLE, ""))
+        return serve(sys.stdin.fileno(), early=early)
     try:
         if len(argv) != 2:
             raise ValueError("expected TAG_HEX SECONDS")

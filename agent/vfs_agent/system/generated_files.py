@@ -31,9 +31,12 @@ def is_ours(path: Path) -> bool:
     return head.startswith(GENERATED_MARK.encode())
 
 
-def write_units(directory: Path, units: list[UnitFile]) -> list[str]:
-    """Write units and their links/drop-ins into `directory` (atomically). A file there that
-    vfs-agent did not generate is never overwritten."""
+def write_units(
+    directory: Path, units: list[UnitFile], extras: tuple[GeneratedFile, ...] = ()
+) -> list[str]:
+    """Write units and their links/drop-ins, and `extras` (files of no one unit), into
+    `directory` (atomically). A file there that vfs-agent did not generate is never
+    overwritten."""
     check_output_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for unit in units:
@@ -46,6 +49,8 @@ def write_units(directory: Path, units: list[UnitFile]) -> list[str]:
         write_atomic(directory / unit.name, unit.text)
         for extra in unit.extras:
             _write_extra(directory, extra)
+    for extra in extras:
+        _write_extra(directory, extra)
     return [unit.name for unit in units]
 
 

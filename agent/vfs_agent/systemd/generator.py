@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from vfs_agent.core.desired import desired_units
+from vfs_agent.core.render_systemd import prober_dropin
 from vfs_agent.policy.compiled import load as load_cached
 from vfs_agent.policy.layers import SYSTEM_CREDENTIALS, credentials_directory
 from vfs_agent.policy.types import Policy
@@ -53,7 +54,8 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
     for skip in skipped:
         level = INFO if skip.ignored else WARNING  # ignoring is what the policy asked for
         kmsg(level, IDENT, f"no unit for share {skip.tag!r}: {skip.why}, ignoring.")
-    write_units(normal_dir, units)
+    dropin = prober_dropin(units)
+    write_units(normal_dir, units, (dropin,) if dropin else ())
     return len(units)
 
 
