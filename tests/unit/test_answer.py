@@ -363,6 +363,15 @@ def test_the_prober_probes_the_boot_shares_at_once_and_answers_each_first_wait_f
         prober.stop()
 
 
+def test_only_the_probers_first_start_in_a_boot_probes_the_boot_shares(tmp_path: Path) -> None:
+    marker = tmp_path / "boot-shares-probed"
+    assert answer.first_start(str(marker)) is True
+    assert marker.exists()
+    assert answer.first_start(str(marker)) is False  # the socket started it again later
+    assert answer.first_start(str(tmp_path / "gone" / "marker")) is False  # no directory
+    assert answer.BOOT_PROBED.startswith("/run/")  # empty at every boot
+
+
 def test_the_generator_names_the_shares_attached_at_boot_to_the_prober() -> None:
     policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
     shares = (

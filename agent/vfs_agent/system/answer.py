@@ -17,8 +17,8 @@ At boot every share attached then asks at once, and one interpreter instead of o
 what keeps the waits off the boot's critical path. A request is one line, `TAG_HEX SECONDS PID`;
 the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. At
 boot the prober does not wait to be asked: the generator's drop-in of its service names the
-shares attached then ($VFS_AGENT_BOOT_SHARES, `TAG_HEX:SECONDS` words), and it probes them as
-it starts, with the first unit that wants it, while the mount units still wait for
+shares attached then ($VFS_AGENT_BOOT_SHARES, `TAG_HEX:SECONDS` words), and its first start in
+the boot (first_start) probes them at once, with the first unit that wants it, while the mount units still wait for
 local-fs-pre.target; the first request for each gets that probe's verdict. The prober exits
 after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
 socket (units written by `generate systemd` for a system without vfs-agent's own units) the shell
@@ -52,6 +52,9 @@ UNANSWERED_DIR = "/run/vfs-agent/unanswered"
 ANSWERS_DIR = "/run/vfs-agent/answers"
 # Set by the generator's drop-in of the prober's service (render_systemd.BOOT_SHARES_VARIABLE).
 BOOT_SHARES_VARIABLE = "VFS_AGENT_BOOT_SHARES"
+# Made by the prober's first start in this boot (/run is empty at every boot): later starts
+# (the socket starts it again after each idle exit) do not probe the boot's shares again.
+BOOT_PROBED = "/run/vfs-agent/boot-shares-probed"
 PROG = "vfs-agent-answer"  # the probes' name in ps, and the one-shot wait's in the kernel log
 PROBER = "vfs-agent-prober"
 IDLE_SECONDS = 60.0
@@ -162,6 +165,20 @@ def boot_shares(value: str) -> list[Request]:
     return shares
 
 
+def first_start(marker: str) -> bool:
+    """Whether this is the prober's first start in this boot (`marker` made now, atomically).
+    Only then are the boot's shares probed in advance: a share whose host was dead at boot would
+    otherwise get another probe, and another child stuck on it, at every later start."""
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    except FileExistsError:
+        return False
+    except OSError as e:  # no /run/vfs-agent: the probes in advance are only a head start
+        kmsg(WARNING, PROBER, f"not probing the boot's shares in advance: {e}")
+        return False
+    return True
+
+
 def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None = None) -> int:
     """Answer the requests read from `requests` (the FIFO), each probe with its own deadline,
     until `idle` seconds pass with nothing asked and nothing pending. The `early` shares (the
@@ -229,7 +246,8 @@ def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None
 
 def main(argv: list[str]) -> int:
     if argv == ["--serve"]:
-        early = boot_shares(os.environ.get(BOOT_SHARES_VARIABLE, ""))
+        listed = os.environ.get(BOOT_SHARES_VARIABLE, "")
+        early = boot_shares(listed) if listed and first_start(BOOT_PROBED) else []
         return serve(sys.stdin.fileno(), early=early)
     try:
         if len(argv) != 2:
