@@ -18,12 +18,13 @@ what keeps the waits off the boot's critical path. A request is one line, `TAG_H
 the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the shell made. At
 boot the prober does not wait to be asked: the generator's drop-in of its service names the
 shares attached then ($VFS_AGENT_BOOT_SHARES, `TAG_HEX:SECONDS` words), and its first start in
-the boot (first_start) probes them at once, with the first unit that wants it, while the mount units still wait for
-local-fs-pre.target; the first request for each gets that probe's verdict. The prober exits
-after IDLE_SECONDS without a request; the FIFO starts it again. Without the prober's
-socket (units written by `generate systemd` for a system without vfs-agent's own units) the shell
-runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the same wait for one share. All of
-them write to the kernel log, not the journal: at boot they run before journald has started.
+the boot (first_start) probes them at once, with the first unit that wants it, while the mount
+units still wait for local-fs-pre.target; the first request for each gets that probe's
+verdict. The prober exits after IDLE_SECONDS without a request; the FIFO starts it again.
+Without the prober's socket (units written by `generate systemd` for a system without
+vfs-agent's own units) the shell runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the
+same wait for one share. All of them write to the kernel log, not the journal: at boot they run
+before journald has started.
 
 A late child is left where it is: killing it would only make its exit wait, uninterruptibly,
 for the kernel to tear its mount down, which needs the dead host too. The prober's unit keeps
