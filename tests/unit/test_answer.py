@@ -341,7 +341,7 @@ def test_the_prober_probes_the_boot_shares_at_once_and_answers_each_first_wait_f
     starts, so their waits, which come later, find the verdict ready; a second wait for the
     same share (a replug) gets a probe of its own; a dead host's deadline runs from the early
     probe's start; a bad word is logged and left out."""
-    words = f"{b'share1'.hex()}:5 {b'dead'.hex()}:3 zz:5 {b'share2'.hex()}:0"
+    words = f"{b'share1'.hex()}:5 {b'dead'.hex()}:3 zz:5 {b'share2'.hex()}:0 {b'gone'.hex()}:5"
     prober = Prober(tmp_path, boot_shares=words)
     try:
         time.sleep(1.5)  # the early probes (0.2 s each) are done
@@ -352,6 +352,10 @@ def test_the_prober_probes_the_boot_shares_at_once_and_answers_each_first_wait_f
         assert prober.wait("share1", 5).wait(timeout=30) == 0
         probed = time.monotonic() - started
         assert early < 0.2 <= probed, (early, probed)  # the fake probe takes 0.2 s
+        # An early probe that failed ('gone': not attached then) is not handed on: probed anew.
+        started = time.monotonic()
+        assert prober.wait("gone", 5).wait(timeout=30) == 1
+        assert time.monotonic() - started >= 0.2
         started = time.monotonic()
         dead = prober.wait("dead", 5)
         assert dead.wait(timeout=30) == 1
@@ -380,12 +384,15 @@ def test_the_generator_names_the_shares_attached_at_boot_to_the_prober() -> None
     )
     actions = plan(Discovery(shares, True), policy, [])
     rendered, _ = render_units(actions, "t", bind_device=True, mount_helper=True, this_boot=True)
-    dropin = prober_dropin(rendered)
+    dropin = prober_dropin(rendered, frozenset({"fast", "nine"}))
     assert dropin is not None and dropin.relpath == (
         "vfs-agent-prober.service.d/50-vfs-agent-boot-shares.conf"
     )
     # Only the attached virtio-fs share ("odd tag%" is absent, 9p has no wait).
-    assert dropin.text.endswith(f"\nEnvironment=VFS_AGENT_BOOT_SHARES={b'fast'.hex()}:3\n")
+    assert dropin.text.endswith(f'\nEnvironment="VFS_AGENT_BOOT_SHARES={b"fast".hex()}:3"\n')
+    # A kernel without /sys/fs/virtiofs: the plan treats the named tags as present, but only
+    # what discovery saw is probed in advance.
+    assert prober_dropin(rendered, frozenset()) is None
     assert BOOT_SHARES_VARIABLE == answer.BOOT_SHARES_VARIABLE
     # Units that outlive the boot, or wait in units of their own, give the prober nothing.
     for kw in (
@@ -393,7 +400,7 @@ def test_the_generator_names_the_shares_attached_at_boot_to_the_prober() -> None
         {"mount_helper": False, "this_boot": True},
     ):
         rendered, _ = render_units(actions, "t", bind_device=True, **kw)
-        assert prober_dropin(rendered) is None
+        assert prober_dropin(rendered, frozenset({"fast"})) is None
 
 
 def test_the_prober_ignores_garbage_and_exits_when_idle(tmp_path: Path) -> None:

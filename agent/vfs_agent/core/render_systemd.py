@@ -310,17 +310,21 @@ def render_unit(
     return UnitFile(name, "\n".join(unit) + "\n", tuple(extras), boot_probe)
 
 
-def prober_dropin(units: list[UnitFile]) -> GeneratedFile | None:
+def prober_dropin(units: list[UnitFile], attached: frozenset[str]) -> GeneratedFile | None:
     """The prober's drop-in for this boot: the shares attached when the generator ran, which
     the prober probes as soon as it starts. It starts with the first unit that wants it, early
     in the boot (no default dependencies), while the mount units wait for
     local-fs-pre.target: so the probes run beside early boot, as the wait units did, and each
-    mount's helper finds its answer waiting instead of probing on the boot's critical chain."""
-    probes = [unit.boot_probe for unit in units if unit.boot_probe]
+    mount's helper finds its answer waiting instead of probing on the boot's critical chain.
+    Only the `attached` tags (discovery saw them): on a kernel without /sys/fs/virtiofs the plan
+    treats every named tag as present, and probing one that is not would only fail."""
+    hexes = {tag.encode("utf-8", "surrogateescape").hex() for tag in attached}
+    probes = [u.boot_probe for u in units if u.boot_probe.partition(":")[0] in hexes]
     if not probes:
         return None
     text = f"{GENERATED_MARK}; do not edit.\n[Service]\n"
-    text += f"Environment={BOOT_SHARES_VARIABLE}={' '.join(probes)}\n"
+    # Quoted: unquoted, systemd reads each space-separated word as an assignment of its own.
+    text += f'Environment="{BOOT_SHARES_VARIABLE}={" ".join(probes)}"\n'
     return GeneratedFile(PROBER_DROPIN, text)
 
 

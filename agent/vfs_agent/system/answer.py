@@ -228,13 +228,14 @@ def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None
                     kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
                 if request.tag_hex in verdicts:  # probed in advance: its verdict, once
-                    why = verdicts[request.tag_hex]
-                    if why is None:
+                    why = verdicts.pop(request.tag_hex)
+                    if why is None:  # still probing: this request waits for it
+                        verdicts[request.tag_hex] = None
                         asked.setdefault(request.tag_hex, []).append(request)
-                    else:
-                        del verdicts[request.tag_hex]
+                        continue
+                    if why == "":  # answered; a failure is not handed on: probed anew
                         _reply(request, why)
-                    continue
+                        continue
                 child = bounded.spawn(_probe_call(request), name=PROG.encode())
                 waiting[child.answer_fd] = (child, time.monotonic() + request.timeout, request)
         now = time.monotonic()

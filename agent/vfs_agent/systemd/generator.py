@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vfs_agent.core.desired import desired_units
 from vfs_agent.core.render_systemd import prober_dropin
+from vfs_agent.core.transport import Transport
 from vfs_agent.policy.compiled import load as load_cached
 from vfs_agent.policy.layers import SYSTEM_CREDENTIALS, credentials_directory
 from vfs_agent.policy.types import Policy
@@ -43,9 +44,10 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
     for warning in policy.warnings:  # an invalid host layer: reported, left out, boot goes on
         kmsg(ERR, IDENT, warning)
     # No PCI config window: it writes to config space, which a generator must not do.
+    discovery = discover(sysroot, pci=False)
     units, skipped = desired_units(
         policy,
-        discover(sysroot, pci=False),
+        discovery,
         bind_device=udev_rule_installed(sysroot),
         mount_helper=mount_helper_installed(sysroot),
         generator=IDENT,
@@ -54,7 +56,8 @@ def generate(sysroot: SysRoot, normal_dir: Path, credentials_dir: str = SYSTEM_C
     for skip in skipped:
         level = INFO if skip.ignored else WARNING  # ignoring is what the policy asked for
         kmsg(level, IDENT, f"no unit for share {skip.tag!r}: {skip.why}, ignoring.")
-    dropin = prober_dropin(units)
+    attached = frozenset(s.tag for s in discovery.shares if s.transport is Transport.VIRTIOFS)
+    dropin = prober_dropin(units, attached)
     write_units(normal_dir, units, (dropin,) if dropin else ())
     return len(units)
 
