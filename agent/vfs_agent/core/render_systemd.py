@@ -318,7 +318,7 @@ def prober_dropin(units: list[UnitFile], attached: frozenset[str]) -> GeneratedF
     mount's helper finds its answer waiting instead of probing on the boot's critical chain.
     Only the `attached` tags (discovery saw them): on a kernel without /sys/fs/virtiofs the plan
     treats every named tag as present, and probing one that is not would only fail."""
-    hexes = {tag.encode("utf-8", "surrogateescape").hex() for tag in attached}
+    hexes = {_tag_hex(tag) for tag in attached}
     probes = [u.boot_probe for u in units if u.boot_probe.partition(":")[0] in hexes]
     if not probes:
         return None
