@@ -240,12 +240,18 @@ def probe(tag):
     return errno.ENOENT if tag == "gone" else 0
 answer._probe = probe
 early = answer.boot_shares(os.environ.get(answer.BOOT_SHARES_VARIABLE, ""))
-sys.exit(answer.serve(0, idle=float(sys.argv[4]), early=early))
+sys.exit(answer.serve(0, idle=float(sys.argv[4]), early=early, fresh=float(sys.argv[5])))
 """
 
 
 class Prober:
-    def __init__(self, tmp_path: Path, idle: float = 30, boot_shares: str = "") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        idle: float = 30,
+        boot_shares: str = "",
+        fresh: float = answer.EARLY_FRESH_SECONDS,
+    ) -> None:
         self.dir = tmp_path / "answers"
         self.dir.mkdir()
         self.unanswered = tmp_path / "unanswered"
@@ -262,6 +268,7 @@ class Prober:
                 str(tmp_path / "mnt"),
                 str(self.unanswered),
                 str(idle),
+                str(fresh),
             ],
             stdin=self.fifo_fd,
             env={
@@ -363,6 +370,25 @@ def test_the_prober_probes_the_boot_shares_at_once_and_answers_each_first_wait_f
         assert "did not answer within 3 s" in dead.stderr.read()  # type: ignore[union-attr]
         log = prober.kmsg.read_text()
         assert log.count("ignored a share to probe at boot") == 2, log
+    finally:
+        prober.stop()
+
+
+def test_an_early_success_that_waited_too_long_for_its_first_request_is_probed_anew(
+    tmp_path: Path,
+) -> None:
+    """A boot share whose first request comes long after the early probe (its unit started late)
+    gets a probe of its own: a host that answered then may have died since."""
+    prober = Prober(tmp_path, boot_shares=f"{b'late'.hex()}:5 {b'soon'.hex()}:5", fresh=1.0)
+    try:
+        time.sleep(0.6)  # the early probes (0.2 s each) are done, and still fresh
+        started = time.monotonic()
+        assert prober.wait("soon", 5).wait(timeout=30) == 0
+        assert time.monotonic() - started < 0.2  # handed on
+        time.sleep(1.0)  # now older than a second
+        started = time.monotonic()
+        assert prober.wait("late", 5).wait(timeout=30) == 0
+        assert time.monotonic() - started >= 0.2  # probed anew: the fake probe takes 0.2 s
     finally:
         prober.stop()
 

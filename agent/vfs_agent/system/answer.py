@@ -19,8 +19,11 @@ the answer, `0` or `1 <what went wrong>`, goes to the FIFO ANSWERS_DIR/PID the s
 boot the prober does not wait to be asked: the generator's drop-in of its service names the
 shares attached then ($VFS_AGENT_BOOT_SHARES, `TAG_HEX:SECONDS` words), and its first start in
 the boot (first_start) probes them at once, with the first unit that wants it, while the mount
-units still wait for local-fs-pre.target; the first request for each gets that probe's
-verdict. The prober exits after IDLE_SECONDS without a request; the FIFO starts it again.
+units still wait for local-fs-pre.target. The first request for each share waits for that
+probe if it is still running (a dead host's deadline runs from the probe's start), takes its
+success if it is at most EARLY_FRESH_SECONDS old, and otherwise gets a probe of its own: an
+earlier failure is not handed on. The prober exits after IDLE_SECONDS without a request; the
+FIFO starts it again.
 Without the prober's socket (units written by `generate systemd` for a system without
 vfs-agent's own units) the shell runs `python3 -m vfs_agent.system.answer TAG_HEX SECONDS`, the
 same wait for one share. All of them write to the kernel log, not the journal: at boot they run
@@ -56,6 +59,10 @@ BOOT_SHARES_VARIABLE = "VFS_AGENT_BOOT_SHARES"
 # Made by the prober's first start in this boot (/run is empty at every boot): later starts
 # (the socket starts it again after each idle exit) do not probe the boot's shares again.
 BOOT_PROBED = "/run/vfs-agent/boot-shares-probed"
+# How long an early probe's success stands for a share's first request. At boot the mount units
+# ask within seconds of the prober's start; a later first request (its unit started late, by
+# hand say) is probed anew rather than trust a host that answered that long ago.
+EARLY_FRESH_SECONDS = 30.0
 PROG = "vfs-agent-answer"  # the probes' name in ps, and the one-shot wait's in the kernel log
 PROBER = "vfs-agent-prober"
 IDLE_SECONDS = 60.0
@@ -180,13 +187,20 @@ def first_start(marker: str) -> bool:
     return True
 
 
-def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None = None) -> int:
+def serve(
+    requests: int,
+    idle: float = IDLE_SECONDS,
+    early: list[Request] | None = None,
+    fresh: float = EARLY_FRESH_SECONDS,
+) -> int:
     """Answer the requests read from `requests` (the FIFO), each probe with its own deadline,
     until `idle` seconds pass with nothing asked and nothing pending. The `early` shares (the
-    boot's) are probed at once; the first request for each gets that probe's verdict, as soon
-    as there is one (a later request, after a replug say, gets a probe of its own)."""
+    boot's) are probed at once; the first request for each gets that probe's verdict as soon as
+    there is one, unless it is a failure or a success older than `fresh` seconds (then it is
+    probed anew). A later request, after a replug say, gets a probe of its own."""
     waiting: dict[int, tuple[bounded.Child, float, Request]] = {}  # by the child's answer fd
-    verdicts: dict[str, str | None] = {}  # an early probe's by tag in hex; None: not yet
+    # An early probe's verdict and when it came, by tag in hex; None: still probing.
+    verdicts: dict[str, tuple[str, float] | None] = {}
     asked: dict[str, list[Request]] = {}  # requests waiting for an early probe's verdict
     for request in early or []:
         verdicts[request.tag_hex] = None
@@ -197,7 +211,7 @@ def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None
         if request.reply:
             _reply(request, why)
             return
-        verdicts[request.tag_hex] = why  # an early probe: kept for the first request
+        verdicts[request.tag_hex] = (why, time.monotonic())  # kept for the first request
         for waiter in asked.pop(request.tag_hex, []):
             verdicts.pop(request.tag_hex, None)
             _reply(waiter, why)
@@ -228,12 +242,13 @@ def serve(requests: int, idle: float = IDLE_SECONDS, early: list[Request] | None
                     kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
                 if request.tag_hex in verdicts:  # probed in advance: its verdict, once
-                    why = verdicts.pop(request.tag_hex)
-                    if why is None:  # still probing: this request waits for it
+                    early_verdict = verdicts.pop(request.tag_hex)
+                    if early_verdict is None:  # still probing: this request waits for it
                         verdicts[request.tag_hex] = None
                         asked.setdefault(request.tag_hex, []).append(request)
                         continue
-                    if why == "":  # answered; a failure is not handed on: probed anew
+                    why, at = early_verdict
+                    if why == "" and time.monotonic() - at <= fresh:  # else probed anew
                         _reply(request, why)
                         continue
                 child = bounded.spawn(_probe_call(request), name=PROG.encode())
