@@ -64,15 +64,34 @@ def virtiofsd_argv(source: Path, socket_path: Path) -> list[str]:
     ]
 
 
+# /proc/net/unix's Flags column: __SO_ACCEPTCON, set by listen(2).
+_ACCEPTING = 0x10000
+
+
+def is_listening(socket_path: Path, table: str = "/proc/net/unix") -> bool:
+    """Whether a Unix socket bound to `socket_path` is listening, as the kernel's table says.
+    The socket's file exists from bind(2) on, before listen(2): QEMU connecting in between gets
+    "Connection refused". Probing by connecting is no way to tell, since virtiofsd serves only
+    the first connection it accepts."""
+    with open(table, encoding="utf-8", errors="surrogateescape") as lines:
+        next(lines, None)  # Num RefCount Protocol Flags Type St Inode Path
+        for line in lines:
+            fields = line.split(maxsplit=7)
+            path = fields[7].rstrip("\n") if len(fields) == 8 else None
+            if path == str(socket_path) and int(fields[3], 16) & _ACCEPTING:
+                return True
+    return False
+
+
 def start_virtiofsd(name: str, source: Path, socket_path: Path, log: Path) -> ManagedProcess:
     """Start a daemon for `source` and wait until its vhost-user socket is listening."""
     if not source.is_dir():
         raise HarnessError(f"share source {source} is not a directory")
     socket_path.unlink(missing_ok=True)
     proc = ManagedProcess(name, virtiofsd_argv(source, socket_path), log)
-    if not wait_until(lambda: socket_path.exists() or not proc.alive(), timeout=10):
+    if not wait_until(lambda: is_listening(socket_path) or not proc.alive(), timeout=10):
         proc.stop()
-        raise HarnessError(f"{name}: no socket {socket_path} after 10s\n{proc.log_tail()}")
+        raise HarnessError(f"{name}: {socket_path} not listening after 10s\n{proc.log_tail()}")
     if not proc.alive():
         raise HarnessError(f"{name} exited with {proc.returncode}:\n{proc.log_tail()}")
     return proc
