@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.guestlib import vm as vmlib
-from tests.guestlib.common import HarnessError
+from tests.guestlib.common import HarnessError, progress
 from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.image import GuestImage, ensure_bookworm_image, ensure_image
 from tests.guestlib.processes import live_processes, stop_all
@@ -167,6 +167,11 @@ def boot_guest(guest_run_dir: Path) -> Iterator[BootGuest]:
     started: list[VM] = []
 
     def boot(config: VMConfig, image: GuestImage | None = None) -> VM:
+        # A module whose fixture failed after its boot never reached its own shutdown: its
+        # guest is stopped here, so the failure stays that module's.
+        for orphan in [g for g in started if g.alive()]:
+            progress(f"{orphan.config.name}: left running by a failed set-up; killing it")
+            orphan.kill()
         running = [g.config.name for g in vmlib.ACTIVE if g.alive()]
         if running:
             raise HarnessError(f"refusing to boot {config.name}: {running} still running")

@@ -43,6 +43,19 @@ MAX_TAG_BYTES = 36  # virtio-fs config space; QEMU refuses longer tags
 KEEP_RUNS = 20
 _PANIC_MARKERS = (b"Kernel panic - not syncing", b"end Kernel panic")
 _INIT_STARTED = b" as init process"  # the kernel's "Run /sbin/init as init process"
+# Under TCG the kernel's own code patching (static keys, alternatives) now and then trips over
+# the int3 it writes, on the other vCPU: "Oops: int3" at a kernel text address, then a panic.
+_TCG_INT3_OOPS = b"Oops: int3"
+
+
+def panic_worth_a_reset(log: bytes) -> bool:
+    """Whether the console text `log` of one boot shows a panic that a reset may retry: one
+    before init started (nothing of the guest has changed yet), or, at any time, the emulator's
+    int3 fault above (no test's doing: the kernel patching its own text). Any other panic after
+    init is the test's to see."""
+    before, panic, _ = log.partition(b"Kernel panic")
+    return bool(panic) and (_INIT_STARTED not in before or _TCG_INT3_OOPS in before)
+
 
 # VMs booted and not yet shut down; the pytest plugin shows their serial logs on failure.
 ACTIVE: list[VM] = []
@@ -349,9 +362,9 @@ class VM:
     def reboot(self) -> float:
         """Restart the guest inside the same QEMU (shares and daemons stay); wait for the
         channel of the new boot. Returns the seconds it took. A kernel that panics before it
-        starts init (under TCG the kernel's own code patching now and then trips an int3 in
-        early boot) is reset over QMP and waited for again, as often as `config.retries`:
-        nothing of the guest's state has changed by then."""
+        starts init, or at any time on the emulator's int3 fault (panic_worth_a_reset), is
+        reset over QMP and waited for again, as often as `config.retries`: the files the test
+        put in place before the reboot are on disk, and the new boot starts from them."""
         channel = self._channel()
         old = channel.request("ping", wait=10)["boot_id"]
         started = time.monotonic()
@@ -363,12 +376,13 @@ class VM:
             try:
                 self._check_boot_alive(since)
             except BootError as exc:
-                if resets >= self.config.retries or not self._panicked_before_init(since):
+                if resets >= self.config.retries or not self._panic_worth_a_reset(since):
                     raise
                 resets += 1
                 self.stats.failures.append(str(exc).splitlines()[0])
                 progress(
-                    f"{self.config.name}: the kernel panicked before init in a reboot; "
+                    f"{self.config.name}: the kernel panicked in a reboot (before init, or "
+                    "the emulator's int3 fault); "
                     f"resetting the guest (serial log: {self.serial_log})"
                 )
                 since = self._serial_size()
@@ -397,14 +411,13 @@ class VM:
         except OSError:
             return 0
 
-    def _panicked_before_init(self, since: int) -> bool:
-        """Whether the console, after byte `since`, shows a kernel panic before init started."""
+    def _panic_worth_a_reset(self, since: int) -> bool:
+        """panic_worth_a_reset() of the console after byte `since` (this boot's)."""
         try:
             log = self.serial_log.read_bytes()[since:]
         except OSError:
             return False
-        before, panic, _ = log.partition(b"Kernel panic")
-        return bool(panic) and _INIT_STARTED not in before
+        return panic_worth_a_reset(log)
 
     def _check_boot_alive(self, since: int = 0) -> None:
         """BootError if QEMU exited, or the console shows a kernel panic after byte `since`."""
