@@ -211,9 +211,12 @@ def serve(
         if request.reply:
             _reply(request, why)
             return
-        verdicts[request.tag_hex] = (why, time.monotonic())  # kept for the first request
-        for waiter in asked.pop(request.tag_hex, []):
-            verdicts.pop(request.tag_hex, None)
+        waiters = asked.pop(request.tag_hex, [])
+        if not waiters:  # kept for the first request
+            verdicts[request.tag_hex] = (why, time.monotonic())
+            return
+        del verdicts[request.tag_hex]  # handed to the requests that came while it ran
+        for waiter in waiters:
             _reply(waiter, why)
 
     pending = b""
@@ -242,11 +245,11 @@ def serve(
                     kmsg(WARNING, PROBER, f"ignored a request: {e}")
                     continue
                 if request.tag_hex in verdicts:  # probed in advance: its verdict, once
-                    early_verdict = verdicts.pop(request.tag_hex)
+                    early_verdict = verdicts[request.tag_hex]
                     if early_verdict is None:  # still probing: this request waits for it
-                        verdicts[request.tag_hex] = None
                         asked.setdefault(request.tag_hex, []).append(request)
                         continue
+                    del verdicts[request.tag_hex]
                     why, at = early_verdict
                     if why == "" and time.monotonic() - at <= fresh:  # else probed anew
                         _reply(request, why)
