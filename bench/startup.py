@@ -10,10 +10,10 @@ CPU time (user + system) of each, with its ratio, which a loaded machine disturb
 
 The commands run against a fake system root (8 virtio-fs tags, a policy naming 4 of them and a
 glob) through `--root`; the generator runs as systemd runs it (`python3 -I` script, one output
-directory) with VFS_AGENT_ROOT pointing at that tree, once with a fresh compiled policy and once
-without one (the first boot of an image). The udev helper runs as udev runs it, in its shell
-form and in the Python form it had before (which the shell one still uses on kernels without
-/sys/fs/virtiofs).
+directory on a tmpfs, as systemd's in /run are) with VFS_AGENT_ROOT pointing at that tree, once
+with a fresh compiled policy and once without one (the first boot of an image). The udev
+helper runs as udev runs it, in its shell form and in the Python form it had before (which the
+shell one still uses on kernels without /sys/fs/virtiofs).
 """
 
 from __future__ import annotations
@@ -94,7 +94,15 @@ def cli_path() -> list[str]:
     return [sys.executable, "-m", "vfs_agent"]
 
 
-def cases(work: Path) -> list[Case]:
+def tmpfs_dir() -> str | None:
+    """A tmpfs for the generator's output, as systemd's generator directories in /run are (on a
+    disk its writes' fsyncs would count); None, the default temporary directory, without one."""
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        tmpfs = {fields[1] for fields in map(str.split, mounts) if fields[2] == "tmpfs"}
+    return next((d for d in ("/run", "/dev/shm") if d in tmpfs and os.access(d, os.W_OK)), None)
+
+
+def cases(work: Path, output: Path) -> list[Case]:
     python = sys.executable
     warm = build_tree(work / "warm", compiled=True)
     cold = build_tree(work / "cold", compiled=False)
@@ -102,7 +110,7 @@ def cases(work: Path) -> list[Case]:
     generator.write_text(GENERATOR)
     cli = cli_path()
     base = dict(os.environ)
-    out_warm, out_cold = work / "out-warm", work / "out-cold"
+    out_warm, out_cold = output / "out-warm", output / "out-cold"
     helper = work / "vfs-agent-tag-id"
     helper.write_text(Layout("/usr", python, "/usr/bin").render("vfs-agent-tag-id.in"))
     helper.chmod(0o755)
@@ -175,8 +183,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vfs-bench-startup-") as tmp:
-        all_cases = cases(Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="vfs-bench-startup-") as tmp,
+        tempfile.TemporaryDirectory(prefix="vfs-bench-startup-", dir=tmpfs_dir()) as output,
+    ):
+        all_cases = cases(Path(tmp), Path(output))
         # The cold tree must stay cold: the generator never compiles the policy.
         times: dict[str, list[float]] = {c.name: [] for c in all_cases}
         cpu: dict[str, list[float]] = {c.name: [] for c in all_cases}
