@@ -66,8 +66,7 @@ STDLIB_OF_GENERATOR = """import sys
 before = set(sys.modules)
 import vfs_agent.systemd.generator
 added = set(sys.modules) - before
-print(",".join(sorted(m for m in added if m.split(".")[0] in sys.stdlib_module_names
-                      and not m.startswith("_") and "." not in m)))
+print(",".join(sorted(m for m in added if m in sys.stdlib_module_names and m[0] != "_")))
 """
 GENERATOR = "/usr/lib/systemd/system-generators/vfs-agent-generator"
 # Masking a generator and a udev rule: a link to /dev/null of the same name in /etc (whose
