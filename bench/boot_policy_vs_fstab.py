@@ -8,21 +8,22 @@ One systemd guest of the .deb image with 8 shares, rebooted into two setups in t
   vfs-agent.service running;
 - fstab: the same 8 mounts written by hand in /etc/fstab, vfs-agent out of the boot (its
   generator, udev rule and service masked), as a guest without vfs-agent would boot;
-each booted --boots times, interleaved; the figure is systemd's own: the monotonic time at
-which multi-user.target was reached (kernel included, the clock starts at the guest's reset).
-Also from the start of userspace (the kernel and initramfs phase runs none of vfs-agent, and
-on a shared machine it varies most), and each pair's ratio (a policy boot and the fstab boot
-right after it see about the same load). And from the start of the generators, the first
-moment anything of vfs-agent runs: what PID1 does before them (its own set-up, which once
-stalled for 13 s on the shared machine) is noise to this comparison; likewise
-`local-fs.target` from that moment, and the CPU time systemd accounted to vfs-agent's units
-(the daemon, the prober, and the `vfs-agent-answer@` waits of a system without the mount helper)
-and to the shares' mount units by the time the boot was done. Each boot's
-`systemd-analyze`, critical chain and blame go to the run directory; the generator phase (all
-generators, systemd's GeneratorsStart/Finish timestamps) and the host's load average are
-printed. Then, in the guest, the generator's run time (compiled policy, and the slow path with
-YAML and pydantic) against `python3 -c pass`, --runs each; what the standard library's
-modules that it imports cost by themselves; and the generator with an empty page cache.
+each booted --boots times, interleaved; the figure is systemd's own: the monotonic time at which
+multi-user.target was reached (kernel included, the clock starts at the guest's reset). Also
+from the start of userspace (the kernel and initramfs phase runs none of vfs-agent, and on a
+shared machine it varies most), and each pair's ratio (a policy boot and the fstab boot right
+after it see about the same load). And from the start of the generators, the first moment
+anything of vfs-agent runs: what PID1 does before them (its own set-up, which once stalled for
+13 s on the shared machine) is noise to this comparison; likewise `local-fs.target` from that
+moment and from `local-fs-pre.target` (the span of the shares' mount units), and the CPU time
+systemd accounted to vfs-agent's units (the daemon, the prober, and the `vfs-agent-answer@`
+waits of a system without the mount helper) and to the shares' mount units by the time the boot
+was done. Each boot's `systemd-analyze`, critical chain and blame go to the run directory; the
+generator phase (all generators, systemd's GeneratorsStart/Finish timestamps) and the host's
+load average are printed. Then, in the guest, the generator's run time (compiled policy, and the
+slow path with YAML and pydantic) against `python3 -c pass`, --runs each; what the standard
+library's modules that it imports cost by themselves; and the generator with an empty page
+cache.
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def check_setup(vm: VM, setup: str) -> None:
 
 def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
     """Reboot into `setup`; returns when multi-user.target was reached (from the guest's
-    reset and from the start of userspace), the generator phase, and the host's load."""
+    reset, the start of userspace and the generators' start), the generator phase, the time
+    from local-fs-pre.target to local-fs.target, the CPU time of the units, and the host's
+    load."""
     set_up(vm, setup)
     vm.reboot()
     vm.wait_system_running(settle=False)
@@ -160,6 +163,7 @@ def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
     check_setup(vm, setup)
     (reached,) = manager_seconds(vm, "multi-user.target", "ActiveEnterTimestampMonotonic")
     (local_fs,) = manager_seconds(vm, "local-fs.target", "ActiveEnterTimestampMonotonic")
+    (local_fs_pre,) = manager_seconds(vm, "local-fs-pre.target", "ActiveEnterTimestampMonotonic")
     gen_start, gen_end, userspace = manager_seconds(
         vm, "", *MANAGER_TIMES, "UserspaceTimestampMonotonic"
     )
@@ -180,6 +184,8 @@ def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
         "from_generators": reached - gen_start,
         "local_fs": local_fs - gen_start,
         "generators": gen_end - gen_start,
+        "mounts": local_fs - local_fs_pre,
+        "mount_cpu": statistics.median(s for unit, s in cpu.items() if unit.endswith(".mount")),
         "cpu": sum(s for unit, s in cpu.items() if unit.startswith("vfs-agent")),
         "load": float(Path("/proc/loadavg").read_text().split()[0]),
     }
@@ -248,6 +254,8 @@ def main() -> int:
         ("from_generators", "multi-user.target from the generators' start"),
         ("local_fs", "local-fs.target from the generators' start"),
         ("generators", "generator phase (every generator, systemd's timestamps)"),
+        ("mounts", "local-fs-pre.target to local-fs.target (the shares' mount units)"),
+        ("mount_cpu", "CPU time of a share's mount unit (median of each boot's 8)"),
     ):
         if not args.boots:
             break
