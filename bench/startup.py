@@ -10,8 +10,10 @@ CPU time (user + system) of each, with its ratio, which a loaded machine disturb
 
 The commands run against a fake system root (8 virtio-fs tags, a policy naming 4 of them and a
 glob) through `--root`; the generator runs as systemd runs it (`python3 -I` script, one output
-directory on a tmpfs, as systemd's in /run are) with VFS_AGENT_ROOT pointing at that tree, once
-with a fresh compiled policy and once without one (the first boot of an image). The udev
+directory on a tmpfs, as systemd's in /run are) with VFS_AGENT_ROOT pointing at that tree,
+three ways: on a tree where nothing changed since its last full run, whose memo the daemon kept
+(it writes that run's output again: systemd/replay.py); in full with a fresh compiled policy;
+in full without one (the first boot of an image). The udev
 helper runs as udev runs it, in its shell form and in the Python form it had before (which the
 shell one still uses on kernels without /sys/fs/virtiofs).
 """
@@ -52,7 +54,7 @@ from vfs_agent.systemd.udev_tag import main
 sys.exit(main(sys.argv[1:]))
 """
 GENERATOR = """import sys
-from vfs_agent.systemd.generator import main
+from vfs_agent.systemd.replay import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -65,6 +67,19 @@ class Case:
     goal: float | None  # ratio to the floor
     fresh_dir: Path | None = None  # emptied before every run (generator output)
     exit_codes: tuple[int, ...] = (0, 1)  # kernel exits 1 when virtiofs is unusable
+
+
+def remember_last_run(root: Path, generator: Path) -> None:
+    """A full run of the generator on `root` into systemd's directory, and its memo kept as the
+    daemon keeps it: the next run on `root` finds that nothing changed."""
+    from vfs_agent.systemd.replay import SYSTEM_GENERATOR_DIR, keep_memo
+
+    out = root / SYSTEM_GENERATOR_DIR.lstrip("/")
+    out.mkdir(parents=True)
+    env = {**os.environ, "VFS_AGENT_ROOT": str(root), "VFS_AGENT_KMSG": os.devnull}
+    subprocess.run([sys.executable, "-I", str(generator), str(out)], env=env, check=True)
+    if not keep_memo(str(root)):
+        sys.exit("the generator's full run left no memo: the replay figures would be wrong")
 
 
 def build_tree(root: Path, *, compiled: bool) -> Path:
@@ -106,11 +121,13 @@ def cases(work: Path, output: Path) -> list[Case]:
     python = sys.executable
     warm = build_tree(work / "warm", compiled=True)
     cold = build_tree(work / "cold", compiled=False)
+    unchanged = build_tree(work / "unchanged", compiled=True)
     generator = work / "vfs-agent-generator"
     generator.write_text(GENERATOR)
+    remember_last_run(unchanged, generator)
     cli = cli_path()
     base = dict(os.environ)
-    out_warm, out_cold = output / "out-warm", output / "out-cold"
+    out_warm, out_cold, out_same = output / "out-warm", output / "out-cold", output / "out-same"
     helper = work / "vfs-agent-tag-id"
     helper.write_text(Layout("/usr", python, "/usr/bin").render("vfs-agent-tag-id.in"))
     helper.chmod(0o755)
@@ -144,6 +161,13 @@ def cases(work: Path, output: Path) -> list[Case]:
             [*cli, "--root", str(warm), "generate", "systemd"],
             base,
             3.0,
+        ),
+        Case(
+            "generator, nothing changed (replay)",
+            [python, "-I", str(generator), str(out_same)],
+            {**base, "VFS_AGENT_ROOT": str(unchanged), "VFS_AGENT_KMSG": str(work / "kmsg-same")},
+            2.0,
+            out_same,
         ),
         Case(
             "generator, compiled policy",
@@ -200,6 +224,11 @@ def main() -> int:
                 cpu[case.name].append(used)
         if (Path(tmp) / "cold/var/lib/vfs-agent/policy.json").exists():
             sys.exit("the first-boot tree got a compiled policy: the figures are wrong")
+        from vfs_agent.systemd.replay import REPLAYED
+
+        said = (Path(tmp) / "kmsg-same").read_text()
+        if said.count(REPLAYED) != args.runs + 1:
+            sys.exit("the replay case did not replay every run: the figures are wrong")
     floor = statistics.median(times[all_cases[0].name])
     cpu_floor = statistics.median(cpu[all_cases[0].name])
     rows = []

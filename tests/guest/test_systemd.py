@@ -16,6 +16,7 @@ import pytest
 from tests.guest.conftest import BootGuest
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
+from vfs_agent.systemd.replay import IDENT, KEPT, MEMO_NAME, REPLAYED
 
 pytestmark = pytest.mark.guest
 
@@ -188,6 +189,53 @@ def test_units_are_generated_and_pass_verify(guest: VM) -> None:
     assert result.rc == 0, str(result)
 
 
+def generator_output(guest: VM) -> str:
+    """Every file and link in systemd's generator directory (every generator's), with its
+    content's digest or its target; the memo of a full run left out."""
+    script = (
+        "cd /run/systemd/generator && find . ! -type d ! -name " + MEMO_NAME + " | sort |"
+        ' while read -r f; do if [ -L "$f" ]; then echo "$f -> $(readlink "$f")";'
+        ' else echo "$f $(sha256sum < "$f")"; fi; done'
+    )
+    return guest.run(script, check=True).stdout
+
+
+def generator_log(guest: VM) -> tuple[int, int]:
+    """How often the generator wrote its output again from the memo, and how often it ran in
+    full, in this boot's kernel log."""
+    log = guest.run("dmesg", check=True).stdout
+    replayed = log.count(REPLAYED)  # a replay logs the full run's messages again, too
+    return replayed, log.count(f"{IDENT}: generated ") - replayed
+
+
+def test_with_nothing_changed_the_generator_writes_its_last_output_again(
+    guest: VM, host_dirs
+) -> None:
+    """The daemon kept the memo of the boot's full run; a daemon-reload with no input changed
+    writes the very same files from it, a share plugged makes the generator run in full, and
+    with the share gone again the memo holds again."""
+    wait_until("the memo kept", lambda: guest.run(f"test -s {KEPT}").ok)
+    assert guest.run(f"stat -c %a:%U {KEPT}", check=True).stdout.strip() == "600:root"
+    before = generator_output(guest)
+    assert "./srv-a.mount " in before
+    replayed, full = generator_log(guest)
+    guest.run("systemctl daemon-reload", check=True)
+    assert generator_log(guest) == (replayed + 1, full)
+    assert generator_output(guest) == before
+    assert mounted(guest) == {"/srv/a": "present-a", "/srv/b": "present-b"}
+
+    guest.hotplug_share("absent-c", host_dirs["c"])
+    wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
+    guest.run("systemctl daemon-reload", check=True)
+    assert generator_log(guest) == (replayed + 1, full + 1)
+    assert generator_output(guest) != before  # absent-c is attached now
+    guest.unplug_share("absent-c")
+    wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
+    guest.run("systemctl daemon-reload", check=True)
+    assert generator_log(guest) == (replayed + 2, full + 1)
+    assert generator_output(guest) == before
+
+
 def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_dirs) -> None:
     guest.hotplug_share("absent-c", host_dirs["c"])
     wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
@@ -264,6 +312,8 @@ def test_a_missing_required_share_fails_only_its_dependents(guest: VM) -> None:
     assert "Timed out waiting for device dev-virtiofs-by\\x2dtag-absent\\x2dreq.device" in journal
     assert "Dependency failed for srv-req.mount - virtio-fs share absent-req." in journal
     assert "Dependency failed for needs-req.service" in journal
+    replayed, full = generator_log(guest)
+    assert (replayed, full) == (0, 1)  # the policy changed: the kept memo no longer holds
 
 
 SLOW_UDEV_POLICY = """\

@@ -165,7 +165,7 @@ def run_generator(
         **(env or {}),
     }
     flags = ["-X", "importtime"] if importtime else []
-    code = "import sys; from vfs_agent.systemd.generator import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from vfs_agent.systemd.replay import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, *flags, "-c", code, str(out), *extra],
         env=env,

@@ -7,12 +7,13 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from faketree import FakeTree
+from faketree import FakeTree, run_generator
 
 from vfs_agent.commands import daemon as daemon_module
 from vfs_agent.commands import operations as ops
@@ -20,6 +21,7 @@ from vfs_agent.commands.daemon import Daemon
 from vfs_agent.core.transport import Transport
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.system.uevents import ShareEvent, needs_driver, relevant
+from vfs_agent.systemd.replay import KEPT, MEMO_NAME, SYSTEM_GENERATOR_DIR
 
 
 class PipeEvents:
@@ -345,3 +347,22 @@ def test_with_a_watchdog_the_daemon_pings_at_half_the_interval(setup, monkeypatc
     sleeps = idle_daemon(setup, monkeypatch, 0.5)
     assert set(sleeps.timeouts) == {0.1} and len(sleeps.timeouts) >= 4
     assert notify_socket().count("WATCHDOG=1") >= 4
+
+
+def test_the_daemon_keeps_the_generators_memo_for_the_next_boot(setup, tmp_path):
+    """What the generator left in systemd's directory at this boot is kept in /var/lib, where
+    the next boot's generator looks (systemd/replay.py)."""
+    tree, events, kernel = setup
+    run_dir = tree.root / SYSTEM_GENERATOR_DIR.lstrip("/")
+    run_dir.mkdir(parents=True)
+    done = run_generator(tree.root, run_dir)
+    assert done.returncode == 0, done.stderr
+    kept = tree.root / KEPT.lstrip("/")
+
+    def script() -> None:
+        wait_for(kept.exists)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    assert kept.read_bytes() == (run_dir / MEMO_NAME).read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600

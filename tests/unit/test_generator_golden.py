@@ -34,6 +34,7 @@ from faketree import FakeTree, run_generator
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_systemd import PROBER_DROPIN, exec_word
 from vfs_agent.systemd.installed import MOUNT_HELPER, RULE_NAME
+from vfs_agent.systemd.replay import MEMO_NAME
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "generator"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "case.json").is_file())
@@ -140,6 +141,11 @@ def run_case(case: Path, tmp_path: Path) -> tuple[FakeTree, Path]:
     assert done.stderr == "", done.stderr
     for directory in dirs[1:]:
         assert not any(directory.iterdir()), f"wrote into {directory.name}"
+    # The memo of the full run (systemd/replay.py) is no unit; test_generator_replay.py
+    # replays it. Kept beside the tree, as the daemon keeps it outside the generator's dir.
+    memo = out / NORMAL / MEMO_NAME
+    if memo.exists():
+        memo.rename(tmp_path / MEMO_NAME)
     return tree, out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from clirunner import cli_runner
-from faketree import FakeTree, snapshot
+from faketree import FakeTree, run_generator, snapshot
 
 from vfs_agent.commands.cli import main
 from vfs_agent.core.render_fstab import BLOCK_BEGIN, BLOCK_END
@@ -251,13 +251,7 @@ def test_generator_skips_a_fifo_policy_and_writes_nothing(tree: FakeTree, tmp_pa
     os.mkfifo(dropins / "50-fifo.yaml", 0o644)
     out = tmp_path / "gen"
     out.mkdir()
-    code = [
-        sys.executable,
-        "-c",
-        "import sys; from vfs_agent.systemd.generator import main; main(sys.argv[1:])",
-    ]
-    env = {**os.environ, "VFS_AGENT_ROOT": str(tree.root)}
-    done = subprocess.run([*code, str(out)], env=env, capture_output=True, timeout=TIMEOUT)
+    done = run_generator(tree.root, out)
     assert done.returncode == 0
     assert list(out.iterdir()) == []
 

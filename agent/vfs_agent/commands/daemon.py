@@ -7,7 +7,8 @@ appears without a driver gets its driver loaded (as udevd would); its `bind` bri
 While the plan holds virtio-fs mounts back because the kernel is removing a device
 (core/plan.py), the daemon looks again after a growing pause (1 s, doubled up to 60 s): no
 uevent is sure to come when a removal ends, and each look only plans (nothing is mounted while
-the removal lasts).
+the removal lasts). Once ready, it keeps the memo the generator left at this boot for the next
+boot (systemd/replay.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vfs_agent.policy.errors import PolicyError
 from vfs_agent.policy.types import Policy
 from vfs_agent.system.uevents import EventSource, ShareEvent, needs_driver
 from vfs_agent.systemd.notify import Notifier
+from vfs_agent.systemd.replay import KEPT, keep_memo
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Daemon:
         try:
             self._reconcile(state, "start-up")
             self.notifier.ready(self._status(state))
+            self._keep_generator_memo()
             log.info("Started; following virtio-fs uevents (%s).", getattr(source, "source", "?"))
             while True:
                 timeout = _earliest(self.notifier.watchdog_interval, state.recheck)
@@ -120,6 +123,15 @@ class Daemon:
             self._unmount_ours(state)
         log.info("Stopped; mounts left in place." if not self.unmount_on_exit else "Stopped.")
         return 0
+
+    def _keep_generator_memo(self) -> None:
+        """Keep what the generator left at this boot, so the next boot's generator can write
+        its output again without running in full when nothing changed (systemd/replay.py)."""
+        try:
+            if keep_memo(str(self.ctx.sysroot.root)):
+                log.info("Kept the generator's memo in %s for the next boot.", KEPT)
+        except OSError as e:  # only the next boot's speed is lost
+            log.warning("Cannot keep the generator's memo in %s: %s", KEPT, e)
 
     def _load_drivers(self, events: list[ShareEvent]) -> bool:
         """Load the driver of share devices added without one. Returns whether the batch needs

@@ -108,6 +108,9 @@ def render_command_page(main: click.Group, version: str) -> str:
         f".TP\n.I {roff(DROPIN_DIR)}/*.yaml\nDrop-ins, read after it in lexical order.",
         ".TP\n.I /var/lib/vfs\\-agent/policy.json\n"
         "The compiled policy the boot-time generator reads.",
+        ".TP\n.I /var/lib/vfs\\-agent/generator.memo\n"
+        "The boot-time generator's last full run: its inputs, output and messages, which it "
+        "writes again when none of its inputs changed.",
         ".SH SEE ALSO",
         ".BR vfs\\-agent.policy (5),",
         ".BR systemd.mount (5),",

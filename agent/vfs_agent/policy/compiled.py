@@ -18,6 +18,7 @@ loader reads the policy files themselves."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,31 +65,41 @@ CACHE_MAX = 4 << 20  # bytes
 
 
 def fingerprint(sysroot: SysRoot, layers: Sequence[Layer]) -> str:
+    """The digest of everything the loader's verdict on `layers` depends on. Every read goes
+    through `sysroot`'s readers, so a recording SysRoot's journal holds them all: the
+    generator's replay (systemd/replay.py) relies on that."""
     digest = hashlib.sha256(f"format {FORMAT} vfs-agent {__version__}\n".encode())
     euid = os.geteuid()
     for layer in layers:
         digest.update(f"{layer.kind}\0{layer.name}\0".encode())
         if layer.kind is LayerKind.CMDLINE:
-            text = read_regular(sysroot.path(layer.path), POLICY_MAX).decode(errors="replace")
+            text = _layer_bytes(sysroot, layer.path).decode(errors="replace")
             digest.update(fingerprint_text(text).encode() + b"\0")
             continue
         if layer.kind is LayerKind.CREDENTIAL:  # systemd owns the credential's file and mode
-            digest.update(read_regular(sysroot.path(layer.path), POLICY_MAX) + b"\0")
+            digest.update(_layer_bytes(sysroot, layer.path) + b"\0")
             continue
         name = layer.path
         # Names inside the root, so a cache compiled into an image (--root) holds at its boot.
         for part in (posixpath.dirname(name), name):
-            host = sysroot.path(part)
-            st, link = os.stat(host), os.lstat(host)  # a symlink in place of either shows
+            uid, mode = sysroot.owner_and_mode(part)
+            # A symlink in place of either shows.
+            _, link_mode = sysroot.owner_and_mode(part, follow=False)
             # The loader accepts root's files and the reader's own (strict_modes).
-            owner_ok = st.st_uid in (0, euid)
-            digest.update(
-                f"{part}\0{st.st_uid}\0{owner_ok}\0{st.st_mode}\0{link.st_mode}\0".encode()
-            )
-        # Bounded and regular only: a FIFO or a device must never block the boot here.
-        digest.update(read_regular(sysroot.path(name), POLICY_MAX))
+            owner_ok = uid in (0, euid)
+            digest.update(f"{part}\0{uid}\0{owner_ok}\0{mode}\0{link_mode}\0".encode())
+        digest.update(_layer_bytes(sysroot, name))
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _layer_bytes(sysroot: SysRoot, name: str) -> bytes:
+    """A layer's file, bounded and regular only (a FIFO or a device must never block the
+    boot here); FileNotFoundError when it is gone."""
+    data = sysroot.read_bytes(name, POLICY_MAX)
+    if data is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", name)
+    return data
 
 
 def to_json(policy: Policy, print_: str, layers: Sequence[Layer]) -> str:

@@ -74,7 +74,7 @@ def policy_layers(
     image = [Layer(n, LayerKind.FILE, n) for n in files if n != CLOUD_INIT_DROPIN]
     host = []
     credential = f"{credentials_dir.rstrip('/')}/{CREDENTIAL}"
-    if sysroot.lstat(credential) is not None:
+    if sysroot.lexists(credential):
         host.append(Layer(CREDENTIAL_LAYER, LayerKind.CREDENTIAL, credential))
     if fingerprint_text(sysroot.read_text(CMDLINE) or ""):
         host.append(Layer(CMDLINE_LAYER, LayerKind.CMDLINE, CMDLINE))

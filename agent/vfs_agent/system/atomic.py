@@ -9,13 +9,15 @@ files, the probe markers.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from pathlib import Path
 
+from vfs_agent.system.observed import readlink
 from vfs_agent.system.safe_io import resolve_output
+
+# Only os, stat and errno: the boot-time generator's replay (systemd/replay.py) writes through
+# here, and pathlib, contextlib or tempfile would cost it measurable time under emulation.
 
 
 def temp_name(name: str) -> str:
@@ -37,8 +39,29 @@ def fsync_dir(directory: os.PathLike[str] | str) -> None:
         os.close(fd)
 
 
+def _unlink_if_there(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _chown_if_allowed(fd: int, uid: int, gid: int) -> bool:
+    """Give the file its old owner back; False for a writer that may not (not root)."""
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError:
+        return False
+    return True
+
+
 def write_atomic(
-    target: Path, data: str | bytes, *, mode: int = 0o644, keep_attrs: bool = True
+    target: os.PathLike[str] | str,
+    data: str | bytes,
+    *,
+    mode: int = 0o644,
+    keep_attrs: bool = True,
 ) -> None:
     """Replace `target` with `data`: temp file in the same directory, fsync, rename, fsync of
     the directory. A symlinked target is followed (the link is kept and its target replaced);
@@ -46,17 +69,18 @@ def write_atomic(
     directories are created. With `keep_attrs` an existing file keeps its mode and owner and a
     new one gets `mode`; without, the file gets exactly `mode` and the writer's owner (the
     cloud-init drop-in must be root's and 0644 whatever was there)."""
-    target = resolve_output(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    path = resolve_output(target)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
     st: os.stat_result | None = None
     if keep_attrs:
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(target)
-    # O_EXCL on a per-process name instead of tempfile: the boot-time generator writes through
-    # here, and tempfile's imports cost it measurable time under emulation.
-    tmp = str(target.parent / temp_name(target.name))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by an earlier process with the same PID that died
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+    # O_EXCL on a per-process name instead of tempfile.
+    tmp = os.path.join(parent, temp_name(os.path.basename(path)))
+    _unlink_if_there(tmp)  # left by an earlier process with the same PID that died
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -64,46 +88,43 @@ def write_atomic(
             handle.flush()
             if st is not None:
                 os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
-                with contextlib.suppress(PermissionError):
-                    os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+                _chown_if_allowed(handle.fileno(), st.st_uid, st.st_gid)
             else:
                 os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _unlink_if_there(tmp)
         raise
-    fsync_dir(target.parent)
+    fsync_dir(parent)
 
 
-def symlink_atomic(path: Path, link_to: str) -> bool:
+def symlink_atomic(path: os.PathLike[str] | str, link_to: str) -> bool:
     """Make `path` a symlink to `link_to`, replacing what is there (a link or a file, never a
     directory: rename(2) refuses that): a link under a temporary name, renamed over `path`,
     then the directory fsynced. False when `path` already is that link."""
-    with contextlib.suppress(OSError):
-        if os.readlink(path) == link_to:
-            return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(temp_name(path.name))
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(link_to)
+    path = os.fspath(path)
+    if readlink(path) == link_to:
+        return False
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, temp_name(os.path.basename(path)))
+    _unlink_if_there(tmp)
+    os.symlink(link_to, tmp)
     try:
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _unlink_if_there(tmp)
         raise
-    fsync_dir(path.parent)
+    fsync_dir(parent)
     return True
 
 
-def remove_durably(path: Path) -> bool:
+def remove_durably(path: os.PathLike[str] | str) -> bool:
     """Unlink `path` and fsync its directory; False when it was not there."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(path.parent)
+    fsync_dir(os.path.dirname(os.fspath(path)))
     return True

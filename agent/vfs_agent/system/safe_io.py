@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 
 SYMLINK_MAX = 40  # as the kernel's MAXSYMLINKS
 READ_MAX = 64 << 20  # anything the agent reads without a tighter bound
@@ -67,7 +66,7 @@ def read_regular(path: os.PathLike[str] | str, limit: int = READ_MAX) -> bytes:
     return b"".join(chunks)
 
 
-def resolve_output(path: os.PathLike[str] | str) -> Path:
+def resolve_output(path: os.PathLike[str] | str) -> str:
     """The file a write to `path` must replace: a symlink is followed (a relative target is
     resolved from the link's directory) so the link is kept. Refuses a target that exists and
     is not a regular file, and links into /proc (/proc/self/fd/1 is not a file to replace).
@@ -96,7 +95,7 @@ def resolve_output(path: os.PathLike[str] | str) -> Path:
     parent = os.path.realpath(os.path.dirname(current))
     if parent == "/proc" or parent.startswith("/proc/"):
         raise FileRefused(path, f"lies in /proc ({parent}); write to a regular file")
-    return Path(parent) / os.path.basename(current)
+    return os.path.join(parent, os.path.basename(current))
 
 
 def check_output_dir(path: os.PathLike[str] | str) -> None:

@@ -8,6 +8,9 @@ unreadable file means instead of losing it silently; the *_optional readers are 
 only (kernel facts a report shows as unknown). Every file is replaced through
 system/atomic.py (`write_atomic`, also this class's method). Code that needs the host path
 itself (mount(2) through an fd, the PCI config window, the lock) takes `path()`.
+
+The readers are system/observed.py's; a SysRoot made with `recording()` keeps a journal of
+every read, which the boot-time generator keeps to know later whether anything it read changed.
 """
 
 from __future__ import annotations
@@ -16,16 +19,21 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfs_agent.system import observed
 from vfs_agent.system.atomic import write_atomic
-from vfs_agent.system.safe_io import read_regular
+from vfs_agent.system.observed import ABSENT
+from vfs_agent.system.safe_io import READ_MAX
+
+TYPE_CHECKING = False  # typing itself costs the boot-time generator a few ms to import
+if TYPE_CHECKING:
+    from typing import Any
+
+    from vfs_agent.system.observed import Observation
 
 __all__ = ["ABSENT", "SysRoot", "UnsafePathError", "write_atomic"]
-
-# What "not there" looks like: the file, or a directory on its way, does not exist.
-ABSENT = (errno.ENOENT, errno.ENOTDIR)
 
 
 class UnsafePathError(OSError):
@@ -35,6 +43,12 @@ class UnsafePathError(OSError):
 @dataclass(frozen=True)
 class SysRoot:
     root: Path
+    # With a journal (recording()), every read below is appended to it (system/observed.py).
+    journal: list[Observation] | None = field(default=None, compare=False, repr=False)
+
+    def recording(self) -> SysRoot:
+        """This root, with a new journal of every read made through it."""
+        return SysRoot(self.root, [])
 
     @property
     def live(self) -> bool:
@@ -47,21 +61,20 @@ class SysRoot:
         """The host path of `inner`, an absolute path inside the root (no symlink resolution)."""
         return self.root / inner.lstrip("/")
 
+    def _read(self, reader: str, inner: str, *args: Any) -> Any:
+        return observed.read(self.journal, reader, str(self.path(inner)), *args)
+
     def read_text(self, inner: str) -> str | None:
         """read_bytes(), decoded (UTF-8; other bytes kept as surrogates)."""
         raw = self.read_bytes(inner)
         return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
-    def read_bytes(self, inner: str) -> bytes | None:
+    def read_bytes(self, inner: str, limit: int = READ_MAX) -> bytes | None:
         """File contents, or None if it does not exist. A file that is there but cannot be
         read raises OSError: EACCES, EIO, ... and safe_io.FileRefused when it is not a regular
-        file (a FIFO or a device never blocks or floods a reader) or is too large."""
-        try:
-            return read_regular(self.path(inner))
-        except OSError as e:
-            if e.errno in ABSENT:
-                return None
-            raise
+        file (a FIFO or a device never blocks or floods a reader) or is larger than `limit`."""
+        result: bytes | None = self._read("read_bytes", inner, limit)
+        return result
 
     def listdir_optional(self, inner: str) -> list[str]:
         """listdir() for a listing that is only a hint: unreadable counts as empty."""
@@ -80,29 +93,29 @@ class SysRoot:
             return None
 
     def exists(self, inner: str) -> bool:
-        return self.path(inner).exists()
+        result: bool = self._read("exists", inner)
+        return result
+
+    def lexists(self, inner: str) -> bool:
+        """exists() without following a symlink at the end (a dangling link exists)."""
+        result: bool = self._read("lexists", inner)
+        return result
 
     def listdir(self, inner: str) -> list[str]:
         """Sorted entries of a directory; empty when it does not exist. A directory that is
         there but cannot be listed raises OSError (EACCES, EIO, ...)."""
-        try:
-            return sorted(os.listdir(self.path(inner)))
-        except OSError as e:
-            if e.errno in ABSENT:
-                return []
-            raise
+        result: list[str] = self._read("listdir", inner)
+        return result
 
     def readlink(self, inner: str) -> str | None:
-        try:
-            return os.readlink(self.path(inner))
-        except OSError:
-            return None
+        result: str | None = self._read("readlink", inner)
+        return result
 
-    def lstat(self, inner: str) -> os.stat_result | None:
-        try:
-            return os.lstat(self.path(inner))
-        except OSError:
-            return None
+    def owner_and_mode(self, inner: str, *, follow: bool = True) -> tuple[int, int]:
+        """The owner and st_mode of `inner` (of a symlink itself without `follow`); OSError
+        when it cannot be stat'ed."""
+        result: tuple[int, int] = self._read("owner_and_mode", inner, follow)
+        return result
 
     @contextlib.contextmanager
     def open_dir_nofollow(self, inner: str, *, create: bool, mode: int = 0o755) -> Iterator[int]:
