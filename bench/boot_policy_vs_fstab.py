@@ -5,7 +5,10 @@
 One systemd guest of the .deb image with 8 shares, rebooted into two setups in turn:
 - policy: the 8 tags in /etc/vfs-agent/policy.yaml (required), compiled as the package and
   image builders do, mounted by generated units bound to the udev rule's device units, with
-  vfs-agent.service running;
+  vfs-agent.service running; nothing changed since the last policy boot, so the generator
+  writes its last full run's output again from the memo the daemon kept (a boot not counted
+  comes first, to leave one); with --full-generator the memo is removed before each policy
+  boot, so the generator runs in full, as at the first boot after a change;
 - fstab: the same 8 mounts written by hand in /etc/fstab, vfs-agent out of the boot (its
   generator, udev rule and service masked), as a guest without vfs-agent would boot;
 each booted --boots times, interleaved; the figure is systemd's own: the monotonic time at which
@@ -20,10 +23,11 @@ systemd accounted to vfs-agent's units (the daemon, the prober, and the `vfs-age
 waits of a system without the mount helper) and to the shares' mount units by the time the boot
 was done. Each boot's `systemd-analyze`, critical chain and blame go to the run directory; the
 generator phase (all generators, systemd's GeneratorsStart/Finish timestamps) and the host's
-load average are printed. Then, in the guest, the generator's run time (compiled policy, and the
-slow path with YAML and pydantic) against `python3 -c pass`, --runs each; what the standard
-library's modules that it imports cost by themselves; and the generator with an empty page
-cache.
+load average are printed. Every boot is checked to be the setup it is counted as (check_setup).
+Then, in the guest, the generator's run time (nothing changed since its last full run; in full
+with the compiled policy; in full with YAML and pydantic) against `python3 -c pass`, --runs
+each, each run into a new empty directory; what the standard library's modules that the full
+generator imports cost by themselves; and the generator with an empty page cache.
 """
 
 from __future__ import annotations
@@ -42,20 +46,26 @@ from tests.guestlib.processes import stop_all
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
 from vfs_agent.core.render_systemd import GENERATED_MARK, device_unit_name
+from vfs_agent.systemd.replay import KEPT, MEMO_NAME, REPLAYED
 
 TAGS = [f"share-{i}" for i in range(8)]
 POLICY = "version: 1\ndefaults: {device_timeout: 60}\nmounts:\n" + "".join(
     f"  - {{tag: {t}, path: /srv/{t}, required: true}}\n" for t in TAGS
 )
 FSTAB = "".join(f"{t} /srv/{t} virtiofs nosuid,nodev 0 0\n" for t in TAGS)
-# RUNS [--cold] ARGV...: the median wall time of ARGV; --cold empties the page cache before
-# each run, as it is when the generators run at boot.
-TIMER = """import subprocess, sys, time, statistics
+# RUNS [--cold] [--fresh DIR] ARGV...: the median wall time of ARGV; --cold empties the page
+# cache before each run, as it is when the generators run at boot; --fresh makes DIR a new
+# empty directory before each run, as systemd hands a generator its directories.
+TIMER = """import os, shutil, subprocess, sys, time, statistics
 runs, argv = int(sys.argv[1]), sys.argv[2:]
 cold = argv[0] == "--cold"
 argv = argv[cold:]
+fresh = argv[1] if argv[0] == "--fresh" else None
+argv = argv[2:] if fresh else argv
 times = []
 for _ in range(runs):
+    if fresh:
+        shutil.rmtree(fresh, ignore_errors=True); os.mkdir(fresh)
     if cold:
         subprocess.run(["sh", "-c", "sync && echo 3 >/proc/sys/vm/drop_caches"], check=True)
     t = time.perf_counter(); subprocess.run(argv, check=True); times.append(time.perf_counter() - t)
@@ -114,12 +124,15 @@ def mounted_count(vm: VM) -> int:
     return len(vm.run("findmnt -n -t virtiofs -o TARGET").stdout.split())
 
 
-def set_up(vm: VM, setup: str) -> None:
+def set_up(vm: VM, setup: str, *, full: bool = False) -> None:
+    """Make the next boot `setup`; with `full`, its generator has no memo to write again."""
     vm.run("cp /root/fstab.orig /etc/fstab", check=True)
     if setup == "policy":
         vm.run("rm -f " + " ".join(MASKS), check=True)
         vm.put_file("/etc/vfs-agent/policy.yaml", POLICY)
         vm.run("vfs-agent policy compile", check=True)
+        if full:
+            vm.run(f"rm -f {KEPT}", check=True)
     else:
         vm.run("rm -f /etc/vfs-agent/policy.yaml /var/lib/vfs-agent/policy.json", check=True)
         vm.put_file("/root/fstab.extra", FSTAB)
@@ -130,11 +143,15 @@ def set_up(vm: VM, setup: str) -> None:
         vm.run(" && ".join(links), check=True)
 
 
-def check_setup(vm: VM, setup: str) -> None:
+def check_setup(vm: VM, setup: str, *, full: bool = False) -> None:
     """That the boot just made was the setup it is counted as: with the policy, vfs-agent's
-    generator wrote the shares' units, its daemon ran and its udev rule made the shares' device
-    units; with fstab, none of them. A mask that failed silently once let vfs-agent's generator
-    run in the fstab boots too."""
+    generator wrote the shares' units (from its memo, or in `full`), its daemon ran and its
+    udev rule made the shares' device units; with fstab, none of them. A mask that failed
+    silently once let vfs-agent's generator run in the fstab boots too."""
+    if setup == "policy":
+        replayed = REPLAYED in vm.run("dmesg", check=True).stdout
+        how = "wrote its memo's output again" if replayed else "ran in full"
+        assert replayed != full, f"policy boot: the generator {how}"
     generated = vm.run(
         f"grep -rlsx -e '{GENERATED_MARK}.*' /run/systemd/generator | grep -c '[.]mount$'"
     ).stdout.strip()
@@ -151,16 +168,16 @@ def check_setup(vm: VM, setup: str) -> None:
     )
 
 
-def boot_into(vm: VM, setup: str, logs: Path, index: int) -> dict[str, float]:
+def boot_into(vm: VM, setup: str, logs: Path, index: int, *, full: bool) -> dict[str, float]:
     """Reboot into `setup`; returns when multi-user.target was reached (from the guest's
     reset, the start of userspace and the generators' start), the generator phase, the time
     from local-fs-pre.target to local-fs.target, the CPU time of the units, and the host's
     load."""
-    set_up(vm, setup)
+    set_up(vm, setup, full=full)
     vm.reboot()
     vm.wait_system_running(settle=False)
     assert mounted_count(vm) == len(TAGS), f"{setup}: not every share mounted"
-    check_setup(vm, setup)
+    check_setup(vm, setup, full=full)
     (reached,) = manager_seconds(vm, "multi-user.target", "ActiveEnterTimestampMonotonic")
     (local_fs,) = manager_seconds(vm, "local-fs.target", "ActiveEnterTimestampMonotonic")
     (local_fs_pre,) = manager_seconds(vm, "local-fs-pre.target", "ActiveEnterTimestampMonotonic")
@@ -205,7 +222,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--full-generator",
+        action="store_true",
+        help="policy boots without the generator's memo (as the first boot after a change)",
+    )
     args = parser.parse_args()
+    full = args.full_generator
     root = Path(tempfile.mkdtemp(prefix="vfs-bench-boot-"))
     shares = []
     for tag in TAGS:
@@ -221,9 +244,14 @@ def main() -> int:
         with VM.boot(image, config, run_dir) as vm:
             vm.wait_system_running(settle=False)
             vm.run("cp /etc/fstab /root/fstab.orig && chmod 755 /etc/vfs-agent", check=True)
+            if not full and args.boots:
+                # Not counted: a boot into the policy, whose daemon keeps the generator's memo.
+                set_up(vm, "policy")
+                vm.reboot()
+                vm.wait_system_running(settle=False)
             for i in range(args.boots):
                 for setup in ("policy", "fstab"):
-                    b = boot_into(vm, setup, logs, 2 * i + (setup == "fstab"))
+                    b = boot_into(vm, setup, logs, 2 * i + (setup == "fstab"), full=full)
                     boots[setup].append(b)
                     print(
                         f"  boot {i + 1} {setup:6}: multi-user.target at {b['total']:.2f}s"
@@ -232,20 +260,28 @@ def main() -> int:
                         f" vfs-agent's CPU {b['cpu']:.2f}s; host load {b['load']:.1f}",
                         flush=True,
                     )
-            set_up(vm, "policy")
+            set_up(vm, "policy", full=True)
             vm.put_file("/root/timer.py", TIMER)
             base = median_run(vm, args.runs, "python3", "-c", "pass")
             # /run is a tmpfs, like the generator directories systemd hands over.
+            out = ("--fresh", "/run/gen-bench", GENERATOR, "/run/gen-bench")
             imports = median_run(
                 vm, args.runs, "python3", "-c", "import vfs_agent.systemd.generator"
             )
             stdlib = vm.run(["python3", "-c", STDLIB_OF_GENERATOR], check=True).stdout.strip()
             stdlib_time = median_run(vm, args.runs, "python3", "-c", f"import {stdlib}")
-            fast = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")
+            fast = median_run(vm, args.runs, *out)
             cold_base = median_run(vm, args.runs, "--cold", "python3", "-c", "pass")
-            cold = median_run(vm, args.runs, "--cold", GENERATOR, "/run/gen-bench")
-            vm.run("rm /var/lib/vfs-agent/policy.json", check=True)
-            slow = median_run(vm, args.runs, GENERATOR, "/run/gen-bench")
+            cold = median_run(vm, args.runs, "--cold", *out)
+            # The memo of the last full run, kept as the daemon keeps it: nothing changed since.
+            vm.run(f"install -m 600 /run/gen-bench/{MEMO_NAME} {KEPT}", check=True)
+            replays = vm.run("dmesg", check=True).stdout.count(REPLAYED)
+            same = median_run(vm, args.runs, *out)
+            cold_same = median_run(vm, args.runs, "--cold", *out)
+            replays = vm.run("dmesg", check=True).stdout.count(REPLAYED) - replays
+            assert replays == 2 * args.runs, f"{replays} of {2 * args.runs} runs replayed"
+            vm.run(f"rm {KEPT} /var/lib/vfs-agent/policy.json", check=True)
+            slow = median_run(vm, args.runs, *out)
     finally:
         stop_all()
     for what, title in (
@@ -277,9 +313,12 @@ def main() -> int:
     stdlib_ratio = stdlib_time / base
     print(f"  its standard library alone: {stdlib_time * 1000:.0f} ms  (ratio {stdlib_ratio:.2f})")
     print(f"    (import {stdlib})")
+    print(f"  generator, nothing changed: {same * 1000:.0f} ms  (ratio {same / base:.2f})")
     print(f"  generator, compiled policy: {fast * 1000:.0f} ms  (ratio {fast / base:.2f})")
     print(f"  generator, YAML + pydantic: {slow * 1000:.0f} ms  (ratio {slow / base:.2f})")
     print(f"with an empty page cache, as at boot: python3 -c pass {cold_base * 1000:.0f} ms,")
+    cold_ratio = cold_same / cold_base
+    print(f"  generator, nothing changed: {cold_same * 1000:.0f} ms  (ratio {cold_ratio:.2f})")
     print(f"  generator, compiled policy: {cold * 1000:.0f} ms  (ratio {cold / cold_base:.2f})")
     return 0
 

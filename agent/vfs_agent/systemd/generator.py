@@ -24,7 +24,7 @@ from vfs_agent.policy.compiled import load as load_cached
 from vfs_agent.policy.layers import SYSTEM_CREDENTIALS, credentials_directory, policy_layers
 from vfs_agent.policy.types import Policy
 from vfs_agent.system.discovery import discover
-from vfs_agent.system.generated_files import write_units
+from vfs_agent.system.generated_files import files_of, write_units
 from vfs_agent.system.kmsg import ERR, INFO, WARNING, kmsg
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.systemd import replay
@@ -79,8 +79,7 @@ def generate(
     extras = (dropin,) if dropin else ()
     write_units(normal_dir, units, extras)
     say(INFO, f"generated {len(units)} mount unit(s)")
-    # What write_units() wrote, in its order.
-    return [f for u in units for f in (GeneratedFile(u.name, u.text), *u.extras)] + list(extras)
+    return files_of(units, extras)
 
 
 def _to_kmsg(level: int, message: str) -> None:
