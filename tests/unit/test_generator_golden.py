@@ -4,7 +4,8 @@ Each directory under tests/generator/ is one case (its README says what a case h
 inputs are built into a fake root, the generator's real entry point runs on it as systemd runs
 it (a process with three output directories), and what it wrote (every file, its name, its
 content, every .wants/ symlink and its target) plus what it logged to the kernel log is diffed
-WHOLE against the case's expected/ tree. Any file too many, too few or different fails.
+WHOLE against the case's expected/ tree. Any file too many, too few or different fails. The memo
+it leaves of its run (no unit) is set aside first; test_generator_replay.py replays it.
 
     VFS_AGENT_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_generator_golden.py
     make golden

@@ -237,3 +237,18 @@ def test_keep_memo_copies_this_boots_memo_once(tree: FakeTree, tmp_path: Path) -
     os.chmod(run_dir / MEMO_NAME, 0o644)  # not one the generator left: never kept
     kept.unlink()
     assert replay.keep_memo(str(root)) is False and not kept.exists()
+
+
+def test_a_memo_that_cannot_be_written_costs_only_the_next_boots_speed(
+    fake_tree: FakeTree, tmp_path: Path
+) -> None:
+    fake_tree.policy(POLICY)
+    fake_tree.virtiofs("media_tag")
+    out = tmp_path / "out"
+    (out / MEMO_NAME).mkdir(parents=True)  # in the way: the memo is refused
+    kmsg = tmp_path / "kmsg"
+    done = run_generator(fake_tree.root, out, kmsg=kmsg)
+    assert done.returncode == 0 and done.stderr == ""
+    assert (out / "mnt-media.mount").exists()
+    assert f"cannot write {MEMO_NAME}" in kmsg.read_text()
+    assert "the next boot runs in full" in kmsg.read_text()

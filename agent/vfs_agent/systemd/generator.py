@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
         outputs = [(f.relpath, f.text, f.link_to) for f in written]
         try:
             replay.remember(argv[0], sysroot.journal, outputs, said)
-        except OSError as e:  # only the next boot's speed is lost
+        except Exception as e:  # never fail the boot: only the next boot's speed is lost
             _to_kmsg(WARNING, f"cannot write {replay.MEMO_NAME}: {e}; the next boot runs in full.")
     return 0
 
