@@ -2,7 +2,8 @@
 mounts at boot in the right order, an absent optional share never holds the boot, a missing
 required share fails only its dependents, hotplug and unplug through device units, the journal.
 
-One guest, three boots (the policy is written, then the guest reboots into it)."""
+One guest, five boots (the policy is written, then the guest reboots into it; later reboots
+change it again, but one, which changes nothing)."""
 
 from __future__ import annotations
 
@@ -234,6 +235,20 @@ def test_with_nothing_changed_the_generator_writes_its_last_output_again(
     guest.run("systemctl daemon-reload", check=True)
     assert generator_log(guest) == (replayed + 2, full + 1)
     assert generator_output(guest) == before
+
+
+def test_a_boot_with_nothing_changed_writes_the_last_output_again(guest: VM) -> None:
+    """The boot after one whose generator ran in full: its generator replays the kept memo at
+    boot, the shares come up as before, and no new memo is left to keep."""
+    kept = guest.run(f"sha256sum {KEPT}", check=True).stdout
+    before = generator_output(guest)
+    guest.reboot()
+    guest.wait_system_running()
+    assert generator_log(guest) == (1, 0)
+    assert generator_output(guest) == before
+    assert mounted(guest) == {"/srv/a": "present-a", "/srv/b": "present-b"}
+    assert not guest.run(f"test -e /run/systemd/generator/{MEMO_NAME}").ok
+    assert guest.run(f"sha256sum {KEPT}", check=True).stdout == kept
 
 
 def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_dirs) -> None:
