@@ -294,6 +294,30 @@ def test_read_bytes_tells_absent_from_unreadable(
     assert sysroot.read_optional("/etc/file") is None
 
 
+def test_exists_tells_absent_from_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable directory is never taken for an absent file (on every Python: pathlib's
+    exists() stopped telling them apart in 3.13)."""
+    tree = FakeTree(tmp_path)
+    sysroot = SysRoot(tmp_path)
+    tree.write("etc/file", "x")
+    (tmp_path / "etc/loop").symlink_to("loop")
+    assert sysroot.exists("/etc/file") and not sysroot.exists("/etc/missing")
+    assert not sysroot.exists("/etc/file/below") and not sysroot.exists("/etc/loop")
+    real = os.stat
+    locked = str(tmp_path / "etc/locked/policy.yaml")
+
+    def fake_stat(name: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(name) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    with pytest.raises(PermissionError):
+        sysroot.exists("/etc/locked/policy.yaml")
+
+
 TAG_EACCES = (
     "cannot read the tag of virtio-fs device virtio0 (/sys/fs/virtiofs/1/tag: Permission "
     "denied); its share is not mounted, and no mount is taken for stale, until the tag can be read"

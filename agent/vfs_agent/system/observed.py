@@ -62,8 +62,16 @@ def readlink(path: str) -> str | None:
 
 
 def exists(path: str) -> bool:
-    """Whether `path` exists, its symlinks followed."""
-    return os.path.exists(path)
+    """Whether `path` exists, its symlinks followed. Absent, or a symlink loop, is False; a
+    path that cannot be looked at (EACCES, EIO) raises OSError, as pathlib's exists() did
+    before Python 3.13, so that an unreadable directory is never taken for an empty one."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno in (*ABSENT, errno.ELOOP, errno.EBADF):
+            return False
+        raise
+    return True
 
 
 def lexists(path: str) -> bool:
