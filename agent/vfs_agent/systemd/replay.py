@@ -10,8 +10,9 @@ directory (MEMO_NAME, hidden: systemd loads no dot file as a unit):
   generator reads, where this package is;
 - the journal: every read it made, and what came back: the policy layers and their
   fingerprint (the policy is a function of that, as the compiled policy's cache key says), the
-  shares in sysfs, the udev rule and mount helper it looks for, and the package's own files
-  and directories, so an upgrade or a changed module counts as a change;
+  shares in sysfs, the udev rule and mount helper it looks for, the interpreter's file, and
+  the package's own files and directories, so an upgrade or a changed module counts as a
+  change;
 - the files and links it wrote, in order, and the messages it logged.
 
 It writes the memo only if every read of the journal still returns the same after the run,
