@@ -133,12 +133,22 @@ def replay(normal_dir: str, memo_path: str) -> int | None:
 
 def load(path: str) -> tuple[Any, ...] | None:
     """The memo at `path` if it is trusted and well formed, else None."""
+    raw = _trusted_bytes(path)
+    return None if raw is None else _parse(raw)
+
+
+def _trusted_bytes(path: str) -> bytes | None:
+    """The file at `path` if it is trusted as a memo (owner, modes, bounded), else None."""
     try:
         if mode_problems(path) or os.stat(path).st_mode & 0o077:
             return None
-        raw = read_regular(path, MEMO_MAX)
+        return read_regular(path, MEMO_MAX)
     except OSError:
         return None
+
+
+def _parse(raw: bytes) -> tuple[Any, ...] | None:
+    """The memo in `raw` if it is well formed, else None."""
     if not raw.startswith(MAGIC):
         return None
     try:
@@ -192,9 +202,9 @@ def keep_memo(root: str = "/") -> bool:
     False when there is none (the generator replayed, or its inputs changed during its run)
     or KEPT holds it already. OSError when KEPT cannot be written."""
     source = os.path.join(root, SYSTEM_GENERATOR_DIR.lstrip("/"), MEMO_NAME)
-    if load(source) is None:
+    memo = _trusted_bytes(source)  # read once: the bytes checked are the bytes kept
+    if memo is None or _parse(memo) is None:
         return False
-    memo = read_regular(source, MEMO_MAX)
     kept = os.path.join(root, KEPT.lstrip("/"))
     try:
         if read_regular(kept, MEMO_MAX) == memo:
