@@ -252,3 +252,12 @@ def test_a_memo_that_cannot_be_written_costs_only_the_next_boots_speed(
     assert (out / "mnt-media.mount").exists()
     assert f"cannot write {MEMO_NAME}" in kmsg.read_text()
     assert "the next boot runs in full" in kmsg.read_text()
+
+
+def test_the_memo_checks_each_read_once(tree: FakeTree, tmp_path: Path) -> None:
+    """A full run reads the policy's layers twice; the replay at boot repeats neither."""
+    memo = replay.load(str(tree.root / KEPT.lstrip("/")))
+    assert memo is not None
+    reads = [(reader, args) for reader, args, _ in memo[1]]
+    assert len(reads) == len(set(reads))
+    assert any(reader == "owner_and_mode" for reader, _ in reads)  # the layers are in it

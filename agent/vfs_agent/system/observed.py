@@ -126,5 +126,17 @@ def holds(journal: list[Observation]) -> bool:
     return True
 
 
+def distinct(journal: list[Observation]) -> list[Observation]:
+    """`journal` with each read (reader and arguments) once, at its first place. Only for a
+    journal that holds(): then every repeat of a read returned what its first one did."""
+    seen: set[tuple[str, tuple[Any, ...]]] = set()
+    unique = []
+    for reader, args, outcome in journal:
+        if (reader, args) not in seen:
+            seen.add((reader, args))
+            unique.append((reader, args, outcome))
+    return unique
+
+
 def _error(e: OSError) -> tuple[Any, ...]:
     return ("!", e.errno, str(e))

@@ -89,7 +89,9 @@ def remember(
     _record_code(journal)
     if not observed.holds(journal):
         return False
-    memo = MAGIC + marshal.dumps((stamp(), journal, outputs, said))
+    # The policy's layers are read twice in a run (recorded first, then by the loader): the
+    # replay at boot checks each read once.
+    memo = MAGIC + marshal.dumps((stamp(), observed.distinct(journal), outputs, said))
     write_atomic(os.path.join(normal_dir, MEMO_NAME), memo, mode=0o600, keep_attrs=False)
     return True
 
