@@ -8,6 +8,7 @@ load changes on a shared machine hit all of them alike. Prints min/median/max wa
 milliseconds and the ratio of medians to the floor, with the goal of each line; and the median
 CPU time (user + system) of each, with its ratio, which a loaded machine disturbs far less.
 
+Shell completion runs as bash runs it at a TAB after `vfs-agent pol` (click's protocol).
 The commands run against a fake system root (8 virtio-fs tags, a policy naming 4 of them and a
 glob) through `--root`; the generator runs as systemd runs it (`python3 -I` script, one output
 directory on a tmpfs, as systemd's in /run are) with VFS_AGENT_ROOT pointing at that tree,
@@ -53,6 +54,11 @@ UDEV_HELPER_PY = """import sys
 from vfs_agent.systemd.udev_tag import main
 sys.exit(main(sys.argv[1:]))
 """
+COMPLETION_ENV = {
+    "_VFS_AGENT_COMPLETE": "bash_complete",
+    "COMP_WORDS": "vfs-agent pol",
+    "COMP_CWORD": "1",
+}
 GENERATOR = """import sys
 from vfs_agent.systemd.replay import main
 sys.exit(main(sys.argv[1:]))
@@ -143,6 +149,8 @@ def cases(work: Path, output: Path) -> list[Case]:
         Case("udev helper (Python, before)", [str(old_helper), devpath], udev_env, None),
         Case("vfs-agent --version", [*cli, "--version"], base, 3.0),
         Case("vfs-agent --help", [*cli, "--help"], base, 3.0),
+        # What bash runs at every TAB: click's completion protocol through the command tree.
+        Case("shell completion (TAB)", cli, {**base, **COMPLETION_ENV}, None),
         Case("vfs-agent status --json", [*cli, "--root", str(warm), "status", "--json"], base, 3.0),
         Case("vfs-agent plan --json", [*cli, "--root", str(warm), "plan", "--json"], base, 3.0),
         Case("vfs-agent kernel --json", [*cli, "--root", str(warm), "kernel", "--json"], base, 3.0),

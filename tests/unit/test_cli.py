@@ -159,3 +159,17 @@ def test_reports_write_nothing_but_mount_all_compiles_the_policy(tmp_path: Path)
         assert not (root.root / "var").exists(), args
     run(root, "mount-all")
     assert (root.root / "var/lib/vfs-agent/policy.json").is_file()
+
+
+def test_an_unexpected_error_is_one_line_and_vv_adds_its_traceback(
+    tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+):
+    def fail(*args: object) -> None:
+        raise RuntimeError("the kernel said something new")
+
+    monkeypatch.setattr("vfs_agent.system.kernel_features.kernel_report", fail)
+    quiet = run(tree, "kernel", code=1)
+    assert quiet.stderr == "vfs-agent: error: RuntimeError: the kernel said something new\n"
+    loud = run(tree, "-vv", "kernel", code=1)
+    assert "Traceback (most recent call last):" in loud.stderr
+    assert loud.stderr.endswith("vfs-agent: error: RuntimeError: the kernel said something new\n")

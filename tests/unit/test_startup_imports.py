@@ -75,16 +75,45 @@ def test_version_before_click_prints_what_click_prints():
     assert fast.stdout == CliRunner().invoke(main, ["--version"]).output
 
 
-def test_help_imports_no_command_module():
+# What the command tree itself needs: the console script, the group with its guard, and the
+# policy's file names for the help text. Nothing of discovery, the core or the system door.
+COMMAND_TREE = {
+    "vfs_agent",
+    "vfs_agent.commands",
+    "vfs_agent.commands.console",
+    "vfs_agent.commands.cli",
+    "vfs_agent.commands.guard",
+    "vfs_agent.policy",
+    "vfs_agent.policy.files",
+}
+# Standard modules that click does not import itself and no command's parsing needs.
+NOT_FOR_PARSING = {"json", "pathlib", "logging", "dataclasses"}
+
+
+def own_modules(names: set[str]) -> set[str]:
+    return {name for name in names if name.startswith("vfs_agent")}
+
+
+def test_help_imports_only_the_command_tree():
     done = vfs_agent("--help")
-    assert done.returncode == 0 and "mount-all" in done.stdout and "cloud-init" in done.stdout
+    assert done.returncode == 0 and "mount-all" in done.stdout
     names = imported(done)
-    assert not names & {
-        "pydantic",
-        "yaml",
-        "vfs_agent.commands.operations",
-        "vfs_agent.commands.cloud_init",
-    }, names
+    assert own_modules(names) == COMMAND_TREE
+    assert not names & (NOT_FOR_PARSING | {"pydantic", "yaml"}), names
+
+
+def test_shell_completion_imports_only_the_command_tree(monkeypatch: pytest.MonkeyPatch):
+    # What bash does at every TAB (click's completion protocol, the script that
+    # `vfs-agent install-system-files` puts in place).
+    monkeypatch.setenv("_VFS_AGENT_COMPLETE", "bash_complete")
+    monkeypatch.setenv("COMP_WORDS", "vfs-agent pol")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    done = vfs_agent()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["plain,policy"]
+    names = imported(done)
+    assert own_modules(names) == COMMAND_TREE
+    assert not names & NOT_FOR_PARSING, names & NOT_FOR_PARSING
 
 
 def test_kernel_imports_no_policy_code(tree: FakeTree):

@@ -2,19 +2,18 @@
 
 Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing changed).
 
-Start-up is paid by every command, so this module imports only click and what every command
-needs; each command imports the modules it uses when it runs (`--help` and `--version` import
-none of them, `kernel` no planner, reports no YAML or pydantic while the compiled policy is
-fresh). See "Where the time goes" in the README.
+Start-up is paid by every command, and by the shell at every TAB (click's completion), so this
+module imports only click and the policy's file names for the help text: not even json or
+pathlib. Each command imports the modules it uses when it runs (`--help` and completion import
+none of them, `--version` not even click, `kernel` no planner, reports no YAML or pydantic while
+the compiled policy is fresh). See "Where the time goes" in the README.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -36,6 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def emit_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
@@ -87,24 +88,31 @@ dry_run_option = click.option(
     "--root",
     default="/",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     help="Operate on another system root (a test tree, an image being built).",
 )
-@click.option("-v", "--verbose", count=True, help="Also log what did not change.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Also log what did not change; -vv also the traceback of an unexpected error.",
+)
 @click.pass_context
-def main(ctx: click.Context, policy_path: str | None, root: Path, verbose: int) -> None:
+def main(ctx: click.Context, policy_path: str | None, root: str, verbose: int) -> None:
     """Discover virtio-fs shares and mount them according to a policy.
 
     The policy (YAML) says where each tag is mounted; see 'vfs-agent policy schema'.
     Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing
     changed).
     """
+    from pathlib import Path
+
     from vfs_agent.commands.context import Context
     from vfs_agent.system.log import setup_logging
     from vfs_agent.system.sysroot import SysRoot
 
     setup_logging(verbose)
-    ctx.obj = Context(SysRoot(root), policy_path)
+    ctx.obj = Context(SysRoot(Path(root)), policy_path)
 
 
 pass_ops = click.pass_obj  # the context.Context made by main()
@@ -298,6 +306,8 @@ def generate_systemd(
     are no longer wanted are removed. Tags that only a glob or defaults.unknown matches need
     the share to be attached. Every share that gets no unit is named on stderr, with why.
     """
+    from pathlib import Path
+
     from vfs_agent.commands import operations as ops
 
     if output == "-":
@@ -337,6 +347,8 @@ def generate_fstab(ctx: ops.Context, output: str) -> None:
     Like the units of 'generate systemd', the lines depend on the policy and the attached
     shares only. Every share that gets no line is named on stderr, with why.
     """
+    from pathlib import Path
+
     from vfs_agent.commands import operations as ops
 
     if output == "-":
@@ -365,6 +377,8 @@ def policy_check(ctx: ops.Context, file: str | None, as_json: bool) -> None:
     rule's path (its share would hide that mount). Globs whose {tag} paths could meet are
     fine: tags are encoded injectively and a tag takes the first rule that matches it.
     """
+    from pathlib import Path
+
     from vfs_agent.policy.conflicts import check_conflicts
     from vfs_agent.policy.load import PolicyError, load_file, load_policy, policy_location
     from vfs_agent.policy.schema import to_section
@@ -499,10 +513,10 @@ def cloud_init_apply(ctx: ops.Context) -> None:
 
 
 @main.command("host-config")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @json_option
 @handle_errors
-def host_config(file: Path, as_json: bool) -> None:
+def host_config(file: str, as_json: bool) -> None:
     """Turn policy FILE into what the VM's definition needs (run it on the host).
 
     Prints the libvirt <sysinfo>/<smbios> XML, the QEMU -smbios and -fw_cfg arguments and the
@@ -510,15 +524,17 @@ def host_config(file: Path, as_json: bool) -> None:
     vfs-agent.policy, and the equivalent vfs_agent.mount= arguments when the policy has only
     exact tags with a path and options. FILE is validated first (exit 2 if invalid).
     """
+    from pathlib import Path
+
     from vfs_agent.commands.host_config import host_config as render
     from vfs_agent.commands.host_config import host_config_text
     from vfs_agent.policy.load import load_file
     from vfs_agent.policy.schema import to_section
     from vfs_agent.system.sysroot import SysRoot
 
-    path = str(file.absolute())
+    path = str(Path(file).absolute())
     section = to_section(path, load_file(SysRoot(Path("/")), path, check_modes=False))
-    config = render(file.read_bytes(), section, path)
+    config = render(Path(file).read_bytes(), section, path)
     if as_json:
         emit_json(config.to_dict())
     else:

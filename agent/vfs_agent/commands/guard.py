@@ -9,7 +9,6 @@ and a documented exit code, never a traceback.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import click
 
 EXIT_FAILED = 1
-log = logging.getLogger("vfs_agent")
 
 
 def _fail(message: str) -> None:
@@ -68,6 +66,9 @@ class GuardedGroup(click.Group):
         except RecursionError:
             _fail("input nested too deeply")
         except Exception as e:
-            log.debug("unexpected error", exc_info=ctx.find_root().params.get("verbose", 0) > 1)
+            import logging  # only here: --help and completion do without it
+
+            traceback = ctx.find_root().params.get("verbose", 0) > 1
+            logging.getLogger("vfs_agent").debug("unexpected error", exc_info=traceback)
             _fail(f"{type(e).__name__}: {e}")
         return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vfs_agent.system.sysroot import SysRoot
+TYPE_CHECKING = False  # the command line imports this module for its help text only
+if TYPE_CHECKING:
+    from vfs_agent.system.sysroot import SysRoot
 
 MAIN_POLICY = "/etc/vfs-agent/policy.yaml"
 DROPIN_DIR = "/etc/vfs-agent/policy.d"

@@ -14,7 +14,10 @@ import sys
 class _StderrFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
-        return f"vfs-agent: {prefix}{record.getMessage()}"
+        line = f"vfs-agent: {prefix}{record.getMessage()}"
+        if record.exc_info:  # asked for (`-vv` on an unexpected error): the traceback follows
+            return f"{line}\n{self.formatException(record.exc_info)}"
+        return line
 
 
 def setup_logging(verbose: int = 0) -> None:
