@@ -125,6 +125,18 @@ def test_kernel_imports_no_policy_code(tree: FakeTree):
 
 
 @pytest.mark.parametrize("command", ["plan", "status"])
+def test_reports_import_no_executor(tree: FakeTree, command: str):
+    compile_policy(tree)
+    done = vfs_agent("--root", str(tree.root), command, "--json")
+    assert done.returncode == 0, done.stderr
+    names = own_modules(imported(done))
+    assert "vfs_agent.commands.planned" in names
+    acting = {n for n in names if n.startswith("vfs_agent.execute")}
+    acting |= names & {"vfs_agent.commands.operations", "vfs_agent.system.generated_files"}
+    assert not acting, acting
+
+
+@pytest.mark.parametrize("command", ["plan", "status"])
 def test_reports_use_the_compiled_policy_with_the_same_result(tree: FakeTree, command: str):
     slow = vfs_agent("--root", str(tree.root), command, "--json")
     assert slow.returncode == 0, slow.stderr

@@ -124,11 +124,11 @@ pass_ops = click.pass_obj  # the context.Context made by main()
 @handle_errors
 def status(ctx: ops.Context, as_json: bool) -> None:
     """Kernel support, discovered shares, where each is mounted, and its health."""
-    from vfs_agent.commands import operations as ops
+    from vfs_agent.commands.planned import current_plan
     from vfs_agent.core.status import share_status
     from vfs_agent.system.kernel_features import kernel_report
 
-    planned = ops.current_plan(ctx)
+    planned = current_plan(ctx)
     kernel = kernel_report(ctx.sysroot)
     shares = share_status(planned.observed, planned.actions)
     if as_json:
@@ -173,10 +173,11 @@ def kernel(ctx: ops.Context, as_json: bool) -> None:
 @handle_errors
 def plan(ctx: ops.Context, as_json: bool) -> None:
     """What mount-all would do and why; changes nothing."""
-    from vfs_agent.commands import operations as ops
+    from vfs_agent.commands.planned import current_plan
+    from vfs_agent.core.desired import not_persistent
 
-    planned = ops.current_plan(ctx)
-    unwritable = ops.not_persistent(planned.actions)
+    planned = current_plan(ctx)
+    unwritable = not_persistent(planned.actions)
     if as_json:
         emit_json(
             {

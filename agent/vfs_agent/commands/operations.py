@@ -1,19 +1,20 @@
 """The operations behind the commands: each wires the edges (policy files, observation,
-mount syscalls, output files) around the pure core. The CLI and the daemon call these."""
+mount syscalls, output files) around the pure core. The CLI and the daemon call these; the
+plan they carry out is commands/planned.py's, which the reports use without them."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
-from vfs_agent.core import desired
+from vfs_agent.commands.planned import current_plan
 from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.mountinfo import top_mounts
-from vfs_agent.core.observation import SHARE_FSTYPES, Observed
-from vfs_agent.core.plan import Action, ActionKind, plan
+from vfs_agent.core.observation import SHARE_FSTYPES
+from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.render_systemd import Skipped, UnitFile
 from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
@@ -25,36 +26,10 @@ from vfs_agent.system.discovery import discover
 from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
-from vfs_agent.system.observe import nonempty_dirs, observe
 from vfs_agent.systemd.installed import mount_helper_installed, udev_rule_installed
 from vfs_agent.systemd.units import managed_unit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Planned:
-    policy: Policy
-    observed: Observed
-    actions: list[Action]
-
-
-def current_plan(
-    ctx: Context, policy: Policy | None = None, *, mountpoints: bool = True
-) -> Planned:
-    """The plan for what is attached and mounted now. With `mountpoints`, the directories the
-    plan would mount on are looked at too (a non-empty one warns or is refused); generated
-    units and fstab lines leave that to the mount itself (systemd warns the same way)."""
-    policy = policy or ctx.policy()
-    observed = observe(ctx.sysroot)
-    args = (observed.discovery, policy, observed.table, observed.dead, observed.unresponsive)
-    actions = plan(*args)
-    if mountpoints:
-        paths = [a.path for a in actions if a.kind is ActionKind.MOUNT and a.path]
-        nonempty = nonempty_dirs(ctx.sysroot, paths)
-        if nonempty:
-            actions = plan(*args, nonempty)
-    return Planned(policy, observed, actions)
 
 
 def executors(ctx: Context, *, dry_run: bool) -> Executors:
@@ -186,11 +161,6 @@ def write_units(
     units, skipped = generated_units(ctx, bind_device, mount_helper)
     written, removed = sync_unit_dir(directory, units)
     return written, removed, skipped
-
-
-def not_persistent(actions: list[Action]) -> list[Skipped]:
-    """The wanted shares that neither an fstab line nor a unit can express (core/persist.py)."""
-    return desired.not_persistent(actions)
 
 
 def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
