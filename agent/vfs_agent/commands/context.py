@@ -1,6 +1,7 @@
 """What every command works on: the system root and the policy, and the error a command
 reports when it cannot do what was asked. Kept apart from ops (which imports the planner and
-the mount code) so that commands such as `kernel` start without them."""
+the mount code), and importing the policy's code only when a command asks for the policy, so
+that commands such as `kernel` start without any of that."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vfs_agent.policy import compiled as policy_cache
-from vfs_agent.policy.types import Policy
 from vfs_agent.system.lock import mount_lock
 from vfs_agent.system.sysroot import SysRoot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vfs_agent.policy.types import Policy
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class Context:
         return self._policy(compile_it=True)
 
     def _policy(self, *, compile_it: bool) -> Policy:
+        from vfs_agent.policy import compiled as policy_cache
+
         policy = policy_cache.load(self.sysroot) if self.policy_path is None else None
         if policy is None:
             from vfs_agent.policy.load import read_policy
