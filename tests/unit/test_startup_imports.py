@@ -125,15 +125,23 @@ def test_kernel_imports_no_policy_code(tree: FakeTree):
     assert not names & ({"pydantic", "yaml", "vfs_agent.core.plan"} | policy_code), names
 
 
-@pytest.mark.parametrize("command", ["plan", "status"])
-def test_reports_import_no_executor(tree: FakeTree, command: str):
+@pytest.mark.parametrize(
+    ("args", "module"),
+    [
+        (["plan", "--json"], "vfs_agent.commands.planned"),
+        (["status", "--json"], "vfs_agent.commands.planned"),
+        (["generate", "systemd"], "vfs_agent.commands.persistent"),
+        (["generate", "fstab"], "vfs_agent.commands.persistent"),
+    ],
+)
+def test_reports_and_generate_import_no_executor(tree: FakeTree, args: list[str], module: str):
     compile_policy(tree)
-    done = vfs_agent("--root", str(tree.root), command, "--json")
+    done = vfs_agent("--root", str(tree.root), *args)
     assert done.returncode == 0, done.stderr
     names = own_modules(imported(done))
-    assert "vfs_agent.commands.planned" in names
+    assert module in names
     acting = {n for n in names if n.startswith("vfs_agent.execute")}
-    acting |= names & {"vfs_agent.commands.operations", "vfs_agent.system.generated_files"}
+    acting |= names & {"vfs_agent.commands.operations"}
     assert not acting, acting
 
 

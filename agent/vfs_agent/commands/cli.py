@@ -309,18 +309,21 @@ def generate_systemd(
     """
     from pathlib import Path
 
-    from vfs_agent.commands import operations as ops
+    from vfs_agent.commands import persistent
 
     if output == "-":
-        units, skipped = ops.generated_units(ctx, bind_device, mount_helper)
+        units, skipped = persistent.generated_units(ctx, bind_device, mount_helper)
         for unit in units:
             click.echo(f"# {unit.name}\n{unit.text}")
     else:
-        written, removed, skipped = ops.write_units(ctx, Path(output), bind_device, mount_helper)
+        directory = Path(output)
+        written, removed, skipped = persistent.write_units(
+            ctx, directory, bind_device, mount_helper
+        )
         for name in written:
-            click.echo(f"wrote {Path(output) / name}")
+            click.echo(f"wrote {directory / name}")
         for name in removed:
-            click.echo(f"removed {Path(output) / name}")
+            click.echo(f"removed {directory / name}")
     _warn_skipped(skipped)
 
 
@@ -350,13 +353,13 @@ def generate_fstab(ctx: ops.Context, output: str) -> None:
     """
     from pathlib import Path
 
-    from vfs_agent.commands import operations as ops
+    from vfs_agent.commands import persistent
 
     if output == "-":
-        block, skipped = ops.fstab_block(ctx)
+        block, skipped = persistent.fstab_block(ctx)
         click.echo(block, nl=False)
     else:
-        skipped = ops.write_fstab(ctx, Path(output))
+        skipped = persistent.write_fstab(ctx, Path(output))
         click.echo(f"updated the vfs-agent block in {output}")
     _warn_skipped(skipped)
 

@@ -1,32 +1,27 @@
 """The operations behind the commands: each wires the edges (policy files, observation,
-mount syscalls, output files) around the pure core. The CLI and the daemon call these; the
-plan they carry out is commands/planned.py's, which the reports use without them."""
+mount syscalls) around the pure core to change what is mounted now. The CLI and the daemon call
+these; the plan they carry out is commands/planned.py's, which the reports use without them,
+and the units and fstab lines for the next boot are commands/persistent.py's."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 from vfs_agent.commands.context import Context as Context  # re-exported: ops.Context
 from vfs_agent.commands.context import OperationError as OperationError
 from vfs_agent.commands.planned import current_plan
-from vfs_agent.core.desired import desired_fstab, desired_units
 from vfs_agent.core.mountinfo import top_mounts
 from vfs_agent.core.observation import SHARE_FSTYPES
 from vfs_agent.core.plan import Action, ActionKind
-from vfs_agent.core.render_systemd import Skipped, UnitFile
 from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
-from vfs_agent.system.discovery import discover
-from vfs_agent.system.generated_files import sync_unit_dir, write_fstab_block
 from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
-from vfs_agent.systemd.installed import mount_helper_installed, udev_rule_installed
 from vfs_agent.systemd.units import managed_unit
 
 log = logging.getLogger(__name__)
@@ -136,40 +131,3 @@ def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
         )
         for a in actions
     ]
-
-
-def generated_units(
-    ctx: Context, bind_device: bool | None = None, mount_helper: bool | None = None
-) -> tuple[list[UnitFile], list[Skipped]]:
-    """The units for the policy and the attached shares, exactly as the boot-time generator
-    computes them (core/desired.py): the mount table plays no part. `bind_device` None: bind
-    to the share's device unit when vfs-agent's udev rule is installed (without it those
-    device units never appear). `mount_helper` None: wait for a share's host in its mount
-    unit when mount(8) finds vfs-agent's mount helper (without it, such a unit cannot mount)."""
-    if bind_device is None:
-        bind_device = udev_rule_installed(ctx.sysroot)
-    if mount_helper is None:
-        mount_helper = mount_helper_installed(ctx.sysroot)
-    return desired_units(
-        ctx.policy(), discover(ctx.sysroot), bind_device=bind_device, mount_helper=mount_helper
-    )
-
-
-def write_units(
-    ctx: Context, directory: Path, bind_device: bool | None = None, mount_helper: bool | None = None
-) -> tuple[list[str], list[str], list[Skipped]]:
-    units, skipped = generated_units(ctx, bind_device, mount_helper)
-    written, removed = sync_unit_dir(directory, units)
-    return written, removed, skipped
-
-
-def fstab_block(ctx: Context) -> tuple[str, list[Skipped]]:
-    """The fstab block for the policy and the attached shares (core/desired.py, as for units),
-    and every share that gets no line, with why."""
-    return desired_fstab(ctx.policy(), discover(ctx.sysroot))
-
-
-def write_fstab(ctx: Context, fstab: Path) -> list[Skipped]:
-    block, skipped = fstab_block(ctx)
-    write_fstab_block(fstab, block)
-    return skipped
