@@ -3,10 +3,11 @@
 Exit codes: 0 success, 1 an action failed, 2 usage error or invalid policy (nothing changed).
 
 Start-up is paid by every command, and by the shell at every TAB (click's completion), so this
-module imports only click and the policy's file names for the help text: not even json or
-pathlib. Each command imports the modules it uses when it runs (`--help` and completion import
-none of them, `--version` not even click, `kernel` no planner, reports no YAML or pydantic while
-the compiled policy is fresh). See "Where the time goes" in the README.
+module imports only click, its guard and the policy's file names (for the help text): not even
+json or pathlib. Each command imports the modules it uses when it runs: `--help` and completion
+none of them, `--version` not even click (commands/console.py), `kernel` no policy code, the
+reports and `generate` no executor, and no YAML or pydantic while the compiled policy is fresh.
+See "Where the time goes" in the README.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class GuardedGroup(click.Group):
         except Exception as e:
             import logging  # only here: --help and completion do without it
 
-            traceback = ctx.find_root().params.get("verbose", 0) > 1
-            logging.getLogger("vfs_agent").debug("unexpected error", exc_info=traceback)
+            with_traceback = ctx.find_root().params.get("verbose", 0) > 1
+            logging.getLogger("vfs_agent").debug("unexpected error", exc_info=with_traceback)
             _fail(f"{type(e).__name__}: {e}")
         return None
