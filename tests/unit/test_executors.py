@@ -53,14 +53,13 @@ def tree(tmp_path: Path) -> FakeTree:
     return FakeTree(tmp_path / "root")
 
 
-def stale(path: str = "/mnt/gone", *, share_gone: bool = True) -> Action:
+def stale(path: str = "/mnt/gone") -> Action:
     return Action(
         kind=ActionKind.UNMOUNT_STALE,
         tag="gone",
-        reason="its share is gone" if share_gone else "it is dead (ENOTCONN)",
+        reason="its share is gone",
         path=path,
         transport=Transport.VIRTIOFS,
-        share_gone=share_gone,
     )
 
 
@@ -269,8 +268,6 @@ def test_a_stale_mount_gets_the_unit_only_if_it_follows_its_device(tree: FakeTre
     assert ops.gather_steps(ctx, actions)[0].unit is None  # not bound: the kernel unmounts
     tree.write("run/systemd/generator/mnt-media.mount", unit + binding + "\n[Mount]\n")
     assert ops.gather_steps(ctx, actions)[0].unit == "mnt-media.mount"
-    # A dead mount of a share still attached: its device stays, so systemd leaves it mounted.
-    assert ops.gather_steps(ctx, [stale("/mnt/media", share_gone=False)])[0].unit is None
 
 
 @pytest.mark.parametrize(

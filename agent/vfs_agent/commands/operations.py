@@ -124,10 +124,8 @@ def _apply(ctx: Context, actions: list[Action], run: Executors) -> list[Outcome]
 
 def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
     """Each action with the fact its routing needs, read once here at the edge: the vfs-agent
-    generated unit systemd has for its path; for the stale mount of a share no longer attached,
-    only one that follows its share's device, as systemd unmounts that one itself when the
-    device goes (execute/route.py). A dead mount of a share still attached has none: its device
-    is there, so systemd leaves it mounted."""
+    generated unit systemd has for its path; for a stale mount's, only one that follows its
+    share's device, as systemd unmounts that one itself (execute/route.py)."""
     return [Step(a, _unit_of(ctx, a)) for a in actions]
 
 
@@ -136,6 +134,6 @@ def _unit_of(ctx: Context, action: Action) -> str | None:
         return None
     if action.kind is ActionKind.MOUNT:
         return managed_unit(ctx.sysroot, action.path)
-    if action.kind is ActionKind.UNMOUNT_STALE and action.share_gone:
+    if action.kind is ActionKind.UNMOUNT_STALE:
         return managed_unit(ctx.sysroot, action.path, following_device=True)
     return None

@@ -17,9 +17,8 @@ The whole table (`route`):
 | mount                      | no      | yes          | yes       | leave   | SYSTEMD_LEAVE |
 
 "Managed unit": systemd runs in the root and has a vfs-agent generated .mount unit for the
-action's path; for the unmount of a share no longer attached, one that follows its share's
-device unit (`BindsTo=` or `StopPropagatedFrom=` it), which systemd stops, unmounting the
-share, when the device goes (a dead mount of a share still attached never has one).
+action's path; for an unmount, one that follows its share's device unit (`BindsTo=` or
+`StopPropagatedFrom=` it), which systemd stops, unmounting the share, when the device goes.
 The daemon leaves that unmount to systemd: were both to unmount, one of them would find nothing
 mounted, and systemd before 256 then marks the unit failed. "Live root": the root is the
 running system's `/` (`SysRoot.live`); under `--root` a unit is that root's systemd's
@@ -59,7 +58,7 @@ class Step:
 
     action: Action
     # The generated .mount unit systemd has for a MOUNT's path, or that follows its share's
-    # device for the UNMOUNT_STALE of a share no longer attached (see the table).
+    # device for an UNMOUNT_STALE's (see the table).
     unit: str | None = None
 
 
