@@ -264,12 +264,6 @@ def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_d
     guest.unplug_share("absent-c")
     wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
     assert "not connected" not in guest.run("ls /srv/c 2>&1").stdout
-    # The unit follows its device: systemd unmounted the share and the daemon left that to it
-    # (were both to unmount, systemd before 256 would mark the unit failed).
-    journal = guest.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
-    assert "Unmounted /srv/c" not in journal and "/srv/c is no longer mounted" not in journal
-    state = show(guest, "srv-c.mount", "ActiveState", "Result")
-    assert state == {"ActiveState": "inactive", "Result": "success"}, state
 
 
 def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, host_dirs) -> None:

@@ -255,22 +255,6 @@ def test_the_managed_unit_of_each_mount_is_gathered(tree: FakeTree):
 
 
 @pytest.mark.parametrize(
-    "binding", ["BindsTo=dev-virtiofs-by\\x2dtag-media.device", "StopPropagatedFrom=dev-x.device"]
-)
-def test_a_stale_mount_gets_the_unit_only_if_it_follows_its_device(tree: FakeTree, binding: str):
-    # systemd stops such a unit, unmounting the share, when the device goes: the daemon leaves
-    # that to it (execute/route.py).
-    actions = [stale("/mnt/media")]
-    ctx = ops.Context(SysRoot(tree.root))
-    tree.write("run/systemd/system/.keep", "")
-    unit = f"{GENERATED_MARK} from a test\n[Unit]\n"
-    tree.write("run/systemd/generator/mnt-media.mount", unit + "[Mount]\nWhat=media\n")
-    assert ops.gather_steps(ctx, actions)[0].unit is None  # not bound: the kernel unmounts
-    tree.write("run/systemd/generator/mnt-media.mount", unit + binding + "\n[Mount]\n")
-    assert ops.gather_steps(ctx, actions)[0].unit == "mnt-media.mount"
-
-
-@pytest.mark.parametrize(
     ("mode", "started"), [(SystemdMode.START, True), (SystemdMode.LEAVE, False)]
 )
 def test_on_the_live_system_a_managed_share_goes_to_systemd_the_rest_to_the_kernel(

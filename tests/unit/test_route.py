@@ -18,9 +18,7 @@ Row = tuple[set[ActionKind], bool | None, bool | None, bool | None, SystemdMode 
 TABLE: list[Row] = [
     (REPORTED, None, None, None, None, Route.VERDICT),
     ({K.MOUNT, K.UNMOUNT_STALE}, True, None, None, None, Route.DRY_RUN),
-    ({K.UNMOUNT_STALE}, False, False, None, None, Route.KERNEL),
-    ({K.UNMOUNT_STALE}, False, True, True, SystemdMode.LEAVE, Route.SYSTEMD_LEAVE),
-    ({K.UNMOUNT_STALE}, False, True, None, None, Route.KERNEL),
+    ({K.UNMOUNT_STALE}, False, None, None, None, Route.KERNEL),
     ({K.MOUNT}, False, False, None, None, Route.KERNEL),
     ({K.MOUNT}, False, True, False, None, Route.OTHER_ROOT),
     ({K.MOUNT}, False, True, True, SystemdMode.START, Route.SYSTEMD_START),

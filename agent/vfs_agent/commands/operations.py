@@ -124,16 +124,10 @@ def _apply(ctx: Context, actions: list[Action], run: Executors) -> list[Outcome]
 
 def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
     """Each action with the fact its routing needs, read once here at the edge: the vfs-agent
-    generated unit systemd has for its path; for a stale mount's, only one that follows its
-    share's device, as systemd unmounts that one itself (execute/route.py)."""
-    return [Step(a, _unit_of(ctx, a)) for a in actions]
-
-
-def _unit_of(ctx: Context, action: Action) -> str | None:
-    if not action.path:
-        return None
-    if action.kind is ActionKind.MOUNT:
-        return managed_unit(ctx.sysroot, action.path)
-    if action.kind is ActionKind.UNMOUNT_STALE:
-        return managed_unit(ctx.sysroot, action.path, following_device=True)
-    return None
+    generated unit systemd has for its path (only a mount can go to systemd)."""
+    return [
+        Step(
+            a, managed_unit(ctx.sysroot, a.path) if a.kind is ActionKind.MOUNT and a.path else None
+        )
+        for a in actions
+    ]

@@ -8,21 +8,15 @@ The whole table (`route`):
 | conflict refuse            | any     | any          | any       | any     | VERDICT       |
 | unresponsive               | any     | any          | any       | any     | VERDICT       |
 | mount, unmount-stale       | yes     | any          | any       | any     | DRY_RUN       |
-| unmount-stale              | no      | no           | any       | any     | KERNEL        |
-| unmount-stale              | no      | yes          | yes       | leave   | SYSTEMD_LEAVE |
-| unmount-stale              | no      | yes          | any       | any     | KERNEL        |
+| unmount-stale              | no      | any          | any       | any     | KERNEL        |
 | mount                      | no      | no           | any       | any     | KERNEL        |
 | mount                      | no      | yes          | no        | any     | OTHER_ROOT    |
 | mount                      | no      | yes          | yes       | start   | SYSTEMD_START |
 | mount                      | no      | yes          | yes       | leave   | SYSTEMD_LEAVE |
 
 "Managed unit": systemd runs in the root and has a vfs-agent generated .mount unit for the
-action's path; for an unmount, one that follows its share's device unit (`BindsTo=` or
-`StopPropagatedFrom=` it), which systemd stops, unmounting the share, when the device goes.
-The daemon leaves that unmount to systemd: were both to unmount, one of them would find nothing
-mounted, and systemd before 256 then marks the unit failed. "Live root": the root is the
-running system's `/` (`SysRoot.live`); under `--root` a unit is that root's systemd's
-business, never the running manager's. The first matching row wins.
+action's path. "Live root": the root is the running system's `/` (`SysRoot.live`); under
+`--root` a unit is that root's systemd's business, never the running manager's.
 """
 
 from __future__ import annotations
@@ -57,9 +51,7 @@ class Step:
     """An action with the one fact about the system its routing needs."""
 
     action: Action
-    # The generated .mount unit systemd has for a MOUNT's path, or that follows its share's
-    # device for an UNMOUNT_STALE's (see the table).
-    unit: str | None = None
+    unit: str | None = None  # the generated .mount unit systemd has for a MOUNT's path
 
 
 @dataclass(frozen=True)
@@ -78,10 +70,7 @@ def route(step: Step, situation: Situation) -> Route:
         return Route.VERDICT
     if situation.dry_run:
         return Route.DRY_RUN
-    if kind is ActionKind.UNMOUNT_STALE:
-        leave = step.unit and situation.live and situation.systemd is SystemdMode.LEAVE
-        return Route.SYSTEMD_LEAVE if leave else Route.KERNEL
-    if step.unit is None:
+    if kind is ActionKind.UNMOUNT_STALE or step.unit is None:
         return Route.KERNEL
     if not situation.live:
         return Route.OTHER_ROOT

@@ -24,18 +24,11 @@ FSTAB_MAX = 16 << 20  # bytes; a larger "fstab" is refused, not read
 
 def is_ours(path: Path) -> bool:
     """Whether `path` is a regular file vfs-agent generated (a FIFO or device never is)."""
-    return generated_text(path) is not None
-
-
-def generated_text(path: Path) -> str | None:
-    """The text of `path` if it is a regular file vfs-agent generated, else None."""
     try:
-        data = read_regular(path, UNIT_READ_MAX)
+        head = read_regular(path, UNIT_READ_MAX)
     except OSError:
-        return None
-    if not data.startswith(GENERATED_MARK.encode()):
-        return None
-    return data.decode("utf-8", errors="replace")
+        return False
+    return head.startswith(GENERATED_MARK.encode())
 
 
 def write_units(
