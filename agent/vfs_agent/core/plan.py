@@ -53,7 +53,7 @@ WANTED = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class Action:
-    """One decision of the plan; built by keyword only (eleven fields, several of one type)."""
+    """One decision of the plan; built by keyword only (twelve fields, several of one type)."""
 
     kind: ActionKind
     tag: str
