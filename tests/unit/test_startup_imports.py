@@ -96,7 +96,7 @@ def own_modules(names: set[str]) -> set[str]:
 
 def test_help_imports_only_the_command_tree():
     done = vfs_agent("--help")
-    assert done.returncode == 0 and "mount-all" in done.stdout
+    assert done.returncode == 0 and "mount-all" in done.stdout and "cloud-init" in done.stdout
     names = imported(done)
     assert own_modules(names) == COMMAND_TREE
     assert not names & (NOT_FOR_PARSING | {"pydantic", "yaml"}), names
