@@ -537,9 +537,10 @@ def host_config(file: str, as_json: bool) -> None:
     from vfs_agent.policy.schema import to_section
     from vfs_agent.system.sysroot import SysRoot
 
-    path = str(Path(file).absolute())
+    policy_file = Path(file)
+    path = str(policy_file.absolute())
     section = to_section(path, load_file(SysRoot(Path("/")), path, check_modes=False))
-    config = render(Path(file).read_bytes(), section, path)
+    config = render(policy_file.read_bytes(), section, path)
     if as_json:
         emit_json(config.to_dict())
     else:
