@@ -206,10 +206,25 @@ def test_the_share_was_mounted_before_multi_user_target(rebooted: VM) -> None:
 def test_a_share_hot_plugged_after_boot_is_mounted(
     rebooted: VM, share_dirs: dict[str, Path]
 ) -> None:
-    rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
-    wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)
-    assert rebooted.run("cat /srv/hot/tag.txt", check=True).stdout == f"{HOT_TAG}\n"
-    rebooted.unplug_share(HOT_TAG)
-    wait_until(f"{HOT_TAG!r} unmounted", lambda: "/srv/hot" not in findmnt(rebooted))
-    failed = rebooted.run(["systemctl", "--failed", "--plain", "--no-legend"]).stdout
-    assert "vfs-agent" not in failed and ".mount" not in failed, failed
+    """Plugged and unplugged three times: each unplug stops srv-hot.mount with success. Both
+    systemd (the unit follows its device) and the daemon (the share is gone) act on an unplug;
+    had the daemon unmounted the share behind systemd's back, systemd 252's own umount(8) would
+    find nothing mounted when it came second, and mark the unit failed."""
+    unit = "srv-hot.mount"
+    for _ in range(3):
+        rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
+        wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)
+        assert rebooted.run("cat /srv/hot/tag.txt", check=True).stdout == f"{HOT_TAG}\n"
+        rebooted.unplug_share(HOT_TAG)
+        wait_until(f"{HOT_TAG!r} unmounted", lambda: "/srv/hot" not in findmnt(rebooted))
+        wait_until(
+            f"{unit} stopped",
+            lambda: prop(rebooted, unit, "ActiveState") in ("inactive", "failed"),
+        )
+        assert prop(rebooted, unit, "Result") == "success"
+        failed = rebooted.run(["systemctl", "--failed", "--plain", "--no-legend"]).stdout
+        assert "vfs-agent" not in failed and ".mount" not in failed, failed
+    journal = rebooted.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
+    ours = [line for line in journal.splitlines() if line.startswith("Unmounted /srv/hot (")]
+    assert all(line.endswith(f" by stopping {unit}.") for line in ours), ours
+    print(f"unplugs the daemon carried out by stopping {unit}: {len(ours)} of 3")

@@ -22,7 +22,7 @@ from vfs_agent.execute.dry_run import DryRun
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.kernel import KernelExecutor, LiveKernelCalls
 from vfs_agent.execute.route import Situation, Step, SystemdMode
-from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart
+from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart, SystemdStop
 from vfs_agent.execute.verdict import Verdict
 from vfs_agent.system.sysroot import SysRoot
 
@@ -53,13 +53,14 @@ def tree(tmp_path: Path) -> FakeTree:
     return FakeTree(tmp_path / "root")
 
 
-def stale(path: str = "/mnt/gone") -> Action:
+def stale(path: str = "/mnt/gone", *, share_gone: bool = True) -> Action:
     return Action(
         kind=ActionKind.UNMOUNT_STALE,
         tag="gone",
-        reason="its share is gone",
+        reason="its share is gone" if share_gone else "it is dead (ENOTCONN)",
         path=path,
         transport=Transport.VIRTIOFS,
+        share_gone=share_gone,
     )
 
 
@@ -73,11 +74,15 @@ def test_dry_run_says_what_it_would_do_for_each_kind_of_change():
         dry.carry_out(Step(mount)),
         dry.carry_out(Step(mount, "mnt-t.mount")),
         dry.carry_out(Step(stale())),
+        dry.carry_out(Step(stale(), "mnt-gone.mount")),
+        dry.carry_out(Step(stale(share_gone=False), "mnt-gone.mount")),
     ]
     assert [o.message for o in outcomes] == [
         "would mount 't' on /mnt/t",
         "would start mnt-t.mount",
         "would unmount /mnt/gone lazily (its share is gone)",
+        "would stop mnt-gone.mount (its share is gone)",
+        "would unmount /mnt/gone lazily (it is dead (ENOTCONN))",
     ]
     assert all(o.ok and not o.changed for o in outcomes)
 
@@ -147,6 +152,38 @@ def test_a_unit_that_fails_to_start_says_why_in_systemctls_words(systemctl: Path
         "Failed to mount share 't' on /mnt/t via fail-t.mount: systemctl start fail-t.mount "
         "failed: exit status 1: Job for fail-t.mount failed because the control process exited "
         "with error code."
+    )
+
+
+def test_systemd_stop_runs_systemctl_stop_for_the_unit_of_a_gone_share(
+    tmp_path: Path, systemctl: Path
+):
+    kernel = RecordingKernel()
+    stop = SystemdStop(fallback=KernelExecutor(SysRoot(tmp_path), kernel))
+    outcome = stop.carry_out(Step(stale("/mnt/gone"), "mnt-gone.mount"))
+    assert systemctl.read_text() == "stop mnt-gone.mount\n"
+    assert (outcome.ok, outcome.changed) == (True, True)
+    assert outcome.message == (
+        "Unmounted /mnt/gone (its share is gone) by stopping mnt-gone.mount."
+    )
+    assert kernel.unmounts == []  # systemd unmounted it: nothing behind its back
+
+
+def test_a_unit_that_fails_to_stop_leaves_the_unmount_to_the_kernel(
+    tmp_path: Path, systemctl: Path
+):
+    # No mount of a gone share is left behind: the kernel detaches it, and the message says
+    # what systemctl answered.
+    kernel = RecordingKernel()
+    stop = SystemdStop(fallback=KernelExecutor(SysRoot(tmp_path), kernel))
+    outcome = stop.carry_out(Step(stale("/mnt/gone"), "fail-gone.mount"))
+    assert systemctl.read_text() == "stop fail-gone.mount\n"
+    assert kernel.unmounts == [(str(tmp_path / "mnt/gone"), True)]
+    assert (outcome.ok, outcome.changed) == (True, True)
+    assert outcome.message == (
+        "systemctl stop fail-gone.mount failed: exit status 1: Job for fail-gone.mount failed "
+        "because the control process exited with error code.; "
+        "Unmounted /mnt/gone (its share is gone)."
     )
 
 
@@ -249,7 +286,8 @@ def test_the_managed_unit_of_each_mount_is_gathered(tree: FakeTree):
     tree.write("etc/systemd/system/mnt-media.mount", f"{GENERATED_MARK} from a test\n")
     assert [s.unit for s in ops.gather_steps(ctx, actions)] == [None, None, None]  # no systemd
     tree.write("run/systemd/system/.keep", "")
-    assert [s.unit for s in ops.gather_steps(ctx, actions)] == ["mnt-media.mount", None, None]
+    units = [s.unit for s in ops.gather_steps(ctx, actions)]
+    assert units == ["mnt-media.mount", None, "mnt-media.mount"]
     tree.write("etc/systemd/system/mnt-other.mount", "[Mount]\n")  # not vfs-agent's
     assert ops.gather_steps(ctx, actions)[1].unit is None
 
@@ -271,3 +309,30 @@ def test_on_the_live_system_a_managed_share_goes_to_systemd_the_rest_to_the_kern
     )
     assert [m[0] for m in kernel.mounts] == ["b"]
     assert kernel.loaded == [Transport.VIRTIOFS]  # for b; systemd's mount(8) loads its own
+
+
+@pytest.mark.parametrize("mode", list(SystemdMode))
+def test_on_the_live_system_a_gone_shares_unit_is_stopped_a_dead_mount_unmounted_here(
+    tmp_path: Path, systemctl: Path, mode: SystemdMode
+):
+    # systemd stops the unit of a share whose device went, and unmounts it: the daemon asks it
+    # to, so there is one stop job and one unmount. A dead mount of a share still attached is
+    # detached here, bounded, whatever its unit (systemd stops nothing: its device is there).
+    kernel = RecordingKernel()
+    run = Executors.pick(SysRoot(tmp_path), dry_run=False, systemd=mode, kernel=kernel)
+    run = dataclasses.replace(run, situation=Situation(live=True, dry_run=False, systemd=mode))
+    steps = [
+        Step(stale("/mnt/a"), "mnt-a.mount"),
+        Step(stale("/mnt/b", share_gone=False), "mnt-b.mount"),
+        Step(stale("/mnt/c")),
+    ]
+    outcomes = apply_plan(steps, run)
+    assert all(o.ok and o.changed for o in outcomes)
+    assert systemctl.read_text() == "stop mnt-a.mount\n"
+    assert kernel.unmounts == [(str(tmp_path / "mnt/b"), True), (str(tmp_path / "mnt/c"), True)]
+    # Under --root the running system's manager is never asked.
+    kernel.unmounts.clear()
+    root = Executors.pick(SysRoot(tmp_path), dry_run=False, systemd=mode, kernel=kernel)
+    apply_plan(steps[:1], root)
+    assert systemctl.read_text() == "stop mnt-a.mount\n"
+    assert kernel.unmounts == [(str(tmp_path / "mnt/a"), True)]

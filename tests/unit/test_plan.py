@@ -131,8 +131,8 @@ def test_absent_rule_tag_is_reported_and_tried_when_discovery_is_incomplete():
 def test_mount_of_a_gone_share_is_stale_only_when_discovery_is_complete():
     table = [mounted("virtiofs", "unplugged", "/mnt/virtiofs/unplugged")]
     actions = plan(shares(), pol("version: 1\n"), table)
-    assert [(a.kind, a.path) for a in actions] == [
-        (ActionKind.UNMOUNT_STALE, "/mnt/virtiofs/unplugged")
+    assert [(a.kind, a.path, a.share_gone) for a in actions] == [
+        (ActionKind.UNMOUNT_STALE, "/mnt/virtiofs/unplugged", True)
     ]
     assert plan(shares(complete=False), pol("version: 1\n"), table) == []
 
@@ -141,6 +141,16 @@ def test_dead_mount_of_a_present_share_is_unmounted_then_mounted_again():
     table = [mounted("virtiofs", "media_tag", "/mnt/media")]
     actions = plan(shares("media_tag"), pol(MEDIA), table, dead=frozenset({"/mnt/media"}))
     assert [a.kind for a in actions] == [ActionKind.UNMOUNT_STALE, ActionKind.MOUNT]
+    assert not actions[0].share_gone  # its device is still there
+
+
+def test_only_the_mount_of_a_share_no_longer_attached_is_marked_gone():
+    # Which stale mounts systemd unmounts itself as the share's device goes (execute/route.py).
+    table = [mounted("virtiofs", "here", "/mnt/here"), mounted("virtiofs", "away", "/mnt/away")]
+    ignore = pol("version: 1\ndefaults: {unknown: ignore}\n")
+    actions = plan(shares("here"), ignore, table, dead=frozenset({"/mnt/here", "/mnt/away"}))
+    stale = [(a.path, a.share_gone) for a in actions if a.kind is ActionKind.UNMOUNT_STALE]
+    assert sorted(stale) == [("/mnt/away", True), ("/mnt/here", False)]
 
 
 def test_dropin_rules_override_and_defaults_merge_key_by_key():

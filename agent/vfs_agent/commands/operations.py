@@ -18,7 +18,7 @@ from vfs_agent.core.transport import Transport
 from vfs_agent.execute.apply import Executors, apply_plan
 from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.outcome import Outcome
-from vfs_agent.execute.route import Step
+from vfs_agent.execute.route import CHANGING, Step
 from vfs_agent.policy.types import Policy, Rule, RuleRef, TransportChoice
 from vfs_agent.system.kernel_modules import bind_unbound
 from vfs_agent.system.mount_table import read_mount_table
@@ -124,10 +124,8 @@ def _apply(ctx: Context, actions: list[Action], run: Executors) -> list[Outcome]
 
 def gather_steps(ctx: Context, actions: list[Action]) -> list[Step]:
     """Each action with the fact its routing needs, read once here at the edge: the vfs-agent
-    generated unit systemd has for its path (only a mount can go to systemd)."""
+    generated unit systemd has for its path (only a mount or an unmount can go to systemd)."""
     return [
-        Step(
-            a, managed_unit(ctx.sysroot, a.path) if a.kind is ActionKind.MOUNT and a.path else None
-        )
+        Step(a, managed_unit(ctx.sysroot, a.path) if a.kind in CHANGING and a.path else None)
         for a in actions
     ]

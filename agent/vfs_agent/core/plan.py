@@ -53,7 +53,7 @@ WANTED = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class Action:
-    """One decision of the plan; built by keyword only (twelve fields, several of one type)."""
+    """One decision of the plan; built by keyword only (thirteen fields, several of one type)."""
 
     kind: ActionKind
     tag: str
@@ -67,6 +67,7 @@ class Action:
     device_timeout: int | None = None  # seconds the boot waits for the share's device
     mount_timeout: int | None = None  # seconds the boot waits for the host to answer (virtio-fs)
     warning: str | None = None  # something a person should know, though the action goes on
+    share_gone: bool = False  # UNMOUNT_STALE: its share is no longer attached (not just dead)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,7 +171,7 @@ def plan(
             continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
-            actions.append(_stale(entry, transport, why))
+            actions.append(_stale(entry, transport, why, share_gone=gone))
     if discovery.removing:
         actions = [_held(a, discovery.removing) for a in actions]
     return sorted(actions, key=_order)
@@ -280,7 +281,7 @@ def _against_table(
             return [_action(ActionKind.KEEP, want, f"already mounted ({want.why})")]
         stale_done.add(entry.target)
         return [
-            _stale(entry, want.transport, "it is dead (ENOTCONN)"),
+            _stale(entry, want.transport, "it is dead (ENOTCONN)", share_gone=False),
             _action(ActionKind.MOUNT, want, f"remount after a dead mount ({want.why})"),
         ]
     holder = f"{entry.fstype} {entry.source!r}"
@@ -314,7 +315,7 @@ def _ignored(
     )
 
 
-def _stale(entry: Mounted, transport: Transport, why: str) -> Action:
+def _stale(entry: Mounted, transport: Transport, why: str, *, share_gone: bool) -> Action:
     """Unmount the mount `entry` (dead, or its share gone) before anything is mounted."""
     return Action(
         kind=ActionKind.UNMOUNT_STALE,
@@ -322,6 +323,7 @@ def _stale(entry: Mounted, transport: Transport, why: str) -> Action:
         reason=f"{entry.target}: {why}",
         path=entry.target,
         transport=transport,
+        share_gone=share_gone,
     )
 
 

@@ -12,7 +12,10 @@ others.
 - `systemd`: a share whose path has a vfs-agent generated .mount unit is systemd's:
   `SystemdStart` runs `systemctl start UNIT` (commands run by hand), `LeftToSystemd` leaves it
   to the unit (the daemon: the unit follows its device), `OtherRootSystemd` reports a unit
-  inside `--root` (the running system's manager is never asked).
+  inside `--root` (the running system's manager is never asked), and `SystemdStop` runs
+  `systemctl stop UNIT` for the mount of a share no longer attached (systemd is stopping the
+  unit already, as it follows the share's device: one stop job, one unmount), with the kernel
+  to fall back on.
 - `dry_run`: says what would be done, changes nothing.
 - `verdict`: actions that change nothing (keep, ignore, absent, conflict, refuse, unresponsive).
 

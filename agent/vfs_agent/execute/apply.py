@@ -10,7 +10,7 @@ from vfs_agent.execute.executor import Executor, Unmounter
 from vfs_agent.execute.kernel import KernelCalls, KernelExecutor
 from vfs_agent.execute.outcome import Outcome, log_outcome
 from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
-from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart
+from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart, SystemdStop
 from vfs_agent.execute.verdict import Verdict
 from vfs_agent.system.sysroot import SysRoot
 
@@ -42,6 +42,7 @@ class Executors:
             Route.DRY_RUN: dry,
             Route.KERNEL: here,
             Route.SYSTEMD_START: SystemdStart(),
+            Route.SYSTEMD_STOP: SystemdStop(fallback=here),
             Route.SYSTEMD_LEAVE: LeftToSystemd(),
             Route.OTHER_ROOT: OtherRootSystemd(sysroot.root),
         }

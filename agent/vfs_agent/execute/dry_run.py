@@ -13,7 +13,10 @@ class DryRun:
     def carry_out(self, step: Step) -> Outcome:
         action = step.action
         if action.kind is ActionKind.UNMOUNT_STALE:
-            message = f"would unmount {action.path} lazily ({action.reason})"
+            if step.unit is not None and action.share_gone:
+                message = f"would stop {step.unit} ({action.reason})"
+            else:
+                message = f"would unmount {action.path} lazily ({action.reason})"
         elif step.unit is not None:
             message = f"would start {step.unit}"
         else:

@@ -8,6 +8,7 @@ The whole table (`route`):
 | conflict refuse            | any     | any          | any       | any     | VERDICT       |
 | unresponsive               | any     | any          | any       | any     | VERDICT       |
 | mount, unmount-stale       | yes     | any          | any       | any     | DRY_RUN       |
+| unmount-stale, share gone  | no      | yes          | yes       | any     | SYSTEMD_STOP  |
 | unmount-stale              | no      | any          | any       | any     | KERNEL        |
 | mount                      | no      | no           | any       | any     | KERNEL        |
 | mount                      | no      | yes          | no        | any     | OTHER_ROOT    |
@@ -16,7 +17,17 @@ The whole table (`route`):
 
 "Managed unit": systemd runs in the root and has a vfs-agent generated .mount unit for the
 action's path. "Live root": the root is the running system's `/` (`SysRoot.live`); under
-`--root` a unit is that root's systemd's business, never the running manager's.
+`--root` a unit is that root's systemd's business, never the running manager's. The first
+matching row wins.
+
+"Share gone": the stale mount's share is no longer attached (`Action.share_gone`), not merely
+dead. A virtio-fs unit follows its share's device, so systemd is stopping it already, or soon,
+and unmounting the share: asked to stop the unit too, systemd merges both into one stop job and
+one unmount. Unmounted behind its back instead, systemd's own umount(8) may find nothing
+mounted, and systemd before 256 then marks the unit failed. A dead mount of a share still
+attached goes to the kernel: its device stays, so systemd stops nothing, and the kernel
+executor's unmount is lazy and bounded where umount(8) would wait for a host daemon that may
+never answer.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ class Route(StrEnum):
     DRY_RUN = "dry-run"  # say what would be done, change nothing
     KERNEL = "kernel"  # mount(2)/umount2(2) here
     SYSTEMD_START = "systemd-start"  # systemctl start the share's unit
+    SYSTEMD_STOP = "systemd-stop"  # systemctl stop the unit of a share no longer attached
     SYSTEMD_LEAVE = "systemd-leave"  # the unit follows its device: nothing to do here
     OTHER_ROOT = "other-root"  # a unit inside --root: that root's systemd mounts it
 
@@ -51,7 +63,7 @@ class Step:
     """An action with the one fact about the system its routing needs."""
 
     action: Action
-    unit: str | None = None  # the generated .mount unit systemd has for a MOUNT's path
+    unit: str | None = None  # the generated .mount unit systemd has for the action's path
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,10 @@ def route(step: Step, situation: Situation) -> Route:
         return Route.VERDICT
     if situation.dry_run:
         return Route.DRY_RUN
-    if kind is ActionKind.UNMOUNT_STALE or step.unit is None:
+    if kind is ActionKind.UNMOUNT_STALE:
+        stop = step.unit is not None and step.action.share_gone and situation.live
+        return Route.SYSTEMD_STOP if stop else Route.KERNEL
+    if step.unit is None:
         return Route.KERNEL
     if not situation.live:
         return Route.OTHER_ROOT

@@ -1,13 +1,18 @@
 """The systemd executors: a share whose path has a vfs-agent generated .mount unit is mounted by
-systemd through that unit, never behind its back (systemd would not know the unit is active)."""
+systemd through that unit, never behind its back (systemd would not know the unit is active),
+and the mount of such a share no longer attached is unmounted by stopping that unit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from vfs_agent.execute.executor import Executor
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 from vfs_agent.system.tools import run_tool
+
+STOP_TIMEOUT = 10.0  # seconds, as long as the kernel executor waits for umount2(2)
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
@@ -28,6 +33,28 @@ class SystemdStart:
         return Outcome(
             action, True, True, f"Mounted share {action.tag!r} on {action.path} ({unit})."
         )
+
+
+class SystemdStop:
+    """`systemctl stop UNIT` for the stale mount of a share no longer attached (execute/route.py
+    says why), merged by systemd with the stop job the share's device unit started, if any.
+    Should the stop fail or not finish in time, `fallback` (the kernel) unmounts the share, so
+    no mount of a gone share is left behind."""
+
+    def __init__(self, fallback: Executor, *, timeout: float = STOP_TIMEOUT) -> None:
+        self.fallback = fallback
+        self.timeout = timeout
+
+    def carry_out(self, step: Step) -> Outcome:
+        action, unit = step.action, step.unit
+        assert unit is not None
+        problem = run_tool(["systemctl", "stop", unit], self.timeout)
+        if problem is None:
+            return Outcome(
+                action, True, True, f"Unmounted {action.path} ({action.reason}) by stopping {unit}."
+            )
+        done = self.fallback.carry_out(step)
+        return replace(done, message=f"{problem}; {done.message}")
 
 
 class LeftToSystemd:
