@@ -21,13 +21,14 @@ action's path. "Live root": the root is the running system's `/` (`SysRoot.live`
 matching row wins.
 
 "Share gone": the stale mount's share is no longer attached (`Action.share_gone`), not merely
-dead. A virtio-fs unit follows its share's device, so systemd is stopping it already, or soon,
-and unmounting the share: asked to stop the unit too, systemd merges both into one stop job and
-one unmount. Unmounted behind its back instead, systemd's own umount(8) may find nothing
-mounted, and systemd before 256 then marks the unit failed. A dead mount of a share still
-attached goes to the kernel: its device stays, so systemd stops nothing, and the kernel
-executor's unmount is lazy and bounded where umount(8) would wait for a host daemon that may
-never answer.
+dead. A virtio-fs unit bound to its share's device (where vfs-agent's udev rule is installed)
+is being stopped by systemd already, or soon, which unmounts the share: asked to stop the unit
+too, systemd merges both into one stop job and one unmount. Unmounted behind its back instead,
+systemd's own umount(8) may find nothing mounted, and systemd before 256 then marks the unit
+failed. Any other unit is stopped the same way, so systemd knows its mount is gone. A dead
+mount of a share still attached goes to the kernel: its device stays, so systemd stops nothing,
+and the kernel executor's unmount is lazy and bounded where umount(8) would wait for a host
+daemon that may never answer.
 """
 
 from __future__ import annotations
