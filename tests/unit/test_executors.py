@@ -155,36 +155,35 @@ def test_a_unit_that_fails_to_start_says_why_in_systemctls_words(systemctl: Path
     )
 
 
-def test_systemd_stop_runs_systemctl_stop_for_the_unit_of_a_gone_share(
-    tmp_path: Path, systemctl: Path
+@pytest.mark.parametrize(
+    ("unit", "detached", "message"),
+    [
+        (
+            "mnt-gone.mount",
+            False,
+            "Unmounted /mnt/gone (its share is gone) by stopping mnt-gone.mount.",
+        ),
+        # No mount of a gone share is left behind: the kernel detaches it, and the message says
+        # what systemctl answered.
+        (
+            "fail-gone.mount",
+            True,
+            "systemctl stop fail-gone.mount failed: exit status 1: Job for fail-gone.mount failed "
+            "because the control process exited with error code.; "
+            "Unmounted /mnt/gone (its share is gone).",
+        ),
+    ],
+)
+def test_systemd_stop_stops_the_unit_of_a_gone_share_or_else_the_kernel_unmounts_it(
+    tmp_path: Path, systemctl: Path, unit: str, detached: bool, message: str
 ):
     kernel = RecordingKernel()
     stop = SystemdStop(fallback=KernelExecutor(SysRoot(tmp_path), kernel))
-    outcome = stop.carry_out(Step(stale("/mnt/gone"), "mnt-gone.mount"))
-    assert systemctl.read_text() == "stop mnt-gone.mount\n"
-    assert (outcome.ok, outcome.changed) == (True, True)
-    assert outcome.message == (
-        "Unmounted /mnt/gone (its share is gone) by stopping mnt-gone.mount."
-    )
-    assert kernel.unmounts == []  # systemd unmounted it: nothing behind its back
-
-
-def test_a_unit_that_fails_to_stop_leaves_the_unmount_to_the_kernel(
-    tmp_path: Path, systemctl: Path
-):
-    # No mount of a gone share is left behind: the kernel detaches it, and the message says
-    # what systemctl answered.
-    kernel = RecordingKernel()
-    stop = SystemdStop(fallback=KernelExecutor(SysRoot(tmp_path), kernel))
-    outcome = stop.carry_out(Step(stale("/mnt/gone"), "fail-gone.mount"))
-    assert systemctl.read_text() == "stop fail-gone.mount\n"
-    assert kernel.unmounts == [(str(tmp_path / "mnt/gone"), True)]
-    assert (outcome.ok, outcome.changed) == (True, True)
-    assert outcome.message == (
-        "systemctl stop fail-gone.mount failed: exit status 1: Job for fail-gone.mount failed "
-        "because the control process exited with error code.; "
-        "Unmounted /mnt/gone (its share is gone)."
-    )
+    outcome = stop.carry_out(Step(stale("/mnt/gone"), unit))
+    assert systemctl.read_text() == f"stop {unit}\n"
+    assert (outcome.ok, outcome.changed, outcome.message) == (True, True, message)
+    # Stopped, the unit unmounted the share: nothing is unmounted behind systemd's back.
+    assert kernel.unmounts == ([(str(tmp_path / "mnt/gone"), True)] if detached else [])
 
 
 def test_left_to_systemd_and_another_roots_systemd_start_nothing(systemctl: Path):
