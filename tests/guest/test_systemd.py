@@ -8,6 +8,8 @@ change it again, but one, which changes nothing)."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +65,7 @@ ExecStart=/bin/true
 WantedBy=multi-user.target
 """
 DEV = "dev-virtiofs-by\\x2dtag-"
+RACE_OPS = 15
 
 
 def show(guest: VM, unit: str, *props: str) -> dict[str, str]:
@@ -295,6 +298,50 @@ def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, ho
     assert "mounted" in status["StatusText"]
     guest.unplug_share("extra-1")
     wait_until("extra-1 unmounted", lambda: "/srv/extra/extra-1" not in mounted(guest))
+
+
+def test_racing_plugs_and_unplugs_of_a_units_share_end_as_systemd_says(
+    guest: VM, host_dirs: dict[str, Path]
+) -> None:
+    """absent-c has a generated unit bound to its device, and the daemon sees each of its plugs
+    and unplugs too. Plugs right after an unplug (the daemon may still be stopping the old
+    share's unit), plugs while the old device is still being removed, unplugs right after a
+    plug: at the end the share the host attached is mounted once, by its unit, and once
+    unplugged its unit stops with success."""
+    seed = int(os.environ.get("VFS_AGENT_RACE_SEED", time.time()))
+    rng = random.Random(seed)
+    tag, path, unit = "absent-c", "/srv/c", "srv-c.mount"
+    counts = {"plug": 0, "unplug": 0, "plug-while-unplugging": 0}
+    for _ in range(RACE_OPS):  # odd: plugs and unplugs alternate, so the last one is a plug
+        guest.collect_unplugged()
+        if tag in guest.shares:
+            guest.request_unplug(tag)
+            counts["unplug"] += 1
+        else:
+            while not guest.free_slots():
+                time.sleep(0.2)
+                guest.collect_unplugged()
+            counts["plug-while-unplugging"] += tag in guest.unplugs_pending()
+            guest.hotplug_share(tag, host_dirs["c"])
+            counts["plug"] += 1
+        gap_ends = time.monotonic() + rng.choice([0.0, rng.uniform(0.0, 1.5)])
+        while time.monotonic() < gap_ends:
+            guest.collect_unplugged()
+            time.sleep(0.05)
+    print(f"race (seed {seed}): {counts}")
+
+    def settled() -> bool:
+        guest.collect_unplugged()
+        state = show(guest, unit, "ActiveState")["ActiveState"]
+        return not guest.unplugs_pending() and mounted(guest).get(path) == tag and state == "active"
+
+    wait_until(f"{tag} mounted by {unit} after the race", settled, 180)
+    assert guest.get_file(f"{path}/c.txt") == b"c\n"
+    targets = guest.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+    assert targets.count(path) == 1, targets
+    guest.unplug_share(tag)
+    wait_until(f"{unit} stopped", lambda: path not in mounted(guest))
+    assert_stopped_cleanly(guest, unit, path)
 
 
 def outcome_of(guest: VM, command: str, tag: str) -> dict[str, object]:

@@ -5,7 +5,7 @@ from faketree import FakeTree
 from vfs_agent.core.mountinfo import parse_mountinfo
 from vfs_agent.core.observation import Share, Source
 from vfs_agent.core.transport import Transport
-from vfs_agent.system.discovery import discover, read_tag
+from vfs_agent.system.discovery import discover, listed_now, read_tag
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -31,6 +31,20 @@ def test_9p_mount_tags(tmp_path: Path):
     device = tree.ninep("hostshare")
     found = discover(SysRoot(tmp_path))
     assert found.shares == (Share("hostshare", Transport.NINEP, device, Source.NINEP_SYSFS),)
+
+
+def test_listed_now_asks_the_kernels_own_lists_only(tmp_path: Path):
+    tree = FakeTree(tmp_path)
+    root = SysRoot(tmp_path)
+    assert not listed_now(root, Transport.VIRTIOFS, "weird tag#1")  # nothing listed at all
+    tree.virtiofs("weird tag#1")
+    tree.virtiofs("unlisted", sysfs=False)
+    tree.ninep("hostshare")
+    assert listed_now(root, Transport.VIRTIOFS, "weird tag#1")
+    assert not listed_now(root, Transport.VIRTIOFS, "unlisted")  # no PCI window read here
+    assert not listed_now(root, Transport.NINEP, "weird tag#1")  # a tag is per transport
+    assert listed_now(root, Transport.NINEP, "hostshare")
+    assert not listed_now(root, Transport.VIRTIOFS, "hostshare")
 
 
 def test_device_without_sysfs_tag_makes_discovery_incomplete(tmp_path: Path):

@@ -29,8 +29,9 @@ from vfs_agent.system.sysroot import SysRoot
 SYSTEMCTL = """\
 #!/bin/sh
 echo "$@" >> "{log}"
-case "$2" in
-  fail-*) echo "Job for $2 failed because the control process exited with error code." >&2
+for unit; do :; done
+case "$unit" in
+  fail-*) echo "Job for $unit failed because the control process exited with error code." >&2
           exit 1;;
 esac
 """
@@ -38,7 +39,7 @@ esac
 
 @pytest.fixture
 def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A `systemctl` first on PATH that logs its arguments; units named fail-* fail to start."""
+    """A `systemctl` first on PATH that logs its arguments; units named fail-* fail."""
     bindir, log = tmp_path / "bin", tmp_path / "systemctl.log"
     bindir.mkdir()
     script = bindir / "systemctl"
@@ -168,7 +169,8 @@ def test_a_unit_that_fails_to_start_says_why_in_systemctls_words(systemctl: Path
         (
             "fail-gone.mount",
             True,
-            "systemctl stop fail-gone.mount failed: exit status 1: Job for fail-gone.mount failed "
+            "systemctl stop --job-mode=fail fail-gone.mount failed: exit status 1: Job for "
+            "fail-gone.mount failed "
             "because the control process exited with error code.; "
             "Unmounted /mnt/gone (its share is gone).",
         ),
@@ -178,12 +180,35 @@ def test_systemd_stop_stops_the_unit_of_a_gone_share_or_else_the_kernel_unmounts
     tmp_path: Path, systemctl: Path, unit: str, detached: bool, message: str
 ):
     kernel = RecordingKernel()
-    stop = SystemdStop(fallback=KernelExecutor(SysRoot(tmp_path), kernel))
+    stop = SystemdStop(KernelExecutor(SysRoot(tmp_path), kernel), attached=lambda a: False)
     outcome = stop.carry_out(Step(stale("/mnt/gone"), unit))
-    assert systemctl.read_text() == f"stop {unit}\n"
+    # --job-mode=fail: systemd refuses a stop that would cancel a start job queued meanwhile
+    assert systemctl.read_text() == f"stop --job-mode=fail {unit}\n"
     assert (outcome.ok, outcome.changed, outcome.message) == (True, True, message)
     # Stopped, the unit unmounted the share: nothing is unmounted behind systemd's back.
     assert kernel.unmounts == ([(str(tmp_path / "mnt/gone"), True)] if detached else [])
+
+
+@pytest.mark.parametrize("back", ["before", "after the stop failed"])
+def test_the_unit_of_a_share_attached_again_is_left_to_systemd(
+    tmp_path: Path, systemctl: Path, back: str
+):
+    # Plugged again since the plan: systemd starts the unit as the device comes back, and a
+    # stop (or the kernel's unmount) would take the new share away for good.
+    kernel = RecordingKernel()
+    asked = []
+
+    def attached(action: Action) -> bool:
+        asked.append(action.tag)
+        return back == "before" or len(asked) > 1
+
+    stop = SystemdStop(KernelExecutor(SysRoot(tmp_path), kernel), attached)
+    outcome = stop.carry_out(Step(stale("/mnt/gone"), "fail-gone.mount"))
+    assert (outcome.ok, outcome.changed) == (True, False)
+    assert outcome.message == "share 'gone' is attached again: left to systemd (fail-gone.mount)"
+    assert kernel.unmounts == []
+    stopped = "stop --job-mode=fail fail-gone.mount\n"
+    assert (systemctl.exists() and systemctl.read_text()) == (back != "before" and stopped)
 
 
 def test_left_to_systemd_and_another_roots_systemd_start_nothing(systemctl: Path):
@@ -327,11 +352,21 @@ def test_on_the_live_system_a_gone_shares_unit_is_stopped_a_dead_mount_unmounted
     ]
     outcomes = apply_plan(steps, run)
     assert all(o.ok and o.changed for o in outcomes)
-    assert systemctl.read_text() == "stop mnt-a.mount\n"
+    assert systemctl.read_text() == "stop --job-mode=fail mnt-a.mount\n"
     assert kernel.unmounts == [(str(tmp_path / "mnt/b"), True), (str(tmp_path / "mnt/c"), True)]
     # Under --root the running system's manager is never asked.
     kernel.unmounts.clear()
     root = Executors.pick(SysRoot(tmp_path), dry_run=False, systemd=mode, kernel=kernel)
     apply_plan(steps[:1], root)
-    assert systemctl.read_text() == "stop mnt-a.mount\n"
+    assert systemctl.read_text() == "stop --job-mode=fail mnt-a.mount\n"
     assert kernel.unmounts == [(str(tmp_path / "mnt/a"), True)]
+    # Plugged again since the plan (the kernel lists its tag): left to systemd, which starts
+    # the unit as the device comes back.
+    FakeTree(tmp_path).virtiofs("gone")
+    again = apply_plan(steps[:1], run)
+    assert (again[0].changed, again[0].message) == (
+        False,
+        "share 'gone' is attached again: left to systemd (mnt-a.mount)",
+    )
+    assert systemctl.read_text() == "stop --job-mode=fail mnt-a.mount\n"
+    assert kernel.unmounts == [(str(tmp_path / "mnt/a"), True)]  # from --root above, no more

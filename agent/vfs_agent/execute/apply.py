@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from vfs_agent.core.plan import Action
 from vfs_agent.execute.dry_run import DryRun
 from vfs_agent.execute.executor import Executor, Unmounter
 from vfs_agent.execute.kernel import KernelCalls, KernelExecutor
@@ -12,6 +14,7 @@ from vfs_agent.execute.outcome import Outcome, log_outcome
 from vfs_agent.execute.route import Route, Situation, Step, SystemdMode, route
 from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart, SystemdStop
 from vfs_agent.execute.verdict import Verdict
+from vfs_agent.system.discovery import listed_now
 from vfs_agent.system.sysroot import SysRoot
 
 
@@ -42,7 +45,9 @@ class Executors:
             Route.DRY_RUN: dry,
             Route.KERNEL: here,
             Route.SYSTEMD_START: SystemdStart(),
-            Route.SYSTEMD_STOP: SystemdStop(fallback=here),
+            Route.SYSTEMD_STOP: SystemdStop(
+                fallback=here, attached=functools.partial(_listed, sysroot)
+            ),
             Route.SYSTEMD_LEAVE: LeftToSystemd(),
             Route.OTHER_ROOT: OtherRootSystemd(sysroot.root),
         }
@@ -54,6 +59,11 @@ class Executors:
 
     def executor(self, step: Step) -> Executor:
         return self.by_route[route(step, self.situation)]
+
+
+def _listed(sysroot: SysRoot, action: Action) -> bool:
+    assert action.transport is not None
+    return listed_now(sysroot, action.transport, action.tag)
 
 
 def apply_plan(steps: list[Step], executors: Executors) -> list[Outcome]:

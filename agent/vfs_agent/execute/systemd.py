@@ -4,9 +4,11 @@ and the mount of such a share no longer attached is unmounted by stopping that u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from vfs_agent.core.plan import Action
 from vfs_agent.execute.executor import Executor
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
@@ -38,23 +40,45 @@ class SystemdStart:
 class SystemdStop:
     """`systemctl stop UNIT` for the stale mount of a share no longer attached (execute/route.py
     says why), merged by systemd with the stop job the share's device unit started, if any.
-    Should the stop fail or not finish in time, `fallback` (the kernel) unmounts the share, so
-    no mount of a gone share is left behind."""
 
-    def __init__(self, fallback: Executor, *, timeout: float = STOP_TIMEOUT) -> None:
+    The plan was made a moment ago, and the host may have attached the share again since:
+    systemd then starts the unit by itself as the device comes back, and a stop now would
+    unmount the new share, or cancel its start, for good (the daemon leaves that unit to
+    systemd). So a share the kernel lists again (`attached`) is left alone, and the stop runs
+    with `--job-mode=fail`: systemd refuses it if it would cancel a start job already queued.
+    Should the stop fail, or not finish in time, while the share is still gone, `fallback` (the
+    kernel) unmounts it, so no mount of a gone share is left behind."""
+
+    def __init__(
+        self,
+        fallback: Executor,
+        attached: Callable[[Action], bool],
+        *,
+        timeout: float = STOP_TIMEOUT,
+    ) -> None:
         self.fallback = fallback
+        self.attached = attached
         self.timeout = timeout
 
     def carry_out(self, step: Step) -> Outcome:
         action, unit = step.action, step.unit
         assert unit is not None
-        problem = run_tool(["systemctl", "stop", unit], self.timeout)
+        if self.attached(action):
+            return self._back(action, unit)
+        problem = run_tool(["systemctl", "stop", "--job-mode=fail", unit], self.timeout)
         if problem is None:
             return Outcome(
                 action, True, True, f"Unmounted {action.path} ({action.reason}) by stopping {unit}."
             )
+        if self.attached(action):
+            return self._back(action, unit)
         done = self.fallback.carry_out(step)
         return replace(done, message=f"{problem}; {done.message}")
+
+    @staticmethod
+    def _back(action: Action, unit: str) -> Outcome:
+        why = f"share {action.tag!r} is attached again: left to systemd ({unit})"
+        return Outcome(action, True, False, why)
 
 
 class LeftToSystemd:

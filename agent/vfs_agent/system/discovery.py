@@ -101,6 +101,20 @@ def _shares(items: list[SysfsTag]) -> list[Share]:
     ]
 
 
+def listed_now(sysroot: SysRoot, transport: Transport, tag: str) -> bool:
+    """Whether the kernel lists a share with `tag` now: in /sys/fs/virtiofs for virtio-fs, on
+    the virtio bus for 9p. Cheap enough to ask just before acting on a plan made a moment ago.
+    No PCI config window is read, so on kernels without /sys/fs/virtiofs no virtio-fs share is
+    ever listed here."""
+    if transport is Transport.NINEP:
+        try:
+            shares, _ = discover_9p(sysroot)
+        except OSError:
+            return False
+        return any(s.tag == tag for s in shares)
+    return any(i.tag == tag for i in sysfs_tags(sysroot))
+
+
 def virtio_devices(sysroot: SysRoot, device_id: int) -> list[str]:
     """Names (virtioN) of the virtio devices of one type, from their `device` attribute.
     Raises OSError when the virtio bus cannot be listed."""
