@@ -8,6 +8,8 @@ creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
 - an optional share is started by its device alone, so an absent one costs the boot nothing;
 - a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left;
+- each plug starts the unit again, however quickly the host plugs and unplugs
+  (StartLimitIntervalSec=0: systemd's start limit would leave the next plug unmounted);
 - units for this boot only (`this_boot`: the boot-time generator, which runs again at every
   boot and daemon-reload) do not make a share attached now wait for its device: the kernel
   knows its tag already, so its mount goes ahead while udev's coldplug, which makes the device
@@ -96,6 +98,7 @@ ANSWER_SERVICE = "vfs-agent-prober.service"
 # in), and the helper mounts the share as virtiofs. The unit names the share to wait for in its
 # environment, which mount(8) passes on to the helper.
 MOUNT_HELPER_TYPE = "virtiofs.vfsagent"
+NO_START_LIMIT = "StartLimitIntervalSec=0"
 HELPER_TAG_VARIABLE = "VFS_AGENT_TAG_HEX"
 HELPER_WAIT_VARIABLE = "VFS_AGENT_WAIT"
 # The prober's drop-in, written by the generator, that names the shares attached at boot.
@@ -273,7 +276,7 @@ def render_unit(
     if helper:
         unit += _prober_dependencies()
     if device:
-        unit += device_dependencies(action, device, this_boot=this_boot)
+        unit += following_device(action, device, this_boot=this_boot)
     if action.required:
         unit.append("Before=local-fs.target")
     unit += [
@@ -328,12 +331,15 @@ def prober_dropin(units: list[UnitFile], attached: frozenset[str]) -> GeneratedF
     return GeneratedFile(PROBER_DROPIN, text)
 
 
-def device_dependencies(action: Action, device: str, *, this_boot: bool) -> list[str]:
+def following_device(action: Action, device: str, *, this_boot: bool) -> list[str]:
     """Stopped when the share's device unit goes; waiting for it to appear, unless the unit is
-    for this boot only and the share is attached now (see the module's docstring)."""
+    for this boot only and the share is attached now (see the module's docstring). Started
+    again at every plug, however often: with systemd's default start limit (5 starts in 10 s),
+    a host that plugs and unplugs a share quickly gets its last plug refused ("Start request
+    repeated too quickly"), and the share stays unmounted until it is plugged again."""
     if this_boot and action.kind is ActionKind.MOUNT:
-        return [f"StopPropagatedFrom={device}"]
-    return [f"BindsTo={device}", f"After={device}"]
+        return [f"StopPropagatedFrom={device}", NO_START_LIMIT]
+    return [f"BindsTo={device}", f"After={device}", NO_START_LIMIT]
 
 
 def answer_unit_name(mount_unit: str) -> str:
@@ -363,7 +369,7 @@ def _answer_unit(action: Action, mount_unit: str, device: str | None, this_boot:
         f"Before={mount_unit}",
     ]
     if device:
-        lines += device_dependencies(action, device, this_boot=this_boot)
+        lines += following_device(action, device, this_boot=this_boot)
     lines += [
         "",
         "[Service]",
