@@ -92,13 +92,14 @@ ANSWER_SCRIPT = "; ".join(
         "exit 1",
     )
 )
+# A unit that follows its share's device is started at every plug (following_device).
+NO_START_LIMIT = "StartLimitIntervalSec=0"
 ANSWER_SOCKET = "vfs-agent-prober.socket"
 ANSWER_SERVICE = "vfs-agent-prober.service"
 # The mount helper's type: mount(8) runs /sbin/mount.<type> for it (the one directory it looks
 # in), and the helper mounts the share as virtiofs. The unit names the share to wait for in its
 # environment, which mount(8) passes on to the helper.
 MOUNT_HELPER_TYPE = "virtiofs.vfsagent"
-NO_START_LIMIT = "StartLimitIntervalSec=0"
 HELPER_TAG_VARIABLE = "VFS_AGENT_TAG_HEX"
 HELPER_WAIT_VARIABLE = "VFS_AGENT_WAIT"
 # The prober's drop-in, written by the generator, that names the shares attached at boot.

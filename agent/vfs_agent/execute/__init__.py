@@ -13,9 +13,9 @@ others.
   `SystemdStart` runs `systemctl start UNIT` (commands run by hand), `LeftToSystemd` leaves it
   to the unit (the daemon: the unit follows its device), `OtherRootSystemd` reports a unit
   inside `--root` (the running system's manager is never asked), and `SystemdStop` runs
-  `systemctl stop UNIT` for the mount of a share no longer attached (systemd is stopping the
-  unit already, as it follows the share's device: one stop job, one unmount), with the kernel
-  to fall back on.
+  `systemctl stop --job-mode=fail UNIT` for the mount of a share no longer attached (when the
+  unit follows the share's device, systemd is stopping it already: one stop job, one
+  unmount), leaves a share attached again meanwhile to systemd, and falls back on the kernel.
 - `dry_run`: says what would be done, changes nothing.
 - `verdict`: actions that change nothing (keep, ignore, absent, conflict, refuse, unresponsive).
 
