@@ -10,11 +10,12 @@ from pathlib import Path
 
 from vfs_agent.core.plan import Action
 from vfs_agent.execute.executor import Executor
+from vfs_agent.execute.kernel import UMOUNT_TIMEOUT
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
 from vfs_agent.system.tools import run_tool
 
-STOP_TIMEOUT = 10.0  # seconds, as long as the kernel executor waits for umount2(2)
+STOP_TIMEOUT = UMOUNT_TIMEOUT  # as long as the kernel executor waits for umount2(2)
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
