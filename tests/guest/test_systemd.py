@@ -62,6 +62,18 @@ ExecStart=/bin/true
 [Install]
 WantedBy=multi-user.target
 """
+HOLDS_C = """\
+[Unit]
+Description=Test service that uses /srv/c and takes 8 s to stop
+BindsTo=srv-c.mount
+After=srv-c.mount
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/bin/sleep 8
+"""
 DEV = "dev-virtiofs-by\\x2dtag-"
 
 
@@ -280,6 +292,47 @@ def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_d
     wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
     assert "not connected" not in guest.run("ls /srv/c 2>&1").stdout
     assert_stopped_cleanly(guest, "srv-c.mount", "/srv/c")
+
+
+def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(guest: VM, host_dirs) -> None:
+    """The host plugs a share again while its unit's previous mount is still being stopped (a
+    service that uses the mount takes 8 s to stop). systemd starts no unit that is active when
+    its device comes back, so nothing would mount the share: it stayed attached and unmounted.
+    The daemon sees the plug systemd missed and starts the unit."""
+    unit, device = "srv-c.mount", f"{DEV}absent\\x2dc.device"
+    guest.put_file("/etc/systemd/system/holds-c.service", HOLDS_C)
+    guest.run("systemctl daemon-reload", check=True)
+    guest.hotplug_share("absent-c", host_dirs["c"])
+    wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
+    guest.run("systemctl start holds-c.service", check=True)
+    guest.unplug_share("absent-c")
+    jobs = guest.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+    # The stop job waits for holds-c.service to stop; the old mount is there, and dead.
+    assert [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()], jobs
+    guest.hotplug_share("absent-c", host_dirs["c"])
+
+    wait_until("the share mounted again", lambda: guest.run("cat /srv/c/c.txt").stdout == "c\n")
+    stacked = guest.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+    assert stacked.count("/srv/c") == 1, stacked
+    # The case it is: the device came back before the previous mount had stopped.
+    came_back = int(
+        show(guest, device, "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"]
+    )
+    stopped = int(
+        show(guest, unit, "InactiveEnterTimestampMonotonic")["InactiveEnterTimestampMonotonic"]
+    )
+    assert came_back < stopped, (came_back, stopped)
+    journal = guest.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
+    started = (
+        f"Started {unit}: share 'absent-c' was plugged while {unit} was still being stopped,"
+        " which systemd does not follow."
+    )
+    assert journal.count(started) == 1, journal[-3000:]
+
+    guest.unplug_share("absent-c")
+    wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
+    assert_stopped_cleanly(guest, unit, "/srv/c")
+    guest.run("rm /etc/systemd/system/holds-c.service && systemctl daemon-reload", check=True)
 
 
 def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, host_dirs) -> None:

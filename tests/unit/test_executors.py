@@ -29,6 +29,7 @@ from vfs_agent.system.sysroot import SysRoot
 SYSTEMCTL = """\
 #!/bin/sh
 echo "$@" >> "{log}"
+if [ "$1" = show ]; then cat "{log}.show"; exit; fi
 for unit; do :; done
 case "$unit" in
   fail-*) echo "Job for $unit failed because the control process exited with error code." >&2
@@ -39,7 +40,8 @@ esac
 
 @pytest.fixture
 def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A `systemctl` first on PATH that logs its arguments; units named fail-* fail."""
+    """A `systemctl` first on PATH that logs its arguments; units named fail-* fail; `show`
+    prints what the test wrote to `<log>.show`."""
     bindir, log = tmp_path / "bin", tmp_path / "systemctl.log"
     bindir.mkdir()
     script = bindir / "systemctl"
@@ -211,14 +213,88 @@ def test_the_unit_of_a_share_attached_again_is_left_to_systemd(
     assert (systemctl.exists() and systemctl.read_text()) == (back != "before" and stopped)
 
 
-def test_left_to_systemd_and_another_roots_systemd_start_nothing(systemctl: Path):
+def test_another_roots_systemd_starts_nothing(systemctl: Path):
     step = Step(mount_action("t", "/mnt/t"), "mnt-t.mount")
-    left = LeftToSystemd().carry_out(step)
     other = OtherRootSystemd(Path("/img")).carry_out(step)
-    assert (left.ok, left.changed, left.message) == (True, False, "left to systemd (mnt-t.mount)")
     assert (other.ok, other.changed) == (True, False)
     assert other.message == "left to systemd inside /img (mnt-t.mount); --root starts no unit"
     assert not systemctl.exists()
+
+
+def shown(mount: str, device: str) -> str:
+    """`systemctl show` of a mount unit and its device: "STATE EXIT ENTER ACTIVE [job]"."""
+
+    def block(spec: str) -> str:
+        state, exit_, enter, active, *job = spec.split()
+        return (
+            f"ActiveState={state}\nJob={job[0] if job else ''}\n"
+            f"InactiveExitTimestampMonotonic={exit_}\nInactiveEnterTimestampMonotonic={enter}\n"
+            f"ActiveEnterTimestampMonotonic={active}\n"
+        )
+
+    return f"{block(mount)}\n{block(device)}"
+
+
+def asked(tag: str, unit: str | None = None) -> str:
+    """The `systemctl show` LeftToSystemd runs for the mount unit of `tag` and its device."""
+    return (
+        "show --property=ActiveState,Job,InactiveExitTimestampMonotonic,"
+        "InactiveEnterTimestampMonotonic,ActiveEnterTimestampMonotonic -- "
+        f"{unit or f'mnt-{tag}.mount'} dev-virtiofs-by\\x2dtag-{tag}.device\n"
+    )
+
+
+MISSED = shown("inactive 100 400 150", "active 300 200 300")  # unplugged at 200, back at 300
+STARTED = (
+    "Started mnt-t.mount: share 't' was plugged while mnt-t.mount was still being stopped,"
+    " which systemd does not follow."
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (MISSED, (True, True, True, STARTED)),
+        (
+            shown("failed 310 400 0", "active 300 200 300"),  # started since, and failed
+            (True, False, True, "left to systemd (mnt-t.mount)"),
+        ),
+        (
+            shown("active 100 0 150 183", "active 300 200 300"),  # its stop job still waits
+            (True, False, False, "left to systemd (mnt-t.mount), which is not done with it"),
+        ),
+    ],
+)
+def test_the_daemon_starts_a_unit_only_for_a_plug_systemd_missed(
+    systemctl: Path, state: str, expected: tuple[bool, bool, bool, str]
+):
+    systemctl.with_suffix(".log.show").write_text(state)
+    outcome = LeftToSystemd().carry_out(Step(mount_action("t", "/mnt/t"), "mnt-t.mount"))
+    assert (outcome.ok, outcome.changed, outcome.settled, outcome.message) == expected
+    started = "start --no-block mnt-t.mount\n" if outcome.changed else ""
+    assert systemctl.read_text() == asked("t") + started
+
+
+def test_a_missed_plug_whose_start_fails_says_so(systemctl: Path):
+    systemctl.with_suffix(".log.show").write_text(MISSED)
+    outcome = LeftToSystemd().carry_out(Step(mount_action("t", "/mnt/t"), "fail-t.mount"))
+    assert (outcome.ok, outcome.changed) == (False, False)
+    assert outcome.message == (
+        "Failed to start fail-t.mount (share 't' was plugged while fail-t.mount was still being"
+        " stopped, which systemd does not follow): systemctl start --no-block fail-t.mount"
+        " failed: exit status 1: Job for fail-t.mount failed because the control process"
+        " exited with error code."
+    )
+    assert systemctl.read_text() == asked("t", "fail-t.mount") + "start --no-block fail-t.mount\n"
+
+
+def test_without_an_answer_from_systemd_the_unit_is_left_to_it(systemctl: Path):
+    systemctl.with_suffix(".log.show").write_text("")  # one block, not two
+    outcome = LeftToSystemd().carry_out(Step(mount_action("t", "/mnt/t"), "mnt-t.mount"))
+    assert (outcome.ok, outcome.changed, outcome.settled) == (True, False, True)
+    assert outcome.message.startswith(
+        "left to systemd (mnt-t.mount); cannot tell whether it missed a plug: "
+    ), outcome.message
 
 
 # --- the kernel ------------------------------------------------------------------------------
@@ -326,11 +402,11 @@ def test_on_the_live_system_a_managed_share_goes_to_systemd_the_rest_to_the_kern
     run = Executors.pick(SysRoot(tmp_path), dry_run=False, systemd=mode, kernel=kernel)
     run = dataclasses.replace(run, situation=Situation(live=True, dry_run=False, systemd=mode))
     steps = [Step(mount_action("a", "/mnt/a"), "mnt-a.mount"), Step(mount_action("b", "/mnt/b"))]
+    systemctl.with_suffix(".log.show").write_text(shown("active 1 0 2", "active 1 0 1"))
     outcomes = apply_plan(steps, run)
     assert [o.changed for o in outcomes] == [started, True]
-    assert (systemctl.exists() and systemctl.read_text()) == (
-        "start mnt-a.mount\n" if started else False
-    )
+    expected = "start mnt-a.mount\n" if started else asked("a")  # LEAVE: asks only
+    assert systemctl.read_text() == expected
     assert [m[0] for m in kernel.mounts] == ["b"]
     assert kernel.loaded == [Transport.VIRTIOFS]  # for b; systemd's mount(8) loads its own
 

@@ -8,14 +8,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from vfs_agent.core.missed_plug import PROPERTIES, NextStep, next_step, parse_show
 from vfs_agent.core.plan import Action
+from vfs_agent.core.render_systemd import device_unit_name
 from vfs_agent.execute.executor import Executor
 from vfs_agent.execute.kernel import UMOUNT_TIMEOUT
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Step
-from vfs_agent.system.tools import run_tool
+from vfs_agent.system.tools import ToolError, run_tool, tool_output
 
 STOP_TIMEOUT = UMOUNT_TIMEOUT  # as long as the kernel executor waits for umount2(2)
+ASK_TIMEOUT = 10.0  # for a question to systemd, or a job queued without waiting for it
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
@@ -83,10 +86,40 @@ class SystemdStop:
 
 
 class LeftToSystemd:
-    """The daemon: the unit follows its share's device unit by itself."""
+    """The daemon: the unit follows its share's device unit by itself, except for a plug that
+    came while the unit's previous mount was still being stopped, which systemd does not follow
+    (core/missed_plug.py says how that is told apart): then the daemon starts the unit, without
+    waiting for the mount (`--no-block`). While systemd is not done with the unit, the outcome
+    is not settled, and the daemon looks again."""
 
     def carry_out(self, step: Step) -> Outcome:
-        return Outcome(step.action, True, False, f"left to systemd ({step.unit})")
+        action, unit = step.action, step.unit
+        assert unit is not None
+        left = f"left to systemd ({unit})"
+        device = device_unit_name(action.tag)
+        properties = f"--property={','.join(PROPERTIES)}"
+        try:
+            shown = tool_output(["systemctl", "show", properties, "--", unit, device], ASK_TIMEOUT)
+            mount, follows = parse_show(shown)
+        except (ToolError, ValueError) as e:
+            return Outcome(
+                action, True, False, f"{left}; cannot tell whether it missed a plug: {e}"
+            )
+        match next_step(mount, follows):
+            case NextStep.WAIT:
+                return Outcome(
+                    action, True, False, f"{left}, which is not done with it", settled=False
+                )
+            case NextStep.LEAVE:
+                return Outcome(action, True, False, left)
+        problem = run_tool(["systemctl", "start", "--no-block", unit], ASK_TIMEOUT)
+        missed = (
+            f"share {action.tag!r} was plugged while {unit} was still being stopped, "
+            "which systemd does not follow"
+        )
+        if problem:
+            return Outcome(action, False, False, f"Failed to start {unit} ({missed}): {problem}")
+        return Outcome(action, True, True, f"Started {unit}: {missed}.")
 
 
 class OtherRootSystemd:
