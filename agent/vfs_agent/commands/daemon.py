@@ -9,8 +9,8 @@ While the plan holds virtio-fs mounts back because the kernel is removing a devi
 (core/plan.py), or systemd is not done with the unit of a share left to it (a job is queued for
 it), the daemon looks again after a growing pause (1 s, doubled up to 60 s): no uevent is sure
 to come when a removal or a job ends, and each look only plans and asks (nothing is mounted
-while the removal lasts). Once ready, it keeps the memo the generator left at this boot for the next
-boot (systemd/replay.py).
+while the removal lasts). Once ready, it keeps the memo the generator left at this boot for
+the next boot (systemd/replay.py).
 """
 
 from __future__ import annotations

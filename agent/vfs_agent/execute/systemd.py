@@ -4,11 +4,12 @@ and the mount of such a share no longer attached is unmounted by stopping that u
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vfs_agent.core.missed_plug import PROPERTIES, NextStep, next_step, parse_show
+from vfs_agent.core.missed_plug import PROPERTIES, NextStep, UnitState, next_step, parse_show
 from vfs_agent.core.plan import Action
 from vfs_agent.core.render_systemd import device_unit_name
 from vfs_agent.execute.executor import Executor
@@ -96,30 +97,37 @@ class LeftToSystemd:
         action, unit = step.action, step.unit
         assert unit is not None
         left = f"left to systemd ({unit})"
-        device = device_unit_name(action.tag)
-        properties = f"--property={','.join(PROPERTIES)}"
         try:
-            shown = tool_output(["systemctl", "show", properties, "--", unit, device], ASK_TIMEOUT)
-            mount, follows = parse_show(shown)
-        except (ToolError, ValueError) as e:
+            mount, device = _shown(unit, device_unit_name(action.tag))
+        except ToolError as e:
             return Outcome(
                 action, True, False, f"{left}; cannot tell whether it missed a plug: {e}"
             )
-        match next_step(mount, follows):
-            case NextStep.WAIT:
-                return Outcome(
-                    action, True, False, f"{left}, which is not done with it", settled=False
-                )
+        match next_step(mount, device):
             case NextStep.LEAVE:
                 return Outcome(action, True, False, left)
-        problem = run_tool(["systemctl", "start", "--no-block", unit], ASK_TIMEOUT)
-        missed = (
-            f"share {action.tag!r} was plugged while {unit} was still being stopped, "
-            "which systemd does not follow"
-        )
-        if problem:
-            return Outcome(action, False, False, f"Failed to start {unit} ({missed}): {problem}")
-        return Outcome(action, True, True, f"Started {unit}: {missed}.")
+            case NextStep.WAIT:
+                why = f"{left}, which is not done with it"
+                return Outcome(action, True, False, why, settled=False)
+            case NextStep.START:
+                missed = (
+                    f"share {action.tag!r} was plugged while {unit} was still being stopped, "
+                    "which systemd does not follow"
+                )
+                problem = run_tool(["systemctl", "start", "--no-block", unit], ASK_TIMEOUT)
+                if problem:
+                    why = f"Failed to start {unit} ({missed}): {problem}"
+                    return Outcome(action, False, False, why)
+                return Outcome(action, True, True, f"Started {unit}: {missed}.")
+
+
+def _shown(unit: str, device: str) -> tuple[UnitState, UnitState]:
+    """What systemd says about a mount unit and the device unit it follows; raises ToolError."""
+    argv = ["systemctl", "show", f"--property={','.join(PROPERTIES)}", "--", unit, device]
+    units = parse_show(tool_output(argv, ASK_TIMEOUT))
+    if len(units) != 2:
+        raise ToolError(f"{shlex.join(argv)} described {len(units)} unit(s), not 2")
+    return units[0], units[1]
 
 
 class OtherRootSystemd:
