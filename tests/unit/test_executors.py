@@ -23,7 +23,13 @@ from vfs_agent.execute.executor import UnmountError
 from vfs_agent.execute.kernel import KernelExecutor, LiveKernelCalls
 from vfs_agent.execute.outcome import Outcome
 from vfs_agent.execute.route import Situation, Step, SystemdMode
-from vfs_agent.execute.systemd import LeftToSystemd, OtherRootSystemd, SystemdStart, SystemdStop
+from vfs_agent.execute.systemd import (
+    GRACE,
+    LeftToSystemd,
+    OtherRootSystemd,
+    SystemdStart,
+    SystemdStop,
+)
 from vfs_agent.execute.verdict import Verdict
 from vfs_agent.system.sysroot import SysRoot
 
@@ -246,29 +252,32 @@ def asked(tag: str, unit: str | None = None) -> str:
 
 
 def second_look(step: Step) -> Outcome:
-    """LeftToSystemd's outcome at the second plan in a row that leaves `step` to systemd."""
-    left = LeftToSystemd()
+    """LeftToSystemd's outcome at a look `GRACE` seconds after the first found `step` unmounted."""
+    times = iter([10.0, 10.0 + GRACE])
+    left = LeftToSystemd(clock=lambda: next(times))
     for _ in range(2):
         left.begin_plan()
         outcome = left.carry_out(step)
     return outcome
 
 
-def test_the_first_look_right_after_a_plug_asks_systemd_nothing(systemctl: Path):
-    left, step = LeftToSystemd(), Step(mount_action("t", "/mnt/t"), "mnt-t.mount")
-    other = Step(mount_action("u", "/mnt/u"), "mnt-u.mount")
+def test_systemd_is_asked_only_once_a_share_stayed_unmounted_for_a_while(systemctl: Path):
+    now = [100.0]
+    left = LeftToSystemd(clock=lambda: now[0])
+    t, u = (Step(mount_action(n, f"/mnt/{n}"), f"mnt-{n}.mount") for n in "tu")
     systemctl.with_suffix(".log.show").write_text(shown("active 1 0 2", "active 1 0 1"))
     looks = []
-    for steps in ([step], [other], [step, other], [step]):
+    for at, steps in ((0, [t]), (0.5, [t, u]), (GRACE, [t, u]), (GRACE + 0.2, [u]), (5, [t])):
+        now[0] = 100.0 + at
         left.begin_plan()
-        looks.append([(o.settled, o.message) for o in map(left.carry_out, steps)])
+        looks.append([(o.action.tag, o.settled) for o in map(left.carry_out, steps)])
         looks[-1].append(systemctl.exists() and systemctl.read_text().count("show"))
-    first = (False, "left to systemd (mnt-t.mount)")
     assert looks == [
-        [first, False],
-        [(False, "left to systemd (mnt-u.mount)"), False],
-        [first, (True, "left to systemd (mnt-u.mount)"), 1],  # mnt-t's plan was not the last
-        [(True, "left to systemd (mnt-t.mount)"), 2],
+        [("t", False), False],  # right after the plug: systemd is most likely mounting it
+        [("t", False), ("u", False), False],  # the plug's next uevent
+        [("t", True), ("u", False), 1],  # t unmounted for GRACE s: asked (and left: active)
+        [("u", False), 1],  # u for 0.7 s only
+        [("t", False), 1],  # t mounted in between: its next plug starts afresh
     ]
 
 

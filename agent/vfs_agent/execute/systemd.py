@@ -5,6 +5,7 @@ and the mount of such a share no longer attached is unmounted by stopping that u
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from vfs_agent.system.tools import ToolError, run_tool, tool_output
 
 STOP_TIMEOUT = UMOUNT_TIMEOUT  # as long as the kernel executor waits for umount2(2)
 ASK_TIMEOUT = 10.0  # for a question to systemd, or a job queued without waiting for it
+GRACE = 1.0  # seconds a share left to systemd stays unmounted before systemd is asked about it
 
 
 def start_unit(name: str, *, timeout: float = 120) -> str | None:
@@ -93,24 +95,29 @@ class LeftToSystemd:
     waiting for the mount (`--no-block`). While systemd is not done with the unit, the outcome
     is not settled, and the daemon looks again.
 
-    systemd is asked only at the second look in a row that finds the share unmounted: at the
-    first, right after the plug, systemd is most likely mounting it, and a `systemctl show`
-    then, under emulation, took about 200 ms from that mount job (bench/hotplug_systemd.py).
+    systemd is asked only once a share has been found unmounted for `GRACE` seconds, look
+    after look: right after a plug systemd is most likely mounting it, and asking then (at each
+    of the plug's two or three uevents), under emulation, took about 200 ms from that mount
+    job (bench/hotplug_systemd.py).
     """
 
-    def __init__(self) -> None:
-        self._last_plan: frozenset[str] = frozenset()  # units left to systemd by the last plan
-        self._this_plan: set[str] = set()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last_plan: dict[
+            str, float
+        ] = {}  # unit -> since when left to systemd, look after look
+        self._this_plan: dict[str, float] = {}
 
     def begin_plan(self) -> None:
-        self._last_plan, self._this_plan = frozenset(self._this_plan), set()
+        self._last_plan, self._this_plan = self._this_plan, {}
 
     def carry_out(self, step: Step) -> Outcome:
         action, unit = step.action, step.unit
         assert unit is not None
         left = f"left to systemd ({unit})"
-        self._this_plan.add(unit)
-        if unit not in self._last_plan:
+        now = self.clock()
+        since = self._this_plan[unit] = self._last_plan.get(unit, now)
+        if now - since < GRACE:
             return Outcome(action, True, False, left, settled=False)
         try:
             mount, device = _shown(unit, device_unit_name(action.tag))
