@@ -103,9 +103,8 @@ class LeftToSystemd:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._last_plan: dict[
-            str, float
-        ] = {}  # unit -> since when left to systemd, look after look
+        # unit -> since when it has been left to systemd, plan after plan
+        self._last_plan: dict[str, float] = {}
         self._this_plan: dict[str, float] = {}
 
     def begin_plan(self) -> None:
