@@ -27,7 +27,7 @@ class Executors:
     by_route: Mapping[Route, Executor]
     unmounter: Unmounter  # for `vfs-agent umount`
     kernel: KernelExecutor
-    left: LeftToSystemd
+    left: LeftToSystemd  # remembers, plan after plan, since when a share has waited for systemd
 
     @classmethod
     def pick(
