@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.guest.conftest import slow_to_stop
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
 from vfs_agent.core.render_systemd import device_unit_name
@@ -44,18 +45,6 @@ mounts:
     path: /srv/hot
 """
 BROKEN = "version: 1\nmounts:\n  - tag: x\n    path: relative/oops\n"
-HOLDS_HOT = """\
-[Unit]
-Description=Test service that uses /srv/hot and takes 8 s to stop
-BindsTo=srv-hot.mount
-After=srv-hot.mount
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/true
-ExecStop=/bin/sleep 8
-"""
 
 
 def vfs(guest: VM, *args: str) -> tuple[int, Any]:
@@ -251,7 +240,7 @@ def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(
     plugged again while a service that used its previous mount was still stopping, would stay
     attached and unmounted. The daemon starts its unit."""
     unit, device = "srv-hot.mount", device_unit_name(HOT_TAG)
-    rebooted.put_file("/etc/systemd/system/holds-hot.service", HOLDS_HOT)
+    rebooted.put_file("/etc/systemd/system/holds-hot.service", slow_to_stop("srv-hot.mount"))
     rebooted.run("systemctl daemon-reload", check=True)
     rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
     wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import BootGuest
+from tests.guest.conftest import BootGuest, slow_to_stop
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
 from vfs_agent.systemd.replay import IDENT, KEPT, MEMO_NAME, REPLAYED
@@ -63,18 +63,6 @@ ExecStart=/bin/true
 
 [Install]
 WantedBy=multi-user.target
-"""
-HOLDS_C = """\
-[Unit]
-Description=Test service that uses /srv/c and takes 8 s to stop
-BindsTo=srv-c.mount
-After=srv-c.mount
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/true
-ExecStop=/bin/sleep 8
 """
 DEV = "dev-virtiofs-by\\x2dtag-"
 RACE_OPS = 15  # plugs and unplugs in the storm
@@ -303,7 +291,7 @@ def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(guest: VM, 
     its device comes back, so nothing would mount the share: it stayed attached and unmounted.
     The daemon sees the plug systemd missed and starts the unit."""
     unit, device = "srv-c.mount", f"{DEV}absent\\x2dc.device"
-    guest.put_file("/etc/systemd/system/holds-c.service", HOLDS_C)
+    guest.put_file("/etc/systemd/system/holds-c.service", slow_to_stop("srv-c.mount"))
     guest.run("systemctl daemon-reload", check=True)
     guest.hotplug_share("absent-c", host_dirs["c"])
     wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
