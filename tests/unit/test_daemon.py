@@ -393,3 +393,27 @@ def test_while_systemd_is_not_done_with_a_unit_the_daemon_looks_again(setup, mon
     run_daemon(tree, events, kernel, script)
     pauses = [round(b - a) for a, b in itertools.pairwise(looks)]
     assert pauses == [1, 2]
+
+
+def test_a_uevent_brings_the_next_look_back_to_a_second(setup, monkeypatch):
+    """The pause grows only with looks that found systemd still busy, not with uevents: after a
+    storm, a plug systemd missed is started within a second or two, not a minute."""
+    tree, events, kernel = setup
+    looks: list[float] = []
+    action = Action(kind=ActionKind.MOUNT, tag="t", reason="r", path="/mnt/t")
+
+    def reconcile(ctx, policy, executors) -> list[Outcome]:
+        looks.append(time.monotonic())
+        return [Outcome(action, True, False, "left to systemd", settled=False)]
+
+    monkeypatch.setattr(ops, "reconcile", reconcile)
+
+    def script() -> None:
+        wait_for(lambda: len(looks) == 3, timeout=10)  # at 0, 1 and 3 s: the next after 4 s
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/2", "t", None))
+        wait_for(lambda: len(looks) == 5, timeout=10)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    pauses = [round(b - a) for a, b in itertools.pairwise(looks)]
+    assert pauses == [1, 2, 0, 1]
