@@ -246,8 +246,12 @@ def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(
     wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)
     rebooted.run("systemctl start holds-hot.service", check=True)
     rebooted.unplug_share(HOT_TAG)
-    jobs = rebooted.run("systemctl list-jobs --plain --no-legend", check=True).stdout
-    assert [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()], jobs
+
+    def stopping() -> bool:
+        jobs = rebooted.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+        return [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()]
+
+    wait_until(f"{unit}'s stop job, waiting for holds-hot.service", stopping, timeout=6)
     rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
 
     readable = f"{HOT_TAG}\n"

@@ -297,9 +297,13 @@ def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(guest: VM, 
     wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
     guest.run("systemctl start holds-c.service", check=True)
     guest.unplug_share("absent-c")
-    jobs = guest.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+
+    def stopping() -> bool:
+        jobs = guest.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+        return [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()]
+
     # The stop job waits for holds-c.service to stop; the old mount is there, and dead.
-    assert [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()], jobs
+    wait_until(f"{unit}'s stop job", stopping, timeout=6)
     guest.hotplug_share("absent-c", host_dirs["c"])
 
     wait_until("the share mounted again", lambda: guest.run("cat /srv/c/c.txt").stdout == "c\n")
