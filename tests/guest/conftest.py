@@ -29,6 +29,17 @@ _SUMMARY: list[str] = []  # lines for the terminal summary (image time, log dire
 _IMAGES: dict[str, GuestImage] = {}  # built (or found) once per session
 
 
+def slow_to_stop(mount_unit: str, seconds: int = 8) -> str:
+    """A service bound to `mount_unit` that takes `seconds` to stop: that mount's stop job waits
+    for it, as it waits for every service that uses a share."""
+    return (
+        f"[Unit]\nDescription=Test service that uses {mount_unit} and takes {seconds} s to stop\n"
+        f"BindsTo={mount_unit}\nAfter={mount_unit}\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+        f"ExecStop=/bin/sleep {seconds}\n"
+    )
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]

@@ -6,7 +6,8 @@ install ./vfs-agent_*.deb`: apt checks every Depends against Debian 12's version
 Debian 12 does not meet fails the image build. One QEMU, two boots (the second after the
 policy is written): the first shows what the package does on its own and that `vfs-agent
 kernel` sees virtiofs as a module, the second that the generator's units mount the share
-before multi-user.target, then a hot-plugged share is mounted by systemd.
+before multi-user.target, then a hot-plugged share is mounted by systemd, and by the daemon
+starting its unit when systemd missed its plug.
 
 Run as root, alone (one guest at a time; about 2 minutes, plus 2-3 minutes the first time for
 the Debian 12 base tree):
@@ -24,8 +25,10 @@ from typing import Any
 
 import pytest
 
+from tests.guest.conftest import slow_to_stop
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
+from vfs_agent.core.render_systemd import device_unit_name
 
 pytestmark = pytest.mark.guest
 
@@ -228,3 +231,42 @@ def test_a_share_hot_plugged_after_boot_is_mounted(
     ours = [line for line in journal.splitlines() if line.startswith("Unmounted /srv/hot (")]
     assert all(line.endswith(f" by stopping {unit}.") for line in ours), ours
     print(f"unplugs the daemon carried out by stopping {unit}: {len(ours)} of 3")
+
+
+def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(
+    rebooted: VM, share_dirs: dict[str, Path]
+) -> None:
+    """systemd 252, too, starts no unit that is active when its device comes back: the share,
+    plugged again while a service that used its previous mount was still stopping, would stay
+    attached and unmounted. The daemon starts its unit."""
+    unit, device = "srv-hot.mount", device_unit_name(HOT_TAG)
+    rebooted.put_file("/etc/systemd/system/holds-hot.service", slow_to_stop("srv-hot.mount"))
+    rebooted.run("systemctl daemon-reload", check=True)
+    rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
+    wait_until(f"{HOT_TAG!r} mounted", lambda: findmnt(rebooted).get("/srv/hot") == HOT_TAG)
+    rebooted.run("systemctl start holds-hot.service", check=True)
+    rebooted.unplug_share(HOT_TAG)
+
+    def stopping() -> bool:
+        jobs = rebooted.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+        return [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()]
+
+    wait_until(f"{unit}'s stop job, waiting for holds-hot.service", stopping, timeout=6)
+    rebooted.hotplug_share(HOT_TAG, share_dirs[HOT_TAG])
+
+    readable = f"{HOT_TAG}\n"
+    wait_until("mounted again", lambda: rebooted.run("cat /srv/hot/tag.txt").stdout == readable)
+    targets = rebooted.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+    assert targets.count("/srv/hot") == 1, targets
+    came_back = int(prop(rebooted, device, "ActiveEnterTimestampMonotonic"))
+    assert came_back < int(prop(rebooted, unit, "InactiveEnterTimestampMonotonic"))
+    journal = rebooted.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
+    started = (
+        f"Started {unit}: share {HOT_TAG!r} was plugged while {unit} was still being stopped,"
+        " which systemd does not follow."
+    )
+    assert journal.count(started) == 1, journal[-3000:]
+
+    rebooted.unplug_share(HOT_TAG)
+    wait_until(f"{HOT_TAG!r} unmounted", lambda: "/srv/hot" not in findmnt(rebooted))
+    rebooted.run("rm /etc/systemd/system/holds-hot.service && systemctl daemon-reload", check=True)

@@ -8,13 +8,15 @@ change it again, but one, which changes nothing)."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import BootGuest
+from tests.guest.conftest import BootGuest, slow_to_stop
 from tests.guestlib.image import GuestImage
 from tests.guestlib.vm import VM, VMConfig
 from vfs_agent.systemd.replay import IDENT, KEPT, MEMO_NAME, REPLAYED
@@ -63,6 +65,7 @@ ExecStart=/bin/true
 WantedBy=multi-user.target
 """
 DEV = "dev-virtiofs-by\\x2dtag-"
+RACE_OPS = 15  # plugs and unplugs in the storm
 
 
 def show(guest: VM, unit: str, *props: str) -> dict[str, str]:
@@ -280,6 +283,101 @@ def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_d
     wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
     assert "not connected" not in guest.run("ls /srv/c 2>&1").stdout
     assert_stopped_cleanly(guest, "srv-c.mount", "/srv/c")
+
+
+def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(guest: VM, host_dirs) -> None:
+    """The host plugs a share again while its unit's previous mount is still being stopped (a
+    service that uses the mount takes 8 s to stop). systemd starts no unit that is active when
+    its device comes back, so nothing would mount the share: it stayed attached and unmounted.
+    The daemon sees the plug systemd missed and starts the unit."""
+    unit, device = "srv-c.mount", f"{DEV}absent\\x2dc.device"
+    guest.put_file("/etc/systemd/system/holds-c.service", slow_to_stop("srv-c.mount"))
+    guest.run("systemctl daemon-reload", check=True)
+    guest.hotplug_share("absent-c", host_dirs["c"])
+    wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
+    guest.run("systemctl start holds-c.service", check=True)
+    guest.unplug_share("absent-c")
+
+    def stopping() -> bool:
+        jobs = guest.run("systemctl list-jobs --plain --no-legend", check=True).stdout
+        return [unit, "stop"] in [line.split()[1:3] for line in jobs.splitlines()]
+
+    # The stop job waits for holds-c.service to stop; the old mount is there, and dead.
+    wait_until(f"{unit}'s stop job", stopping, timeout=6)
+    guest.hotplug_share("absent-c", host_dirs["c"])
+
+    wait_until("the share mounted again", lambda: guest.run("cat /srv/c/c.txt").stdout == "c\n")
+    stacked = guest.run("findmnt --list -n -o TARGET -t virtiofs", check=True).stdout.split()
+    assert stacked.count("/srv/c") == 1, stacked
+    # The case it is: the device came back before the previous mount had stopped.
+    came_back = int(
+        show(guest, device, "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"]
+    )
+    stopped = int(
+        show(guest, unit, "InactiveEnterTimestampMonotonic")["InactiveEnterTimestampMonotonic"]
+    )
+    assert came_back < stopped, (came_back, stopped)
+    journal = guest.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
+    started = (
+        f"Started {unit}: share 'absent-c' was plugged while {unit} was still being stopped,"
+        " which systemd does not follow."
+    )
+    assert journal.count(started) == 1, journal[-3000:]
+
+    guest.unplug_share("absent-c")
+    wait_until("srv-c.mount stopped", lambda: "/srv/c" not in mounted(guest))
+    assert_stopped_cleanly(guest, unit, "/srv/c")
+    guest.run("rm /etc/systemd/system/holds-c.service && systemctl daemon-reload", check=True)
+
+
+def test_a_storm_of_plugs_and_unplugs_that_ends_attached_ends_mounted(
+    guest: VM, host_dirs: dict[str, Path]
+) -> None:
+    """absent-c has a unit bound to its device, and the daemon sees its plugs and unplugs too.
+    A storm of them (a plug while the old device is still being removed, an unplug right after
+    a plug) that leaves the share attached must leave it mounted by its unit, once, readable:
+    systemd's start limit (lifted in the units) and a plug it missed while the previous mount
+    was being stopped (started by the daemon) each left it unmounted before."""
+    seed = int(os.environ.get("VFS_AGENT_RACE_SEED", time.time()))
+    rng = random.Random(seed)
+    tag, path, unit = "absent-c", "/srv/c", "srv-c.mount"
+    counts = {"plug": 0, "unplug": 0, "plug-while-unplugging": 0}
+    for step in range(RACE_OPS + 1):
+        guest.collect_unplugged()
+        if tag in guest.shares and step < RACE_OPS:
+            guest.request_unplug(tag)
+            counts["unplug"] += 1
+        elif tag not in guest.shares:  # the last step always plugs, if it is not plugged
+            while not guest.free_slots():
+                time.sleep(0.2)
+                guest.collect_unplugged()
+            counts["plug-while-unplugging"] += tag in guest.unplugs_pending()
+            guest.hotplug_share(tag, host_dirs["c"])
+            counts["plug"] += 1
+        gap_ends = time.monotonic() + rng.choice([0.0, rng.uniform(0.0, 1.5)])
+        while time.monotonic() < gap_ends:
+            guest.collect_unplugged()
+            time.sleep(0.05)
+    print(f"storm (seed {seed}): {counts}")
+
+    def mounted_once() -> bool:
+        guest.collect_unplugged()
+        targets = guest.run("findmnt --list -n -o TARGET -t virtiofs").stdout.split()
+        return targets.count(path) == 1 and guest.run(f"cat {path}/c.txt").stdout == "c\n"
+
+    wait_until(f"the share mounted after the storm (seed {seed})", mounted_once, timeout=90)
+    wait_until(
+        f"{unit} active", lambda: show(guest, unit, "ActiveState")["ActiveState"] == "active"
+    )
+    guest.unplug_share(tag)
+    wait_until(f"{unit} stopped", lambda: path not in mounted(guest))
+
+    def unplugs_done() -> bool:
+        guest.collect_unplugged()
+        return not guest.unplugs_pending()
+
+    wait_until("every unplug acknowledged", unplugs_done)
+    assert "not connected" not in guest.run(f"ls {path} 2>&1").stdout
 
 
 def test_the_daemon_mounts_a_glob_share_and_logs_structured_fields(guest: VM, host_dirs) -> None:

@@ -2,6 +2,7 @@
 that edits the fake tree's mountinfo), in the main thread so real signals are delivered."""
 
 import contextlib
+import itertools
 import os
 import select
 import shutil
@@ -18,7 +19,9 @@ from faketree import FakeTree, run_generator
 from vfs_agent.commands import daemon as daemon_module
 from vfs_agent.commands import operations as ops
 from vfs_agent.commands.daemon import Daemon
+from vfs_agent.core.plan import Action, ActionKind
 from vfs_agent.core.transport import Transport
+from vfs_agent.execute.outcome import Outcome
 from vfs_agent.system.sysroot import SysRoot
 from vfs_agent.system.uevents import ShareEvent, needs_driver, relevant
 from vfs_agent.systemd.replay import KEPT, MEMO_NAME, SYSTEM_GENERATOR_DIR
@@ -366,3 +369,51 @@ def test_the_daemon_keeps_the_generators_memo_for_the_next_boot(setup, tmp_path)
     run_daemon(tree, events, kernel, script)
     assert kept.read_bytes() == (run_dir / MEMO_NAME).read_bytes()
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def test_while_systemd_is_not_done_with_a_unit_the_daemon_looks_again(setup, monkeypatch):
+    """A unit left to systemd with a job queued (an unsettled outcome): no uevent is sure to
+    come when the job ends, so the daemon looks again by itself (after 1 s, then 2 s), and
+    stops looking once the outcome is settled."""
+    tree, events, kernel = setup
+    looks: list[float] = []
+    action = Action(kind=ActionKind.MOUNT, tag="t", reason="r", path="/mnt/t")
+
+    def reconcile(ctx, policy, executors) -> list[Outcome]:
+        looks.append(time.monotonic())
+        return [Outcome(action, True, False, "left to systemd", settled=len(looks) > 2)]
+
+    monkeypatch.setattr(ops, "reconcile", reconcile)
+
+    def script() -> None:
+        wait_for(lambda: len(looks) == 3, timeout=10)
+        time.sleep(2.5)  # the next look would come after 4 s
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    pauses = [round(b - a) for a, b in itertools.pairwise(looks)]
+    assert pauses == [1, 2]
+
+
+def test_a_uevent_brings_the_next_look_back_to_a_second(setup, monkeypatch):
+    """The pause grows only with looks that found systemd still busy, not with uevents: after a
+    storm, a plug systemd missed is started within a second or two, not a minute."""
+    tree, events, kernel = setup
+    looks: list[float] = []
+    action = Action(kind=ActionKind.MOUNT, tag="t", reason="r", path="/mnt/t")
+
+    def reconcile(ctx, policy, executors) -> list[Outcome]:
+        looks.append(time.monotonic())
+        return [Outcome(action, True, False, "left to systemd", settled=False)]
+
+    monkeypatch.setattr(ops, "reconcile", reconcile)
+
+    def script() -> None:
+        wait_for(lambda: len(looks) == 3, timeout=10)  # at 0, 1 and 3 s: the next after 4 s
+        events.push(ShareEvent("add", "virtiofs", "/fs/virtiofs/2", "t", None))
+        wait_for(lambda: len(looks) == 5, timeout=10)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run_daemon(tree, events, kernel, script)
+    pauses = [round(b - a) for a, b in itertools.pairwise(looks)]
+    assert pauses == [1, 2, 0, 1]

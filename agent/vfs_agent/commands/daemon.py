@@ -2,13 +2,16 @@
 
 Events in, pure reconcile out: every batch of share events (and every SIGHUP) runs the same
 discover -> plan -> apply as mount-all, under the same lock. Shares whose path has a generated
-.mount unit are left to systemd, which follows their device units itself. A share device that
-appears without a driver gets its driver loaded (as udevd would); its `bind` brings the reconcile.
+.mount unit are left to systemd, which follows their device units itself, except for a plug it
+missed, whose unit the daemon starts (core/missed_plug.py). A share device that appears without
+a driver gets its driver loaded (as udevd would); its `bind` brings the reconcile.
 While the plan holds virtio-fs mounts back because the kernel is removing a device
-(core/plan.py), the daemon looks again after a growing pause (1 s, doubled up to 60 s): no
-uevent is sure to come when a removal ends, and each look only plans (nothing is mounted while
-the removal lasts). Once ready, it keeps the memo the generator left at this boot for the next
-boot (systemd/replay.py).
+(core/plan.py), or systemd is not done with the unit of a share left to it (a job is queued for
+it), the daemon looks again after a pause: 1 s after a reconcile that uevents, a reload or
+the start brought, doubled (up to 60 s) after each look that still finds it so. No uevent is
+sure to come when a removal or a job ends, and each look only plans and asks (nothing is
+mounted while the removal lasts); a storm of uevents does not lengthen the pause. Once ready,
+it keeps the memo the generator left at this boot for the next boot (systemd/replay.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from vfs_agent.systemd.replay import KEPT, keep_memo
 
 log = logging.getLogger(__name__)
 
-MAX_RECHECK = 60.0  # seconds between looks while a device removal holds mounts back
+MAX_RECHECK = 60.0  # seconds between looks while a removal holds mounts back or a job runs
 
 
 @dataclass
@@ -43,7 +46,7 @@ class DaemonState:
     policy: Policy
     mounted_by_us: set[str] = field(default_factory=set)
     reconciles: int = 0
-    recheck: float | None = None  # seconds until the next look while mounts are held back
+    recheck: float | None = None  # seconds until the next look (see the module docstring)
     backoff: float | None = None  # the pause that `recheck` started from
 
 
@@ -93,7 +96,9 @@ class Daemon:
                 if state.recheck is not None:
                     state.recheck -= time.monotonic() - started
                     if state.recheck <= 0:
-                        self._reconcile(state, "a device removal that held mounts back")
+                        self._reconcile(
+                            state, "a pause for a device removal or a unit's job", again=True
+                        )
                 if wake_r in ready:
                     _drain_pipe(wake_r)
                 if self._signals and self._handle_signals(state):
@@ -172,15 +177,17 @@ class Daemon:
             self.notifier.send("READY=1")
         return False
 
-    def _reconcile(self, state: DaemonState, why: str) -> list[Outcome]:
+    def _reconcile(self, state: DaemonState, why: str, *, again: bool = False) -> list[Outcome]:
+        """`again`: the look after a pause (the module docstring), which doubles the next one."""
         try:
             outcomes = ops.reconcile(self.ctx, state.policy, self.executors)
         except OSError as e:  # the mount table could not be read (EIO): nothing was changed
             log.error("Failed to reconcile after %s: %s; the next event retries, ignoring.", why, e)
             return []
         state.reconciles += 1
-        if any(o.action.kind is ActionKind.HELD for o in outcomes):
-            backoff = state.backoff = min(MAX_RECHECK, state.backoff * 2 if state.backoff else 1.0)
+        if any(o.action.kind is ActionKind.HELD or not o.settled for o in outcomes):
+            doubled = state.backoff * 2 if again and state.backoff else 1.0
+            backoff = state.backoff = min(MAX_RECHECK, doubled)
             state.recheck = backoff
         else:
             state.backoff = state.recheck = None

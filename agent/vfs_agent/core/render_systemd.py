@@ -6,7 +6,9 @@ creates as /dev/virtiofs/by-tag/<encoded tag> (see systemd/70-vfs-agent.rules):
   systemd's DefaultDeviceTimeoutSec, 90 s), and a failure fails only that mount and what
   depends on it (local-fs.target merely wants it);
 - an optional share is started by its device alone, so an absent one costs the boot nothing;
-- a share that appears later (hotplug) is mounted by systemd, through <device>.wants/;
+- a share that appears later (hotplug) is mounted by systemd, through <device>.wants/ (a
+  plug that comes while the unit's previous mount is still being stopped, systemd misses; the
+  daemon starts the unit then: core/missed_plug.py);
 - an unplugged share's mount is stopped (BindsTo=), so no dead mount is left;
 - each plug starts the unit again, however quickly the host plugs and unplugs
   (StartLimitIntervalSec=0: systemd's start limit would leave the next plug unmounted);

@@ -11,7 +11,9 @@ others.
   It also unmounts for `vfs-agent umount` (with `--abort`, after aborting the FUSE connection).
 - `systemd`: a share whose path has a vfs-agent generated .mount unit is systemd's:
   `SystemdStart` runs `systemctl start UNIT` (commands run by hand), `LeftToSystemd` leaves it
-  to the unit (the daemon: the unit follows its device), `OtherRootSystemd` reports a unit
+  to the unit (the daemon: the unit follows its device), but starts it for a plug systemd
+  missed (`core.missed_plug`), and while systemd is not done with the unit leaves its outcome
+  unsettled (`Outcome.settled`), so the daemon looks again; `OtherRootSystemd` reports a unit
   inside `--root` (the running system's manager is never asked), and `SystemdStop` runs
   `systemctl stop --job-mode=fail UNIT` for the mount of a share no longer attached (when the
   unit follows the share's device, systemd is stopping it already: one stop job, one

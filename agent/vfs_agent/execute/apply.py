@@ -27,6 +27,7 @@ class Executors:
     by_route: Mapping[Route, Executor]
     unmounter: Unmounter  # for `vfs-agent umount`
     kernel: KernelExecutor
+    left: LeftToSystemd  # remembers, plan after plan, since when a share has waited for systemd
 
     @classmethod
     def pick(
@@ -39,7 +40,7 @@ class Executors:
     ) -> Executors:
         """`kernel`: the kernel calls to make (tests pass a fake); the real ones by default."""
         situation = Situation(live=sysroot.live, dry_run=dry_run, systemd=systemd)
-        dry, here = DryRun(), KernelExecutor(sysroot, kernel)
+        dry, here, left = DryRun(), KernelExecutor(sysroot, kernel), LeftToSystemd()
         by_route: dict[Route, Executor] = {
             Route.VERDICT: Verdict(),
             Route.DRY_RUN: dry,
@@ -48,10 +49,10 @@ class Executors:
             Route.SYSTEMD_STOP: SystemdStop(
                 fallback=here, attached=functools.partial(_listed, sysroot)
             ),
-            Route.SYSTEMD_LEAVE: LeftToSystemd(),
+            Route.SYSTEMD_LEAVE: left,
             Route.OTHER_ROOT: OtherRootSystemd(sysroot.root),
         }
-        return cls(situation, by_route, dry if dry_run else here, here)
+        return cls(situation, by_route, dry if dry_run else here, here, left)
 
     @property
     def dry_run(self) -> bool:
@@ -70,6 +71,7 @@ def apply_plan(steps: list[Step], executors: Executors) -> list[Outcome]:
     """Carry out every step in order, each by the executor its route names; one failure never
     stops the others."""
     executors.kernel.begin_plan()
+    executors.left.begin_plan()
     outcomes = []
     for step in steps:
         outcome = executors.executor(step).carry_out(step)

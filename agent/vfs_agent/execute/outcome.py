@@ -18,6 +18,9 @@ class Outcome:
     ok: bool
     changed: bool
     message: str
+    # False: systemd is not done with the share's unit yet (core/missed_plug.py), so the
+    # daemon looks again after a pause; no event may come when it is done.
+    settled: bool = True
 
     @property
     def fatal(self) -> bool:

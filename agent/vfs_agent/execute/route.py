@@ -52,7 +52,7 @@ class Route(StrEnum):
     KERNEL = "kernel"  # mount(2)/umount2(2) here
     SYSTEMD_START = "systemd-start"  # systemctl start the share's unit
     SYSTEMD_STOP = "systemd-stop"  # systemctl stop the unit of a share no longer attached
-    SYSTEMD_LEAVE = "systemd-leave"  # the unit follows its device: nothing to do here
+    SYSTEMD_LEAVE = "systemd-leave"  # the unit follows its device (or missed a plug: start)
     OTHER_ROOT = "other-root"  # a unit inside --root: that root's systemd mounts it
 
 
