@@ -7,6 +7,7 @@ CI run cannot pass with zero guest tests. Only one guest runs at a time (2 cores
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -65,7 +66,8 @@ def pytest_collection_modifyitems(
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, None]:
-    """On failure, show the serial console of every guest still running."""
+    """On failure, show the serial console of every guest still running, and keep its journal
+    (the boot's whole journal goes to a file in the guest's log directory; its tail is shown)."""
     outcome = yield
     report = outcome.get_result()
     if report.failed:
@@ -76,6 +78,21 @@ def pytest_runtest_makereport(
                     guest.serial_tail(80),
                 )
             )
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.name)[:150]
+            saved = guest.dir / f"journal-{name}.txt"
+            report.sections.append(
+                (f"journal tail of {guest.config.name} ({saved})", _journal(guest, saved))
+            )
+
+
+def _journal(guest: VM, saved: Path, lines: int = 120) -> str:
+    """The guest's journal of this boot, written to `saved`; its last `lines` lines."""
+    try:
+        text = guest.run("journalctl -b --no-pager -o short-monotonic", timeout=60).stdout
+    except (HarnessError, OSError) as exc:
+        return f"(no journal: {exc})"
+    saved.write_text(text)
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _preflight() -> list[str]:

@@ -1,0 +1,120 @@
+"""One look at the system (system/observe.py): a device the kernel removes while the agent looks
+must not leave a dead mount beside a share that seems still attached.
+
+The kernel first drops the device from /sys/fs/virtiofs and /sys/bus/virtio, then fails its
+mount's requests with ENOTCONN. Here the probe's statfs(2), in its forked child, does both at
+once on the fake root, so the device goes between the discovery and the probe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+
+import pytest
+from faketree import FakeTree
+
+from vfs_agent.core.plan import ActionKind, plan
+from vfs_agent.policy.document import parse_text
+from vfs_agent.policy.schema import to_section
+from vfs_agent.policy.types import merge
+from vfs_agent.system import discovery, liveness, observe
+from vfs_agent.system.sysroot import SysRoot
+
+POLICY = "version: 1\nmounts:\n  - {tag: hot, path: /srv/hot}\n"
+
+
+def removed_at_probe(
+    monkeypatch: pytest.MonkeyPatch, tree: FakeTree, device: str, entry: str
+) -> None:
+    """statfs(2) of /srv/hot removes the share's device, as the kernel would, and then fails."""
+    real_statvfs = os.statvfs
+
+    def statvfs(path: str) -> os.statvfs_result:
+        if str(path).endswith("/srv/hot"):
+            shutil.rmtree(tree.root / "sys/fs/virtiofs" / entry, ignore_errors=True)
+            shutil.rmtree(tree.root / "sys/bus/virtio/devices" / device, ignore_errors=True)
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        return real_statvfs(path)
+
+    monkeypatch.setattr(liveness.os, "statvfs", statvfs)
+
+
+def counting_discover(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real: Callable[..., object] = discovery.discover
+
+    def discover(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(observe, "discover", discover)
+    return calls
+
+
+def test_a_device_removed_between_discovery_and_probe_is_gone(
+    fake_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = fake_tree.virtiofs("hot", index=1)
+    fake_tree.mounted(("virtiofs", "hot", "/srv/hot"))
+    (fake_tree.root / "srv/hot").mkdir(parents=True)
+    removed_at_probe(monkeypatch, fake_tree, device, "1")
+    calls = counting_discover(monkeypatch)
+
+    seen = observe.observe(SysRoot(fake_tree.root))
+
+    assert seen.dead == {"/srv/hot"}
+    assert seen.discovery.shares == ()
+    assert len(calls) == 2
+    policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+    actions = plan(seen.discovery, policy, seen.table, dead=seen.dead)
+    [action] = [a for a in actions if a.kind is ActionKind.UNMOUNT_STALE]
+    # Gone, not merely dead: a unit's mount is then stopped through systemd (execute/route.py).
+    assert (action.kind, action.share_gone) == (ActionKind.UNMOUNT_STALE, True)
+
+
+def test_a_dead_mount_of_a_share_attached_again_stays_attached(
+    fake_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old device went, a new one with the same tag came: the second look lists it too."""
+    old = fake_tree.virtiofs("hot", index=1)
+    fake_tree.virtiofs("hot", index=2)
+    fake_tree.mounted(("virtiofs", "hot", "/srv/hot"))
+    (fake_tree.root / "srv/hot").mkdir(parents=True)
+    removed_at_probe(monkeypatch, fake_tree, old, "1")
+    calls = counting_discover(monkeypatch)
+
+    seen = observe.observe(SysRoot(fake_tree.root))
+
+    assert seen.dead == {"/srv/hot"}
+    assert [s.tag for s in seen.discovery.shares] == ["hot"]
+    assert len(calls) == 2
+    policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+    actions = plan(seen.discovery, policy, seen.table, dead=seen.dead)
+    kinds = [(a.kind, a.share_gone) for a in actions]
+    assert kinds == [(ActionKind.UNMOUNT_STALE, False), (ActionKind.MOUNT, False)]
+
+
+def test_shares_are_looked_at_once_when_no_listed_share_is_dead(
+    fake_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_tree.virtiofs("hot", index=1)
+    fake_tree.mounted(("virtiofs", "hot", "/srv/hot"), ("virtiofs", "gone", "/srv/dead"))
+    (fake_tree.root / "srv/hot").mkdir(parents=True)
+    (fake_tree.root / "srv/dead").mkdir(parents=True)
+    real_statvfs = os.statvfs
+
+    def statvfs(path: str) -> os.statvfs_result:
+        if str(path).endswith("/srv/dead"):
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        return real_statvfs(path)
+
+    monkeypatch.setattr(liveness.os, "statvfs", statvfs)
+    calls = counting_discover(monkeypatch)
+
+    seen = observe.observe(SysRoot(fake_tree.root))
+
+    assert seen.dead == {"/srv/dead"}
+    assert [s.tag for s in seen.discovery.shares] == ["hot"]
+    assert len(calls) == 1
