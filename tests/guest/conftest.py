@@ -88,11 +88,13 @@ def pytest_runtest_makereport(
 def _journal(guest: VM, saved: Path, lines: int = 120) -> str:
     """The guest's journal of this boot, written to `saved`; its last `lines` lines."""
     try:
-        text = guest.run("journalctl -b --no-pager -o short-monotonic", timeout=60).stdout
+        result = guest.run("journalctl -b --no-pager -o short-monotonic", timeout=60)
     except (HarnessError, OSError) as exc:
         return f"(no journal: {exc})"
-    saved.write_text(text)
-    return "\n".join(text.splitlines()[-lines:])
+    if not result.ok:  # a fast guest runs no journald
+        return f"(no journal: {result})"
+    saved.write_text(result.stdout)
+    return "\n".join(result.stdout.splitlines()[-lines:])
 
 
 def _preflight() -> list[str]:
