@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from vfs_agent.core.transport import Transport
 
@@ -57,6 +58,15 @@ class Discovery:
     # virtio-fs devices the kernel is removing (PCI address and virtio name, as a person finds
     # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
     removing: tuple[str, ...] = field(default=())
+
+    def lists(self, mount: Mounted) -> bool:
+        """Whether the share that `mount` (a share mount) was made from is among these: the same
+        transport (its filesystem type) and the same tag (its source)."""
+        return (mount.fstype, mount.source) in self._listed
+
+    @cached_property
+    def _listed(self) -> frozenset[tuple[str, str]]:
+        return frozenset((s.transport.value, s.tag) for s in self.shares)
 
 
 # The filesystem types of share mounts: what liveness probes and status look at.

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from vfs_agent.core.mount_options import kernel_options, transport_problem
 from vfs_agent.core.mountinfo import top_mounts
-from vfs_agent.core.observation import Discovery, Mounted, Share
+from vfs_agent.core.observation import SHARE_FSTYPES, Discovery, Mounted, Share
 from vfs_agent.core.paths import derived_path, expand_path, path_problem
 from vfs_agent.core.transport import Transport
 from vfs_agent.policy.types import NonEmpty, Policy, RuleRef, TransportChoice, UnknownTags
@@ -158,15 +158,14 @@ def plan(
             continue
         actions += _against_table(want, top.get(path), dead, stale_done, path in nonempty)
 
-    present = {(s.transport, s.tag) for s in discovery.shares}
     for entry in top.values():
-        if entry.target in stale_done or entry.fstype not in (t.value for t in Transport):
+        if entry.target in stale_done or entry.fstype not in SHARE_FSTYPES:
             continue
         transport = Transport(entry.fstype)
         listed_all = (
             discovery.ninep_complete if transport is Transport.NINEP else discovery.complete
         )
-        gone = (transport, entry.source) not in present and listed_all
+        gone = not discovery.lists(entry) and listed_all
         if entry.target in unresponsive and not gone:
             continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:

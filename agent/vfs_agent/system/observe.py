@@ -19,25 +19,28 @@ def observe(sysroot: SysRoot) -> Observed:
     """Shares, mount table and liveness, looked at one after the other.
 
     The kernel removes a virtio-fs device in this order: it drops the device from
-    /sys/fs/virtiofs and /sys/bus/virtio, then fails the requests to its mount (ENOTCONN). So a
-    device removed between the discovery and the probe would leave a mount that answers ENOTCONN
-    beside a share that seems still attached, and a dead mount of an attached share is unmounted
-    by the kernel even where systemd manages it (execute/route.py), behind the back of the stop
-    job the removal gives that unit. When a dead mount's share is listed, the shares are
-    therefore looked at again: that look comes after the probe, so a share it still lists was
+    /sys/fs/virtiofs and /sys/bus/virtio, then fails the requests to its mount (ENOTCONN), and
+    only then the device's own directory below its PCI function. A device removed while the
+    agent looks would leave a mount that answers ENOTCONN beside a share that seems still
+    attached (removed after the discovery), or beside a discovery that lists no tag for a device
+    it counted and so cannot tell that the share is gone (removed between listing the virtio bus
+    and reading the PCI config window, on kernels without /sys/fs/virtiofs). A dead mount not
+    known to be gone is unmounted by the kernel even where systemd manages it
+    (execute/route.py), behind the back of the stop job the removal gives that unit. So when a
+    mount is dead, the shares are looked at again: that look comes after the probe, when every
+    device whose removal killed a mount is off the virtio bus, so a share it still lists was
     really attached again, under the same tag."""
     table = read_mount_table(sysroot)
     discovery = discover(sysroot)
-    shares = [e for e in top_mounts(table).values() if e.fstype in SHARE_FSTYPES]
+    share_mounts = [m for m in top_mounts(table).values() if m.fstype in SHARE_FSTYPES]
     devices = " ".join(
         sorted(
             f"{s.device}={s.tag.encode('utf-8', 'surrogateescape').hex()}" for s in discovery.shares
         )
     )
-    liveness = probe(sysroot, [(e.target, e.device) for e in shares], devices)
+    liveness = probe(sysroot, [(m.target, m.device) for m in share_mounts], devices)
     dead = frozenset(t for t, v in liveness.items() if v is Liveness.DEAD)
-    listed = {(s.transport.value, s.tag) for s in discovery.shares}
-    if any(e.target in dead and (e.fstype, e.source) in listed for e in shares):
+    if dead:
         discovery = discover(sysroot)
     return Observed(
         discovery,
