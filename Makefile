@@ -74,9 +74,9 @@ golden: venv
 guest: setup
 	$(VENV)/bin/pytest -q -m guest tests
 
-# Everything. The guest tests keep one core busy and the second mostly idle, so lint and the
-# unit tests (host only) run beside them on it; their output is kept in a file and shown after
-# the guest tests', and either side failing fails the target.
+# Everything. The TCG guests keep about 1.3 of the 2 cores busy on average, so lint and the
+# unit tests (host only) run beside them in the rest; their output is kept in a file and shown
+# after the guest tests', and either side failing fails the target.
 test: setup venv1
 	@host_log=$$(mktemp /tmp/vfs-agent-host-tests.XXXXXX); \
 	$(MAKE) --no-print-directory -k lint unit >"$$host_log" 2>&1 & host=$$!; \
