@@ -131,3 +131,32 @@ def test_shares_are_looked_at_once_when_no_mount_is_dead(
     assert not seen.discovery.complete  # even a look that cannot explain every device
     assert [s.tag for s in seen.discovery.shares] == ["hot"]
     assert len(calls) == 1
+
+
+def test_a_mount_whose_share_is_known_gone_is_not_probed(
+    fake_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its unit's stop (systemd follows the device) unmounts it at that moment: a statfs(2) in
+    flight then would make systemd's umount(8) fail with EBUSY. The plan needs no probe of it."""
+    fake_tree.virtiofs("cold", index=1)
+    fake_tree.mounted(("virtiofs", "hot", "/srv/hot"), ("virtiofs", "cold", "/srv/cold"))
+    probed = fake_tree.root / "probed"
+    probed.mkdir()
+    real_statvfs = os.statvfs
+
+    def statvfs(path: str) -> os.statvfs_result:
+        (probed / os.path.basename(path)).touch()  # the probe runs in a forked child
+        return real_statvfs(path)
+
+    monkeypatch.setattr(liveness.os, "statvfs", statvfs)
+    for target in ("srv/hot", "srv/cold"):
+        (fake_tree.root / target).mkdir(parents=True)
+
+    seen = observe.observe(SysRoot(fake_tree.root))
+
+    assert sorted(p.name for p in probed.iterdir()) == ["cold"]
+    assert seen.dead == seen.unresponsive == frozenset()
+    policy = merge([to_section("/etc/vfs-agent/policy.yaml", parse_text(POLICY, "p.yaml"))])
+    actions = plan(seen.discovery, policy, seen.table)
+    stale = [(a.path, a.share_gone) for a in actions if a.kind is ActionKind.UNMOUNT_STALE]
+    assert stale == [("/srv/hot", True)]

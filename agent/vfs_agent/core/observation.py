@@ -59,10 +59,12 @@ class Discovery:
     # them). While one is, every new virtio-fs mount(2) waits for that removal to end.
     removing: tuple[str, ...] = field(default=())
 
-    def lists(self, mount: Mounted) -> bool:
-        """Whether the share that `mount` (a share mount) was made from is among these: the same
-        transport (its filesystem type) and the same tag (its source)."""
-        return (mount.fstype, mount.source) in self._listed
+    def gone(self, mount: Mounted) -> bool:
+        """Whether the share that `mount` (a share mount) was made from is known to be no longer
+        attached: this discovery knows every tag of the mount's transport (its filesystem type)
+        and none of them is the mount's source."""
+        complete = self.ninep_complete if mount.fstype == Transport.NINEP.value else self.complete
+        return complete and (mount.fstype, mount.source) not in self._listed
 
     @cached_property
     def _listed(self) -> frozenset[tuple[str, str]]:

@@ -161,16 +161,12 @@ def plan(
     for entry in top.values():
         if entry.target in stale_done or entry.fstype not in SHARE_FSTYPES:
             continue
-        transport = Transport(entry.fstype)
-        listed_all = (
-            discovery.ninep_complete if transport is Transport.NINEP else discovery.complete
-        )
-        gone = not discovery.lists(entry) and listed_all
+        gone = discovery.gone(entry)
         if entry.target in unresponsive and not gone:
             continue  # reported by status; only `umount --abort` may touch it
         if entry.target in dead or gone:
             why = "its share is gone" if gone else "it is dead (ENOTCONN)"
-            actions.append(_stale(entry, transport, why, share_gone=gone))
+            actions.append(_stale(entry, Transport(entry.fstype), why, share_gone=gone))
     if discovery.removing:
         actions = [_held(a, discovery.removing) for a in actions]
     return sorted(actions, key=_order)

@@ -15,7 +15,7 @@ class Health(StrEnum):
     MOUNTED = "mounted"  # mounted where the policy says
     NOT_MOUNTED = "not-mounted"  # the policy wants it, it is not mounted
     ELSEWHERE = "mounted-elsewhere"  # mounted, but not (only) where the policy says
-    DEAD = "dead"  # mounted, but the mount answers ENOTCONN (device gone)
+    DEAD = "dead"  # mounted, but its share is gone or the mount answers ENOTCONN
     UNRESPONSIVE = "unresponsive"  # mounted, but the mount does not answer (host daemon gone)
     IGNORED = "ignored"  # the policy leaves it alone
     ABSENT = "absent"  # the policy names it, no such share is attached

@@ -18,6 +18,11 @@ from vfs_agent.system.sysroot import SysRoot
 def observe(sysroot: SysRoot) -> Observed:
     """Shares, mount table and liveness, looked at one after the other.
 
+    Only the mounts whose share may still be attached are probed. A mount whose share the
+    discovery knows is gone is unmounted whatever it answers (core/plan.py), and it is the mount
+    systemd is unmounting at that moment where a unit is bound to the share's device: a probe's
+    statfs(2) holds the mount while it runs, and systemd's umount(8) fails with EBUSY then.
+
     The kernel removes a virtio-fs device in this order: it drops the device from
     /sys/fs/virtiofs and /sys/bus/virtio, then fails the requests to its mount (ENOTCONN), and
     only then the device's own directory below its PCI function. A device removed while the
@@ -32,7 +37,9 @@ def observe(sysroot: SysRoot) -> Observed:
     really attached again, under the same tag."""
     table = read_mount_table(sysroot)
     discovery = discover(sysroot)
-    share_mounts = [m for m in top_mounts(table).values() if m.fstype in SHARE_FSTYPES]
+    share_mounts = [
+        m for m in top_mounts(table).values() if m.fstype in SHARE_FSTYPES and not discovery.gone(m)
+    ]
     devices = " ".join(
         sorted(
             f"{s.device}={s.tag.encode('utf-8', 'surrogateescape').hex()}" for s in discovery.shares
