@@ -348,9 +348,7 @@ def test_a_storm_of_plugs_and_unplugs_that_ends_attached_ends_mounted(
             guest.request_unplug(tag)
             counts["unplug"] += 1
         elif tag not in guest.shares:  # the last step always plugs, if it is not plugged
-            while not guest.free_slots():
-                time.sleep(0.2)
-                guest.collect_unplugged()
+            guest.wait_free_slot()
             counts["plug-while-unplugging"] += tag in guest.unplugs_pending()
             guest.hotplug_share(tag, host_dirs["c"])
             counts["plug"] += 1

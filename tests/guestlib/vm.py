@@ -693,6 +693,20 @@ class VM:
         """Hot-plug slots (PCIe root ports) with no device on them."""
         return len(self._free_ports)
 
+    def wait_free_slot(self, timeout: float = 180.0) -> None:
+        """Collect acknowledged unplugs until a hot-plug slot is free; a guest that acknowledges
+        none of the pending request_unplug()s within `timeout` is an error, never a hang."""
+        deadline = time.monotonic() + timeout
+        self.collect_unplugged()
+        while not self._free_ports:
+            if time.monotonic() > deadline:
+                raise HarnessError(
+                    f"{self.config.name}: no hot-plug slot freed within {timeout:.0f}s; the guest"
+                    f" acknowledged none of the unplugs of {self.unplugs_pending()}"
+                )
+            time.sleep(0.2)
+            self.collect_unplugged()
+
     def unplugs_pending(self) -> list[str]:
         """Tags whose request_unplug() the guest has not acknowledged yet."""
         return [handle.tag for handle in self._unplugging.values()]
