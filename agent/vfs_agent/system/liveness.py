@@ -6,14 +6,16 @@ virtio-fs (its FUSE connections are not listed under /sys/fs/fuse/connections an
 MNT_FORCE), so a statfs(2) from the agent itself would hang the agent for good.
 
 So every probe is a statfs(2) (FUSE_STATFS is never answered from a cache) in a forked child
-(system/bounded.py), all mounts in parallel under one deadline. A child that misses it is left where
-it is: it ends when the device answers, or when the guest reboots.
+(system/bounded.py), all the mounts asked about in parallel under one deadline (system/observe.py
+asks about every share mount but those of shares known to be gone). A child that misses it is
+left where it is: it ends when the device answers, or when the guest reboots.
 
 A stuck request also keeps the guest from finishing a removal of that device, so the agent
 sends at most one: the PID of a stuck probe is kept in /run/vfs-agent/probes/, and while it is
 still stuck and the attached share devices are the same, the mount is reported unresponsive
-without a new probe. When the devices change (the host removed the dead one, and new requests to
-its mount fail at once with ENOTCONN), the mount is probed afresh.
+without a new probe. When the devices change, the mount is probed afresh: a request to a device
+the host removed fails at once with ENOTCONN (and once the discovery shows its share gone, the
+mount is not probed at all).
 """
 
 from __future__ import annotations
