@@ -1,6 +1,6 @@
 """One look at the system (system/observe.py): a device the kernel removes while the agent looks
 must not leave a dead mount beside a share that seems still attached, or whose absence the look
-cannot tell.
+cannot tell; and the mount of a share the look knows is gone is not probed at all.
 
 The kernel first drops the device from /sys/fs/virtiofs and /sys/bus/virtio, then fails its
 mount's requests with ENOTCONN. Here the probe's statfs(2), in its forked child, does both at
