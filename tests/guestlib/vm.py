@@ -34,7 +34,7 @@ from tests.guestlib import guestlock, qemu
 from tests.guestlib.channel import Channel, ChannelError, b64, unb64
 from tests.guestlib.common import HarnessError, cache_dir, progress
 from tests.guestlib.image import GUEST_LIB, GuestImage
-from tests.guestlib.processes import ManagedProcess
+from tests.guestlib.processes import ManagedProcess, wait_until
 from tests.guestlib.qmp import QMPClient, QMPError
 from tests.guestlib.virtiofsd import start_virtiofsd
 
@@ -696,16 +696,16 @@ class VM:
     def wait_free_slot(self, timeout: float = 180.0) -> None:
         """Collect acknowledged unplugs until a hot-plug slot is free; a guest that acknowledges
         none of the pending request_unplug()s within `timeout` is an error, never a hang."""
-        deadline = time.monotonic() + timeout
-        self.collect_unplugged()
-        while not self._free_ports:
-            if time.monotonic() > deadline:
-                raise HarnessError(
-                    f"{self.config.name}: no hot-plug slot freed within {timeout:.0f}s; the guest"
-                    f" acknowledged none of the unplugs of {self.unplugs_pending()}"
-                )
-            time.sleep(0.2)
+
+        def free() -> bool:
             self.collect_unplugged()
+            return bool(self._free_ports)
+
+        if not wait_until(free, timeout, interval=0.2):
+            raise HarnessError(
+                f"{self.config.name}: no hot-plug slot freed within {timeout:.0f}s; the guest"
+                f" acknowledged none of the unplugs of {self.unplugs_pending()}"
+            )
 
     def unplugs_pending(self) -> list[str]:
         """Tags whose request_unplug() the guest has not acknowledged yet."""
