@@ -71,16 +71,21 @@ unit: venv venv1
 golden: venv
 	VFS_AGENT_REGENERATE_GOLDEN=1 $(VENV)/bin/pytest -q -p no:randomly tests/unit/test_generator_golden.py
 
-guest: setup
-	$(VENV)/bin/pytest -q -m guest tests
+# The guest tests in GUEST_STREAMS streams (pytest-xdist, one test module at a time per
+# stream, each stream one guest): a TCG guest keeps one core busy, and the machine has two.
+GUEST_STREAMS ?= 2
+GUEST_PYTEST = VFS_AGENT_GUEST_SLOTS=$(GUEST_STREAMS) $(VENV)/bin/pytest -m guest \
+	-n $(GUEST_STREAMS) --dist loadfile
 
-# Everything. The TCG guests keep about 1.3 of the 2 cores busy on average, so lint and the
-# unit tests (host only) run beside them in the rest; their output is kept in a file and shown
-# after the guest tests', and either side failing fails the target.
+guest: setup
+	$(GUEST_PYTEST) -q tests
+
+# Everything. Lint and the unit tests (host only) run beside the guest tests; their output is
+# kept in a file and shown after the guest tests', and either side failing fails the target.
 test: setup venv1
 	@host_log=$$(mktemp /tmp/vfs-agent-host-tests.XXXXXX); \
 	$(MAKE) --no-print-directory -k lint unit >"$$host_log" 2>&1 & host=$$!; \
-	VFS_AGENT_TEST_PYDANTIC=2 $(VENV)/bin/pytest -m guest tests; guest_rc=$$?; \
+	VFS_AGENT_TEST_PYDANTIC=2 $(GUEST_PYTEST) tests; guest_rc=$$?; \
 	wait $$host; host_rc=$$?; \
 	echo ">>> lint and unit tests, run beside the guest tests (exit status $$host_rc):"; \
 	cat "$$host_log"; rm -f "$$host_log"; \

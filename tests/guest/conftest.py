@@ -1,7 +1,8 @@
 """Fixtures for real-guest tests: the image, a per-run log directory, and guest boots.
 
 Guest tests never skip: when this machine cannot boot guests they fail with the reason, so a
-CI run cannot pass with zero guest tests. Only one guest runs at a time (2 cores, TCG).
+CI run cannot pass with zero guest tests. One guest at a time per pytest process; `make test`
+runs two processes (pytest-xdist workers), each module whole in one of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,6 +218,23 @@ def boot_guest(guest_run_dir: Path) -> Iterator[BootGuest]:
     for guest in started:
         guest.kill()
     stop_all()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker (`make test` runs the guest tests in two streams): hand this
+    stream's images, log directory and boots to the controller, which prints the summary."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["vfs_agent_summary"] = list(_SUMMARY)
+        output["vfs_agent_boots"] = [list(boot) for boot in vmlib.BOOTS]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: a stream ended; keep what it handed over."""
+    output = getattr(node, "workeroutput", {})
+    _SUMMARY.extend(output.get("vfs_agent_summary", []))
+    vmlib.BOOTS.extend(tuple(boot) for boot in output.get("vfs_agent_boots", []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,8 +1,11 @@
-"""One guest at a time on this machine, across processes.
+"""A bounded number of guests at once on this machine, across processes: one by default.
 
-A TCG guest keeps both cores busy; two at once make each boot slower than the timeouts
-assume. Every VM holds an exclusive flock on $VFS_AGENT_CACHE/guest/.guest.lock from start to
-kill; a second harness process (another test run, the demo, the bench) waits its turn.
+A TCG guest keeps one core busy (QEMU runs both vCPUs in one thread), and its boots must stay
+within the timeouts the tests assume. Every VM holds an exclusive flock on one of the slot
+files $VFS_AGENT_CACHE/guest/.guest.lock, .guest.lock.1, ... from start to kill; there are
+$VFS_AGENT_GUEST_SLOTS of them (default 1), and a harness process that finds every slot taken
+(another test run, the demo, the bench) waits its turn. `make test` runs its guest tests in
+two streams with two slots.
 """
 
 from __future__ import annotations
@@ -25,25 +28,52 @@ def _try_lock(handle: IO[str]) -> bool:
     return True
 
 
+def slots() -> int:
+    """How many guests may run at once on this machine ($VFS_AGENT_GUEST_SLOTS, default 1)."""
+    value = os.environ.get("VFS_AGENT_GUEST_SLOTS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise HarnessError(f"VFS_AGENT_GUEST_SLOTS={value!r}: expected a whole number >= 1")
+    return int(value)
+
+
+def _slot_file(index: int) -> str:
+    return ".guest.lock" if index == 0 else f".guest.lock.{index}"
+
+
+def _take_a_slot(count: int) -> IO[str] | None:
+    """The handle of the first free slot, locked; None when every slot is taken."""
+    for index in range(count):
+        handle = (cache_dir() / _slot_file(index)).open("a+")
+        if _try_lock(handle):
+            return handle
+        handle.close()
+    return None
+
+
+def _holders(count: int) -> str:
+    names = []
+    for index in range(count):
+        path = cache_dir() / _slot_file(index)
+        names.append((path.read_text().strip() if path.exists() else "") or "another process")
+    return ", ".join(names)
+
+
 def acquire(owner: str, timeout: float) -> None:
-    """Take the lock for `owner` (a VM name), waiting up to `timeout` seconds."""
+    """Take a slot for `owner` (a VM name), waiting up to `timeout` seconds."""
     if _HELD:
         raise HarnessError(
             f"cannot start {owner}: {next(iter(_HELD))} is still running in this process "
-            "(one guest at a time; pass VMConfig(exclusive=False) to override)"
+            "(one guest per process; pass VMConfig(exclusive=False) to override)"
         )
-    handle = (cache_dir() / ".guest.lock").open("a+")
+    count = slots()
     deadline = time.monotonic() + timeout
     announced = False
-    while not _try_lock(handle):
+    while (handle := _take_a_slot(count)) is None:
         if not announced:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            progress(f"{owner}: waiting for {holder} to finish (one guest at a time)")
+            progress(f"{owner}: waiting for {_holders(count)} to finish ({count} guest(s) at once)")
             announced = True
         if time.monotonic() > deadline:
-            handle.close()
-            raise HarnessError(f"{owner}: another guest kept running for {timeout:.0f}s")
+            raise HarnessError(f"{owner}: other guests kept running for {timeout:.0f}s")
         time.sleep(1.0)
     handle.seek(0)
     handle.truncate()

@@ -1,8 +1,10 @@
 """QEMU command lines: machine, memory, disks, channel, shares; option-value escaping.
 
-Chosen for this machine (README.md, "Machine facts"): TCG only (KVM is present but unusable),
-`-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed once), memory in a shared memfd because
-vhost-user (virtiofsd) maps guest RAM.
+Chosen for this machine (tests/guestlib/README.md, "Machine facts"): TCG only (KVM is present
+but unusable), one TCG thread for both vCPUs (`thread=single`: the same CPU time per boot as a
+thread per vCPU, on one core, so two guests run side by side; and the guest kernel's code
+patching cannot meet TCG's int3 fault), `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed
+once), memory in a shared memfd because vhost-user (virtiofsd) maps guest RAM.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def machine_argv(*, name: str, cpus: int, memory_mb: int) -> list[str]:
         "-machine",
         "q35",
         "-accel",
-        "tcg",
+        "tcg,thread=single",
         "-cpu",
         "qemu64",
         "-smp",

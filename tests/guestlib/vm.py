@@ -129,7 +129,7 @@ class VMConfig:
     boot_timeout: float | None = None  # default: 120 s fast, 300 s systemd
     retries: int = 1
     name: str = "vm"
-    exclusive: bool = True  # wait until no other guest runs on this machine (guestlock.py)
+    exclusive: bool = True  # wait for a free guest slot on this machine (guestlock.py)
     lock_timeout: float = 3600.0
 
     def timeout(self) -> float:
