@@ -13,7 +13,6 @@ import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,14 +20,13 @@ from tests.guestlib import vm as vmlib
 from tests.guestlib.common import HarnessError, progress
 from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.image import GuestImage, ensure_bookworm_image, ensure_image
-from tests.guestlib.processes import live_processes, stop_all
+from tests.guestlib.processes import stop_all
 from tests.guestlib.recipes import BOOKWORM, TRIXIE, Recipe
 from tests.guestlib.virtiofsd import virtiofsd_binary
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
 HERE = Path(__file__).resolve().parent
 BootGuest = Callable[..., VM]  # boot(config, image=None): None is the pip-installed image
-_SUMMARY: list[str] = []  # lines for the terminal summary (image time, log directory)
 _IMAGES: dict[str, GuestImage] = {}  # built (or found) once per session
 
 
@@ -126,7 +124,7 @@ def _image(label: str, build: Callable[[], GuestImage]) -> GuestImage:
         image = build()
     except (HarnessError, OSError) as exc:
         pytest.fail(f"building the {label} failed:\n{exc}", pytrace=False)
-    _SUMMARY.append(
+    vmlib.NOTES.append(
         f"{label} {image.key} (kernel {image.kernel_version}): "
         f"ready in {time.monotonic() - started:.1f}s"
     )
@@ -163,7 +161,7 @@ def _deb_image(deb: Path, recipe: Recipe) -> GuestImage:
         image = ensure_deb_image(deb, recipe)
     except (HarnessError, OSError) as exc:
         pytest.fail(f"building the {recipe.name} image with the .deb failed:\n{exc}", pytrace=False)
-    _SUMMARY.append(
+    vmlib.NOTES.append(
         f"deb image {recipe.name} {image.key}: ready in {time.monotonic() - started:.1f}s"
     )
     return image
@@ -187,7 +185,7 @@ def deb_bookworm_image(bookworm_image: GuestImage, deb_package: Path) -> GuestIm
 def guest_run_dir() -> Path:
     """Logs of this pytest run's guests (serial consoles, qemu and virtiofsd output)."""
     path = new_run_dir("pytest")
-    _SUMMARY.append(f"guest logs: {path}")
+    vmlib.NOTES.append(f"guest logs: {path}")
     return path
 
 
@@ -218,35 +216,3 @@ def boot_guest(guest_run_dir: Path) -> Iterator[BootGuest]:
     for guest in started:
         guest.kill()
     stop_all()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """In a pytest-xdist worker (`make test` runs the guest tests in two streams): hand this
-    stream's images, log directory and boots to the controller, which prints the summary."""
-    output = getattr(session.config, "workeroutput", None)
-    if output is not None:
-        output["vfs_agent_summary"] = list(_SUMMARY)
-        output["vfs_agent_boots"] = [list(boot) for boot in vmlib.BOOTS]
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: object) -> None:
-    """pytest-xdist's controller: a stream ended; keep what it handed over."""
-    output = getattr(node, "workeroutput", {})
-    _SUMMARY.extend(output.get("vfs_agent_summary", []))
-    vmlib.BOOTS.extend(tuple(boot) for boot in output.get("vfs_agent_boots", []))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not (vmlib.BOOTS or _SUMMARY):
-        return
-    terminalreporter.section("guest boots")
-    for line in _SUMMARY:
-        terminalreporter.write_line(line)
-    for name, mode, attempts, seconds, ok in vmlib.BOOTS:
-        state = f"channel ready in {seconds:.1f}s" if ok else "FAILED"
-        retry = f" (after {attempts - 1} retry)" if attempts > 1 else ""
-        terminalreporter.write_line(f"{name:28} {mode:8} {state}{retry}")
-    leftovers = live_processes()
-    if leftovers:
-        terminalreporter.write_line(f"processes still running: {[p.name for p in leftovers]}")

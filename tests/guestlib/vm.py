@@ -61,6 +61,8 @@ def panic_worth_a_reset(log: bytes) -> bool:
 ACTIVE: list[VM] = []
 # One line per VM.boot() call, for summaries: name, mode, attempts, seconds to channel, ok.
 BOOTS: list[tuple[str, str, int, float, bool]] = []
+# Lines for the test run's summary besides the boots: images built or found, log directories.
+NOTES: list[str] = []
 
 
 class BootError(HarnessError):
