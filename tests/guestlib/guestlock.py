@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
+from pathlib import Path
 from typing import IO
 
 from tests.guestlib.common import HarnessError, cache_dir, progress
+from tests.guestlib.processes import wait_until
 
 _HELD: dict[str, IO[str]] = {}
 
@@ -36,14 +37,14 @@ def slots() -> int:
     return int(value)
 
 
-def _slot_file(index: int) -> str:
-    return ".guest.lock" if index == 0 else f".guest.lock.{index}"
+def _slot_paths(count: int) -> list[Path]:
+    return [cache_dir() / (".guest.lock" + (f".{i}" if i else "")) for i in range(count)]
 
 
 def _take_a_slot(count: int) -> IO[str] | None:
     """The handle of the first free slot, locked; None when every slot is taken."""
-    for index in range(count):
-        handle = (cache_dir() / _slot_file(index)).open("a+")
+    for path in _slot_paths(count):
+        handle = path.open("a+")
         if _try_lock(handle):
             return handle
         handle.close()
@@ -51,11 +52,8 @@ def _take_a_slot(count: int) -> IO[str] | None:
 
 
 def _holders(count: int) -> str:
-    names = []
-    for index in range(count):
-        path = cache_dir() / _slot_file(index)
-        names.append((path.read_text().strip() if path.exists() else "") or "another process")
-    return ", ".join(names)
+    names = [(p.read_text().strip() if p.exists() else "") for p in _slot_paths(count)]
+    return ", ".join(name or "another process" for name in names)
 
 
 def acquire(owner: str, timeout: float) -> None:
@@ -66,15 +64,19 @@ def acquire(owner: str, timeout: float) -> None:
             "(one guest per process; pass VMConfig(exclusive=False) to override)"
         )
     count = slots()
-    deadline = time.monotonic() + timeout
-    announced = False
-    while (handle := _take_a_slot(count)) is None:
-        if not announced:
-            progress(f"{owner}: waiting for {_holders(count)} to finish ({count} guest(s) at once)")
-            announced = True
-        if time.monotonic() > deadline:
+    taken: list[IO[str]] = []
+
+    def take() -> bool:
+        handle = _take_a_slot(count)
+        if handle is not None:
+            taken.append(handle)
+        return handle is not None
+
+    if not take():
+        progress(f"{owner}: waiting for {_holders(count)} to finish ({count} guest(s) at once)")
+        if not wait_until(take, timeout, interval=1.0):
             raise HarnessError(f"{owner}: other guests kept running for {timeout:.0f}s")
-        time.sleep(1.0)
+    handle = taken[0]
     handle.seek(0)
     handle.truncate()
     handle.write(f"guest {owner} of pid {os.getpid()}\n")
