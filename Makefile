@@ -59,6 +59,7 @@ lint: venv
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench tests/guestlib
 	cd agent && ../$(VENV)/bin/lint-imports --no-cache ../pyproject.toml
 
 # The unit tests twice: pydantic 2.x (.venv) and the floor versions with pydantic 1.10 (.venv1).

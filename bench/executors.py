@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO))
 from tests.unit.faketree import FakeTree  # noqa: E402
 
 from vfs_agent.core.escape import mount_unit_name  # noqa: E402
-from vfs_agent.core.observation import Transport  # noqa: E402
 from vfs_agent.core.plan import Action, ActionKind  # noqa: E402
 from vfs_agent.core.render_systemd import GENERATED_MARK  # noqa: E402
+from vfs_agent.core.transport import Transport  # noqa: E402
 from vfs_agent.execute.route import Situation, Step, route  # noqa: E402
 
 

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/unit"))
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "agent"))
 
-from faketree import FakeTree  # noqa: E402
+from tests.unit.faketree import FakeTree  # noqa: E402
 
 from vfs_agent.policy.compiled import CACHE, compile_policy  # noqa: E402
 from vfs_agent.policy.load import read_policy  # noqa: E402
