@@ -236,7 +236,9 @@ def main() -> int:
         shares.append((tag, root / tag))
     image = ensure_deb_image(build_deb(root / "deb"))
     boots: dict[str, list[dict[str, float]]] = {"policy": [], "fstab": []}
-    config = VMConfig(mode="systemd", name="bench-boot", shares=shares, hotplug_slots=0)
+    config = VMConfig(
+        mode="systemd", name="bench-boot", shares=shares, hotplug_slots=0, tcg_thread="multi"
+    )
     run_dir = new_run_dir("bench-boot")
     logs = run_dir / "analyze"
     logs.mkdir()

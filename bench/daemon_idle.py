@@ -79,7 +79,9 @@ def main() -> int:
         (work / tag).mkdir()
         shares.append((tag, work / tag))
     image = ensure_deb_image(build_deb(work / "deb"))
-    config = VMConfig(mode="systemd", name="bench-idle", shares=shares, hotplug_slots=0)
+    config = VMConfig(
+        mode="systemd", name="bench-idle", shares=shares, hotplug_slots=0, tcg_thread="multi"
+    )
     results = {}
     try:
         with VM.boot(image, config, new_run_dir("bench-idle")) as vm:

@@ -96,7 +96,7 @@ def percentile(values: list[float], q: float) -> float:
 def summary(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return (
-        f"{name:34} median {statistics.median(ms):7.0f} ms   p95 {percentile(ms, 0.95):7.0f} ms"
+        f"{name:40} median {statistics.median(ms):7.0f} ms   p95 {percentile(ms, 0.95):7.0f} ms"
         f"   min {min(ms):6.0f}   max {max(ms):6.0f}   (n={len(ms)})"
     )
 
@@ -139,7 +139,7 @@ def main() -> int:
     args = parser.parse_args()
     share = Path(tempfile.mkdtemp(prefix="vfs-bench-"))
     (share / "payload.txt").write_text("payload\n")
-    config = VMConfig(mode="fast", name="bench-hotplug", hotplug_slots=3)
+    config = VMConfig(mode="fast", name="bench-hotplug", hotplug_slots=3, tcg_thread="multi")
     try:
         with VM.boot(ensure_image(), config, new_run_dir("bench-hotplug")) as vm:
             vm.put_file("/root/poll.py", POLLER)

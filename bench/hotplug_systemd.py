@@ -8,12 +8,19 @@ names `unit-0..2` exactly (so the generator writes mount units bound to their de
 runs --cycles of QMP device_add -> file readable -> device_del -> mount gone, measured inside
 the guest from the first kernel uevent, as bench/hotplug_latency.py does (the QMP-to-guest part
 is not counted). The systemd path runs the udev helper for every virtio-fs device event; the
-daemon path runs no process per event.
+daemon path runs no process per event. The guest runs a TCG thread per vCPU
+(VMConfig.tcg_thread), as the guest's CPUs would run side by side in a real VM.
 
-Where the systemd path's time goes, per hotplug, on the guest's monotonic clock, from the
-kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
-timestamps of the device unit (active) and of the mount unit (job started, mounted: its mount(8)
-runs vfs-agent's mount helper, which waits for the share's host, then mounts), then the
+A third path is the floor of any mount unit: `bare-0..2`, which the policy ignores, each with a
+hand-written mount unit (`Type=virtiofs`, bound to and wanted by the same per-tag device unit
+that vfs-agent's udev rule makes, as an administrator would write it): no wait for the host,
+one mount(8). What it takes over the daemon, no change to the generated units can take away.
+
+Where the time of both kinds of unit goes, per hotplug, on the guest's monotonic clock, from
+the kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
+timestamps of the device unit (active) and of the mount unit (job started, mounted: a generated
+unit's mount(8) runs vfs-agent's mount helper, which waits for the share's host, then runs
+mount(8) again; a hand-written one's mounts), then the
 poller's "readable" (its own receipt of that uevent, a few ms apart); and udevd's marks
 (done with the `add`, the kernel's `bind`, done with the `bind`).
 """
@@ -42,6 +49,22 @@ mounts:
   - {tag: unit-1, path: /srv/unit/unit-1}
   - {tag: unit-2, path: /srv/unit/unit-2}
   - {tag: "dmn-*", path: "/srv/dmn/{tag}"}
+  - {tag: "bare-*", ignore: true}
+"""
+# The hand-written units of the `bare-*` shares (systemd.mount(5)): what the generated ones do
+# for hotplug (BindsTo=, After= and <device>.wants/ for the device; no start limit), without
+# the wait for the host.
+BARE_UNIT = """[Unit]
+Description=hand-written virtio-fs mount {tag}
+BindsTo={device}
+After={device}
+StartLimitIntervalSec=0
+
+[Mount]
+What={tag}
+Where=/srv/bare/{tag}
+Type=virtiofs
+Options=nosuid,nodev,nofail
 """
 MONITOR_LOG = "/run/bench-udev-monitor.log"
 MONITOR = (
@@ -56,7 +79,7 @@ EVENT = re.compile(r"^(KERNEL|UDEV)\s*\[(\d+\.\d+)\]\s+(\w+)\s+(\S+)\s+\((\w+)\)
 STEPS = (
     ("uevent -> device unit active (udevd, systemd)", "device"),
     ("device active -> mount job starts", "mount_start"),
-    ("mount job: mount(8), helper's wait, mount(8)", "mounted"),
+    ("mount job starts -> mounted", "mounted"),
     ("mounted -> the poller reads the file", "readable"),
 )
 # udevd's own marks, from the first kernel uevent (not a chain).
@@ -91,14 +114,38 @@ def first(events: list[tuple[str, float, str, str]], source: str, action: str) -
 Split = dict[str, float]
 
 
-def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float], list[Split]]:
-    """The systemd path's cycles, with the split of each hotplug."""
+def escaped(name: str) -> str:
+    """systemd's escape of a path component made of letters, digits and '-' (systemd-escape)."""
+    return name.replace("-", "\\x2d")
+
+
+def device_unit(tag: str) -> str:
+    return f"dev-virtiofs-by\\x2dtag-{escaped(tag)}.device"
+
+
+def install_bare_units(vm: VM) -> None:
+    for i in range(3):
+        tag = f"bare-{i}"
+        unit = f"srv-bare-{escaped(tag)}.mount"
+        vm.put_file(
+            f"/etc/systemd/system/{unit}", BARE_UNIT.format(tag=tag, device=device_unit(tag))
+        )
+        wants = f"/etc/systemd/system/{device_unit(tag)}.wants"
+        vm.run(["mkdir", "-p", wants], check=True)
+        vm.run(["ln", "-sf", f"../{unit}", f"{wants}/{unit}"], check=True)
+
+
+def split_cycles(
+    vm: VM, share: Path, prefix: str, n: int
+) -> tuple[list[float], list[float], list[Split]]:
+    """The cycles of mount units for `prefix-0..2` at /srv/<prefix>/, with the split of each
+    hotplug."""
     up: list[float] = []
     down: list[float] = []
     splits: list[Split] = []
     for i in range(n):
-        tag = f"unit-{i % 3}"
-        path = f"/srv/unit/{tag}/payload.txt"
+        tag = f"{prefix}-{i % 3}"
+        path = f"/srv/{prefix}/{tag}/payload.txt"
         seen = events_since(vm, 0)[1]
         out = arm(vm, "up", path)
         vm.hotplug_share(tag, share)
@@ -109,8 +156,8 @@ def split_cycles(vm: VM, share: Path, n: int) -> tuple[list[float], list[float],
                 break
             time.sleep(0.1)
             events = events_since(vm, seen)[0]
-        mount = f"srv-unit-{tag.replace('-', chr(92) + 'x2d')}.mount"
-        device = f"dev-virtiofs-by\\x2dtag-{tag.replace('-', chr(92) + 'x2d')}.device"
+        mount = f"srv-{escaped(prefix)}-{escaped(tag)}.mount"
+        device = device_unit(tag)
         t0 = first(events, "KERNEL", "add")
         marks = {
             "u_add": first(events, "UDEV", "add"),
@@ -144,39 +191,51 @@ def main() -> int:
     share.mkdir()
     (share / "payload.txt").write_text("payload\n")
     image = ensure_deb_image(build_deb(work / "deb"))
-    config = VMConfig(mode="systemd", name="bench-hotplug-systemd", hotplug_slots=3)
+    config = VMConfig(
+        mode="systemd", name="bench-hotplug-systemd", hotplug_slots=3, tcg_thread="multi"
+    )
     try:
         with VM.boot(image, config, new_run_dir("bench-hotplug-systemd")) as vm:
             vm.wait_system_running(settle=False)
             vm.put_file("/root/poll.py", POLLER)
             vm.put_file("/etc/vfs-agent/policy.yaml", POLICY)
             vm.run("chmod 755 /etc/vfs-agent && vfs-agent policy compile", check=True)
+            install_bare_units(vm)
             vm.run("systemctl daemon-reload && systemctl reload vfs-agent.service", check=True)
             units = vm.run("ls /run/systemd/generator | grep -c '^srv-unit-unit'", check=True)
             assert int(units.stdout) == 3, "the generator wrote no units for unit-0..2"
             vm.run(MONITOR, check=True)
-            unit_up, unit_down, splits = split_cycles(vm, share, args.cycles)
+            unit_up, unit_down, splits = split_cycles(vm, share, "unit", args.cycles)
             daemon_up, daemon_down = cycles(vm, share, "dmn", "/srv/dmn", args.cycles)
+            bare_up, bare_down, bare_splits = split_cycles(vm, share, "bare", args.cycles)
             journal = vm.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
-            assert "Mounted share 'unit-" not in journal, "the daemon mounted a unit's share"
+            for prefix in ("unit", "bare"):
+                assert f"Mounted share '{prefix}-" not in journal, (
+                    "the daemon mounted a unit's share"
+                )
     finally:
         stop_all()
     print(f"\nhotplug in a systemd guest (TCG), {args.cycles} cycles each:")
-    print(summary("systemd units: uevent -> readable", unit_up))
+    print(summary("generated units: uevent -> readable", unit_up))
     print(summary("daemon: uevent -> readable", daemon_up))
-    print(summary("systemd units: unplug -> unmounted", unit_down))
+    print(summary("hand-written units: uevent -> readable", bare_up))
+    print(summary("generated units: unplug -> unmounted", unit_down))
     print(summary("daemon: unplug -> unmounted", daemon_down))
-    ratio = statistics.median(unit_up) / statistics.median(daemon_up)
-    print(f"ratio systemd path/daemon path (median, hotplug): {ratio:.2f}")
-    print(f"unplug -> mount gone, systemd path, max: {max(unit_down):.2f} s")
-    print("where the systemd path's time goes (median ms per step; min-max):")
-    for name, key in STEPS:
-        ms = [s[key] * 1000 for s in splits]
-        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
-    print("udevd's marks (median ms from the kernel's `add` uevent; min-max):")
-    for name, key in UDEV_MARKS:
-        ms = [s[key] * 1000 for s in splits]
-        print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
+    print(summary("hand-written units: unplug -> unmounted", bare_down))
+    daemon = statistics.median(daemon_up)
+    for title, ups in (("generated units", unit_up), ("hand-written units", bare_up)):
+        ratio = statistics.median(ups) / daemon
+        print(f"ratio {title}/daemon path (median, hotplug): {ratio:.2f}")
+    print(f"unplug -> mount gone, generated units, max: {max(unit_down):.2f} s")
+    for title, of in (("generated units", splits), ("hand-written units", bare_splits)):
+        print(f"where the time goes, {title} (median ms per step; min-max):")
+        for name, key in STEPS:
+            ms = [s[key] * 1000 for s in of]
+            print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
+        print("udevd's marks (median ms from the kernel's `add` uevent; min-max):")
+        for name, key in UDEV_MARKS:
+            ms = [s[key] * 1000 for s in of]
+            print(f"  {name:46} {statistics.median(ms):6.0f}   ({min(ms):.0f}-{max(ms):.0f})")
     return 0
 
 

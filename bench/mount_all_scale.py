@@ -47,7 +47,9 @@ def main() -> int:
         shares.append((tag, root / tag))
     loop = "for t in " + " ".join(tags) + "; do mkdir -p /srv/loop/$t && "
     loop += "mount -t virtiofs -o nosuid,nodev $t /srv/loop/$t || exit 1; done"
-    config = VMConfig(mode="fast", name="bench-mount-all", shares=shares, hotplug_slots=0)
+    config = VMConfig(
+        mode="fast", name="bench-mount-all", shares=shares, hotplug_slots=0, tcg_thread="multi"
+    )
     agent: list[float] = []
     shell: list[float] = []
     try:

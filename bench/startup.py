@@ -18,6 +18,13 @@ three ways: on a tree where nothing changed since its last full run, whose memo 
 in full without one (the first boot of an image). The udev
 helper runs as udev runs it, in its shell form and in the Python form it had before (which the
 shell one still uses on kernels without /sys/fs/virtiofs).
+
+Some commands are followed by a reference line, "... imports alone": the same interpreter, with
+the same flags, importing only the modules from outside vfs_agent (the standard library's,
+click, YAML, pydantic) that the command imported beyond the floor's, as `-X importtime` listed
+them in a run of the command itself. What lies between the two lines is vfs_agent's own
+modules and work; what the reference line costs, no change to vfs_agent's code can take away
+short of importing fewer of those modules.
 """
 
 from __future__ import annotations
@@ -75,6 +82,49 @@ class Case:
     goal: float | None  # ratio to the floor
     fresh_dir: Path | None = None  # emptied before every run (generator output)
     exit_codes: tuple[int, ...] = (0, 1)  # kernel exits 1 when virtiofs is unusable
+    reference: bool = False  # followed by its "imports alone" line
+
+
+def imported(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The modules a run of `argv` imports, in order, as `-X importtime` lists them (through
+    PYTHONPROFILEIMPORTTIME for a console script; `-I` ignores that variable, hence the option
+    for the interpreter)."""
+    if argv[0] == sys.executable:
+        argv = [argv[0], "-X", "importtime", *argv[1:]]
+    else:
+        env = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    # "import time: self [us] | cumulative | imported package", the last field indented
+    rows = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return [row[2].strip() for row in rows[1:] if len(row) == 3]  # [0] is the header
+
+
+def imports_alone(case: Case, floor: Case) -> Case:
+    """A reference case: the interpreter as `case` starts it, importing just the modules from
+    outside vfs_agent that `case` imports and the floor does not."""
+    flags = ["-I"] if case.argv[0] == sys.executable and "-I" in case.argv else []
+    before = set(imported(floor.argv if flags else [sys.executable, "-c", "pass"], floor.env))
+    names = [
+        name
+        for name in imported(case.argv, case.env)
+        if name not in before and name.partition(".")[0] not in ("vfs_agent", "__main__")
+    ]
+    if not names:
+        sys.exit(f"{case.name}: -X importtime listed no import; the reference would be wrong")
+    # Tried in the same order, failures included: the run tried them too (`nt`, say, which
+    # pathlib looks for, or an optional accelerator), and a failed search costs time as well.
+    unique = tuple(dict.fromkeys(names))
+    source = f"failed = 0\nfor name in {unique!r}:\n"
+    source += "    try:\n        __import__(name)\n    except ImportError:\n        failed += 1\n"
+    argv = [sys.executable, *flags, "-c", source]
+    name = f"  {case.name.removeprefix('vfs-agent ')}: imports alone"
+    reference = Case(name, argv, case.env, None, exit_codes=(0,))
+    # Once with a count of the failures: a few are expected, most would mean a wrong reference.
+    count = [*argv[:-1], source + "print(failed)\n"]
+    failed = int(subprocess.run(count, env=case.env, capture_output=True, check=True).stdout)
+    if failed > len(unique) // 10:
+        sys.exit(f"{reference.name}: {failed} of {len(unique)} imports failed; it would be wrong")
+    return reference
 
 
 def remember_last_run(root: Path, generator: Path) -> None:
@@ -150,10 +200,16 @@ def cases(work: Path, output: Path) -> list[Case]:
         Case("udev helper (shell)", [str(helper), devpath], udev_env, None),
         Case("udev helper (Python, before)", [str(old_helper), devpath], udev_env, None),
         Case("vfs-agent --version", [*cli, "--version"], base, 3.0),
-        Case("vfs-agent --help", [*cli, "--help"], base, 3.0),
+        Case("vfs-agent --help", [*cli, "--help"], base, 3.0, reference=True),
         # What bash runs at every TAB: click's completion protocol through the command tree.
         Case("shell completion (TAB)", cli, {**base, **COMPLETION_ENV}, None),
-        Case("vfs-agent status --json", [*cli, "--root", str(warm), "status", "--json"], base, 3.0),
+        Case(
+            "vfs-agent status --json",
+            [*cli, "--root", str(warm), "status", "--json"],
+            base,
+            3.0,
+            reference=True,
+        ),
         Case("vfs-agent plan --json", [*cli, "--root", str(warm), "plan", "--json"], base, 3.0),
         Case("vfs-agent kernel --json", [*cli, "--root", str(warm), "kernel", "--json"], base, 3.0),
         # The prober that answers the boot's waits for virtio-fs hosts (one per burst of waits,
@@ -185,6 +241,7 @@ def cases(work: Path, output: Path) -> list[Case]:
             {**base, "VFS_AGENT_ROOT": str(warm)},
             2.0,
             out_warm,
+            reference=True,
         ),
         Case(
             "generator, first boot (YAML)",
@@ -192,6 +249,7 @@ def cases(work: Path, output: Path) -> list[Case]:
             {**base, "VFS_AGENT_ROOT": str(cold)},
             2.0,
             out_cold,
+            reference=True,
         ),
     ]
 
@@ -207,11 +265,27 @@ def byte_compile_package() -> None:
         sys.exit("cannot byte-compile vfs_agent: the figures would count compiling it")
 
 
-def run_once(case: Case) -> tuple[float, float]:
-    """Wall-clock and CPU (user + system) seconds of one run."""
+def empty_output(case: Case) -> None:
     if case.fresh_dir is not None:
         shutil.rmtree(case.fresh_dir, ignore_errors=True)
         case.fresh_dir.mkdir()
+
+
+def with_references(cases: list[Case]) -> list[Case]:
+    """`cases`, each one marked `reference` followed by its "imports alone" line."""
+    floor = cases[0]
+    out = []
+    for case in cases:
+        out.append(case)
+        if case.reference:
+            empty_output(case)
+            out.append(imports_alone(case, floor))
+    return out
+
+
+def run_once(case: Case) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one run."""
+    empty_output(case)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(case.argv, env=case.env, capture_output=True, check=False)
@@ -233,7 +307,7 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="vfs-bench-startup-", dir=tmpfs_dir()) as output,
     ):
         byte_compile_package()
-        all_cases = cases(Path(tmp), Path(output))
+        all_cases = with_references(cases(Path(tmp), Path(output)))
         # The cold tree must stay cold: the generator never compiles the policy.
         times: dict[str, list[float]] = {c.name: [] for c in all_cases}
         cpu: dict[str, list[float]] = {c.name: [] for c in all_cases}
@@ -277,12 +351,13 @@ def main() -> int:
     print(
         f"{args.runs} interleaved runs each, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
-    print(f"{'':34} {'wall-clock ms':^23}  {'':5}  {'CPU ms':^12}")
-    print(f"{'command':34} {'min':>7} {'median':>7} {'max':>7}  ratio  {'median':>6} ratio  goal")
+    w = max(len(c.name) for c in all_cases)
+    print(f"{'':{w}} {'wall-clock ms':^23}  {'':5}  {'CPU ms':^12}")
+    print(f"{'command':{w}} {'min':>7} {'median':>7} {'max':>7}  ratio  {'median':>6} ratio  goal")
     for r in rows:
         goal = "" if r["goal"] is None else f"<= {r['goal']}x {'ok' if r['met'] else 'MISSED'}"
         print(
-            f"{r['name']:34} {r['min_ms']:7.1f} {r['median_ms']:7.1f} {r['max_ms']:7.1f}"
+            f"{r['name']:{w}} {r['min_ms']:7.1f} {r['median_ms']:7.1f} {r['max_ms']:7.1f}"
             f"  {r['ratio']:5.2f}  {r['cpu_median_ms']:6.1f} {r['cpu_ratio']:5.2f}  {goal}"
         )
     return 0

@@ -3,7 +3,8 @@
 Chosen for this machine (tests/guestlib/README.md, "Machine facts"): TCG only (KVM is present
 but unusable), one TCG thread for both vCPUs (`thread=single`: the same CPU time per boot as a
 thread per vCPU, on one core, so two guests run side by side; and the guest kernel's code
-patching cannot meet TCG's int3 fault), `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed
+patching cannot meet TCG's int3 fault; the guest benchmarks choose a thread per vCPU, see
+VMConfig.tcg_thread), `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed
 once), memory in a shared memfd because vhost-user (virtiofsd) maps guest RAM.
 """
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+# "single": every vCPU in one TCG thread; "multi": a thread per vCPU (VMConfig.tcg_thread).
+TcgThread = Literal["single", "multi"]
 QEMU_BINARY = "qemu-system-x86_64"
 CHANNEL_NAME = "org.vfs-agent.test"
 
@@ -36,7 +40,9 @@ class Disk:
     readonly: bool = True
 
 
-def machine_argv(*, name: str, cpus: int, memory_mb: int) -> list[str]:
+def machine_argv(
+    *, name: str, cpus: int, memory_mb: int, tcg_thread: TcgThread = "single"
+) -> list[str]:
     return [
         QEMU_BINARY,
         "-name",
@@ -44,7 +50,7 @@ def machine_argv(*, name: str, cpus: int, memory_mb: int) -> list[str]:
         "-machine",
         "q35",
         "-accel",
-        "tcg,thread=single",
+        f"tcg,thread={tcg_thread}",
         "-cpu",
         "qemu64",
         "-smp",
