@@ -43,6 +43,9 @@ from tests.guestlib.deb_image import build_deb, ensure_deb_image
 from tests.guestlib.processes import stop_all
 from tests.guestlib.vm import VM, VMConfig, new_run_dir
 
+from vfs_agent.core.escape import mount_unit_name
+from vfs_agent.core.render_systemd import device_unit_name
+
 POLICY = """version: 1
 mounts:
   - {tag: unit-0, path: /srv/unit/unit-0}
@@ -114,23 +117,12 @@ def first(events: list[tuple[str, float, str, str]], source: str, action: str) -
 Split = dict[str, float]
 
 
-def escaped(name: str) -> str:
-    """systemd's escape of a path component made of letters, digits and '-' (systemd-escape)."""
-    return name.replace("-", "\\x2d")
-
-
-def device_unit(tag: str) -> str:
-    return f"dev-virtiofs-by\\x2dtag-{escaped(tag)}.device"
-
-
 def install_bare_units(vm: VM) -> None:
     for i in range(3):
         tag = f"bare-{i}"
-        unit = f"srv-bare-{escaped(tag)}.mount"
-        vm.put_file(
-            f"/etc/systemd/system/{unit}", BARE_UNIT.format(tag=tag, device=device_unit(tag))
-        )
-        wants = f"/etc/systemd/system/{device_unit(tag)}.wants"
+        unit, device = mount_unit_name(f"/srv/bare/{tag}"), device_unit_name(tag)
+        vm.put_file(f"/etc/systemd/system/{unit}", BARE_UNIT.format(tag=tag, device=device))
+        wants = f"/etc/systemd/system/{device}.wants"
         vm.run(["mkdir", "-p", wants], check=True)
         vm.run(["ln", "-sf", f"../{unit}", f"{wants}/{unit}"], check=True)
 
@@ -156,8 +148,8 @@ def split_cycles(
                 break
             time.sleep(0.1)
             events = events_since(vm, seen)[0]
-        mount = f"srv-{escaped(prefix)}-{escaped(tag)}.mount"
-        device = device_unit(tag)
+        mount = mount_unit_name(f"/srv/{prefix}/{tag}")
+        device = device_unit_name(tag)
         t0 = first(events, "KERNEL", "add")
         marks = {
             "u_add": first(events, "UDEV", "add"),

@@ -4,8 +4,8 @@ Chosen for this machine (tests/guestlib/README.md, "Machine facts"): TCG only (K
 but unusable), one TCG thread for both vCPUs (`thread=single`: the same CPU time per boot as a
 thread per vCPU, on one core, so two guests run side by side; and the guest kernel's code
 patching cannot meet TCG's int3 fault; the guest benchmarks choose a thread per vCPU, see
-VMConfig.tcg_thread), `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed
-once), memory in a shared memfd because vhost-user (virtiofsd) maps guest RAM.
+VMConfig.tcg_thread), `-cpu qemu64 -smp 2 -m 2048` (`-cpu max` oopsed once), memory in a
+shared memfd because vhost-user (virtiofsd) maps guest RAM.
 """
 
 from __future__ import annotations
