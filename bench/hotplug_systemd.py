@@ -15,6 +15,10 @@ A third path is the floor of any mount unit: `bare-0..2`, which the policy ignor
 hand-written mount unit (`Type=virtiofs`, bound to and wanted by the same per-tag device unit
 that vfs-agent's udev rule makes, as an administrator would write it): no wait for the host,
 one mount(8). What it takes over the daemon, no change to the generated units can take away.
+Its unplug, though, is not systemd's while vfs-agent.service runs: the daemon lazily unmounts
+any virtio-fs mount whose share is gone, whoever mounted it, and wins that race. So both kinds
+of unit then run --cycles more with vfs-agent.service stopped: there every unplug is systemd's
+stop job, and the two kinds compare like for like.
 
 Where the time of both kinds of unit goes, per hotplug, on the guest's monotonic clock, from
 the kernel's `add` uevent of the virtio device as `udevadm monitor` saw it: systemd's own
@@ -200,11 +204,15 @@ def main() -> int:
             unit_up, unit_down, splits = split_cycles(vm, share, "unit", args.cycles)
             daemon_up, daemon_down = cycles(vm, share, "dmn", "/srv/dmn", args.cycles)
             bare_up, bare_down, bare_splits = split_cycles(vm, share, "bare", args.cycles)
+            vm.run("systemctl stop vfs-agent.service", check=True)
+            alone_unit_down = split_cycles(vm, share, "unit", args.cycles)[1]
+            alone_bare_down = split_cycles(vm, share, "bare", args.cycles)[1]
             journal = vm.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
             for prefix in ("unit", "bare"):
                 assert f"Mounted share '{prefix}-" not in journal, (
                     "the daemon mounted a unit's share"
                 )
+            taken = journal.count("Unmounted /srv/bare/")
     finally:
         stop_all()
     print(f"\nhotplug in a systemd guest (TCG), {args.cycles} cycles each:")
@@ -214,11 +222,17 @@ def main() -> int:
     print(summary("generated units: unplug -> unmounted", unit_down))
     print(summary("daemon: unplug -> unmounted", daemon_down))
     print(summary("hand-written units: unplug -> unmounted", bare_down))
+    print(f"  of which the daemon unmounted {taken} of {args.cycles}, before systemd's stop job")
+    print("with vfs-agent.service stopped (every unplug systemd's stop job):")
+    print(summary("generated units: unplug -> unmounted", alone_unit_down))
+    print(summary("hand-written units: unplug -> unmounted", alone_bare_down))
     daemon = statistics.median(daemon_up)
     for title, ups in (("generated units", unit_up), ("hand-written units", bare_up)):
         ratio = statistics.median(ups) / daemon
         print(f"ratio {title}/daemon path (median, hotplug): {ratio:.2f}")
     print(f"unplug -> mount gone, generated units, max: {max(unit_down):.2f} s")
+    ratio = statistics.median(alone_unit_down) / statistics.median(alone_bare_down)
+    print(f"ratio generated/hand-written units (median, unplug, daemon stopped): {ratio:.2f}")
     for title, of in (("generated units", splits), ("hand-written units", bare_splits)):
         print(f"where the time goes, {title} (median ms per step; min-max):")
         for name, key in STEPS:

@@ -285,6 +285,31 @@ def test_a_policy_share_hotplugged_later_is_mounted_by_systemd(guest: VM, host_d
     assert_stopped_cleanly(guest, "srv-c.mount", "/srv/c")
 
 
+def test_a_busy_mount_of_an_unplugged_share_is_still_unmounted(guest: VM, host_dirs) -> None:
+    """A process has its working directory in the share as it is unplugged: systemd's stop of
+    the unit, the one its device's unplug started and the daemon asked for too, fails
+    (umount(8): target is busy). The daemon then unmounts the share lazily itself: no mount of
+    a gone share is left behind, and the share comes back at its next plug."""
+    guest.hotplug_share("absent-c", host_dirs["c"])
+    wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
+    guest.run("setsid -f sh -c 'cd /srv/c && exec sleep 600' </dev/null >/dev/null 2>&1")
+    cwd = "readlink /proc/$(pgrep -nx sleep)/cwd"
+    wait_until("a process in /srv/c", lambda: guest.run(cwd).stdout == "/srv/c\n", timeout=10)
+    guest.unplug_share("absent-c")
+    wait_until("/srv/c unmounted", lambda: "/srv/c" not in mounted(guest))
+    journal = guest.run("journalctl -b -u vfs-agent.service -o cat --no-pager").stdout
+    stop = "systemctl stop --job-mode=fail srv-c.mount failed"
+    lazily = [line for line in journal.splitlines() if line.startswith(stop)]
+    done = "Unmounted /srv/c (/srv/c: its share is gone)."
+    assert len(lazily) == 1 and lazily[0].endswith(done), journal[-3000:]
+    guest.run("pkill -x sleep", check=True)
+    guest.hotplug_share("absent-c", host_dirs["c"])  # and it comes back as ever
+    wait_until("srv-c.mount active", lambda: mounted(guest).get("/srv/c") == "absent-c")
+    guest.unplug_share("absent-c")
+    wait_until("/srv/c unmounted", lambda: "/srv/c" not in mounted(guest))
+    assert_stopped_cleanly(guest, "srv-c.mount", "/srv/c")
+
+
 def test_a_plug_while_the_previous_mount_is_being_stopped_is_mounted(guest: VM, host_dirs) -> None:
     """The host plugs a share again while its unit's previous mount is still being stopped (a
     service that uses the mount takes 8 s to stop). systemd starts no unit that is active when
