@@ -229,6 +229,52 @@ def test_bounded_run_returns_the_errno_or_times_out_without_waiting_for_the_chil
     assert time.monotonic() - started < 2
 
 
+def test_bounded_calls_of_one_child_answer_each_as_it_returns() -> None:
+    """spawn_each(): one fork for several calls; a call that hangs holds back no other, and the
+    child with it is left running (and later reaped), as a late spawn() child is."""
+
+    def fails() -> int:
+        raise OSError(errno.ENOTCONN, "gone")
+
+    def breaks() -> int:
+        raise ValueError("no errno")  # its thread dies without an answer
+
+    child = bounded.spawn_each([lambda: 0, fails, lambda: 0])
+    assert bounded.wait_each(child, 3, 5) == {0: 0, 1: errno.ENOTCONN, 2: 0}
+    assert child.pid not in bounded.unreaped()
+
+    started = time.monotonic()
+    hung = bounded.spawn_each([lambda: time.sleep(3600) or 0, lambda: 0, breaks])
+    answers = bounded.wait_each(hung, 3, 0.5)
+    assert answers == {0: bounded.TIMED_OUT, 1: 0, 2: bounded.TIMED_OUT}
+    assert time.monotonic() - started < 2
+    assert bounded.unreaped() == {hung.pid}
+    assert not kill_and_reap()
+
+
+def test_probe_forks_once_for_all_the_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fork of the agent costs tens of milliseconds of CPU under emulation, at every look."""
+    real_fork = os.fork
+    forks: list[int] = []
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(bounded.os, "fork", counting_fork)
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    mounts = [("/a", "0:1"), ("/b", "0:2"), ("/c", "0:3")]
+    result = probe(SysRoot(tmp_path), mounts, "virtio1=61", timeout=5)
+    assert result == dict.fromkeys(["/a", "/b", "/c"], Liveness.ALIVE)
+    assert len(forks) == 1
+    assert not bounded.unreaped()
+
+
 def test_bounded_child_keeps_only_the_descriptors_it_is_given(tmp_path: Path) -> None:
     kept = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     dropped = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)

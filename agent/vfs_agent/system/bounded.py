@@ -15,7 +15,7 @@ import contextlib
 import os
 import select
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 TIMED_OUT = -1  # the answer of a child that missed the deadline
 
@@ -36,12 +36,56 @@ class Child:
 def spawn(call: Callable[[], int], *, keep: Iterable[int] = (), name: bytes = b"") -> Child:
     """Fork; the child runs `call` (returning an errno, 0 for success) and exits. Descriptors
     in `keep` stay open in the child; `name` is what it shows in ps."""
+
+    def answer(write_end: int) -> None:
+        try:
+            code = call()
+        except OSError as e:
+            code = e.errno or 0
+        os.write(write_end, str(code).encode())
+
+    return _fork(answer, keep, name)
+
+
+def spawn_each(calls: Sequence[Callable[[], int]], *, name: bytes = b"") -> Child:
+    """One child for several calls that may each hang for good (wait_each() collects them):
+    each runs in a thread of its own and answers `INDEX ERRNO` on a line of its own as soon as
+    it returns, so one that hangs holds back no other. Under emulation a fork of the agent costs
+    tens of milliseconds of CPU, the child's page faults and exit included; a thread, about
+    a millisecond. The child ends when every call has returned."""
+
+    def answer_each(write_end: int) -> None:
+        import threading  # only here: the answer wait at boot does without it
+
+        def one(index: int, call: Callable[[], int]) -> None:
+            try:
+                code = call()
+            except OSError as e:
+                code = e.errno or 0
+            # One line, far below PIPE_BUF: the lines of the threads never interleave. The
+            # reader is gone after its deadline (EPIPE): nobody is left to tell.
+            with contextlib.suppress(OSError):
+                os.write(write_end, f"{index} {code}\n".encode())
+
+        threads = [
+            threading.Thread(target=one, args=(i, call), daemon=True)
+            for i, call in enumerate(calls)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    return _fork(answer_each, (), name)
+
+
+def _fork(body: Callable[[int], None], keep: Iterable[int], name: bytes) -> Child:
+    """Fork; the child runs `body` with the write end of its answer pipe, then exits."""
     reap()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     kept = sorted({*keep, write_end})
     pid = os.fork()
     if pid == 0:  # the child: a few system calls, then _exit; never returns
-        code = 0
         try:
             low = 0
             for fd in kept:
@@ -51,11 +95,7 @@ def spawn(call: Callable[[], int], *, keep: Iterable[int] = (), name: bytes = b"
             if name:
                 with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
                     comm.write(name)
-            try:
-                code = call()
-            except OSError as e:
-                code = e.errno or 0
-            os.write(write_end, str(code).encode())
+            body(write_end)
         finally:
             os._exit(0)
     os.close(write_end)
@@ -93,6 +133,36 @@ def collect(child: Child) -> int:
         os.waitpid(child.pid, 0)  # it answered, so it is exiting: nothing blocks
     _CHILDREN.discard(child.pid)
     return int(text) if text else TIMED_OUT
+
+
+def wait_each(child: Child, count: int, timeout: float) -> dict[int, int]:
+    """The answers of a spawn_each() child of `count` calls, by index: each call's errno (0:
+    success), TIMED_OUT for a call that missed the deadline. The child is reaped once every call
+    answered; one with a call still running is left as spawn() leaves a late child."""
+    answers = dict.fromkeys(range(count), TIMED_OUT)
+    left_over = b""
+    heard = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while heard < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([child.answer_fd], [], [], left)[0]:
+                break
+            chunk = os.read(child.answer_fd, 4096)
+            if not chunk:  # the child died without every answer
+                break
+            *lines, left_over = (left_over + chunk).split(b"\n")
+            for line in lines:
+                index, code = (int(word) for word in line.split())
+                heard += answers.get(index) == TIMED_OUT
+                answers[index] = code
+    finally:
+        os.close(child.answer_fd)
+    if heard == count:
+        with contextlib.suppress(ChildProcessError):  # every thread returned: it is exiting
+            os.waitpid(child.pid, 0)
+        _CHILDREN.discard(child.pid)
+    return answers
 
 
 def run(

@@ -5,17 +5,18 @@ that reached the device waits for an answer that never comes. The kernel offers 
 virtio-fs (its FUSE connections are not listed under /sys/fs/fuse/connections and it refuses
 MNT_FORCE), so a statfs(2) from the agent itself would hang the agent for good.
 
-So every probe is a statfs(2) (FUSE_STATFS is never answered from a cache) in a forked child
-(system/bounded.py), all the mounts asked about in parallel under one deadline (system/observe.py
-asks about every share mount but those of shares known to be gone). A child that misses it is
-left where it is: it ends when the device answers, or when the guest reboots.
+So every probe is a statfs(2) (FUSE_STATFS is never answered from a cache) in a thread of one
+forked child (system/bounded.py), all the mounts asked about in parallel under one deadline
+(system/observe.py asks about every share mount but those of shares known to be gone). A child
+with a probe that misses it is left where it is: it ends when the device answers, or when the
+guest reboots.
 
 A stuck request also keeps the guest from finishing a removal of that device, so the agent
-sends at most one: the PID of a stuck probe is kept in /run/vfs-agent/probes/, and while it is
-still stuck and the attached share devices are the same, the mount is reported unresponsive
-without a new probe. When the devices change, the mount is probed afresh: a request to a device
-the host removed fails at once with ENOTCONN (and once the discovery shows its share gone, the
-mount is not probed at all).
+sends at most one: the PID of the child of a stuck probe is kept in /run/vfs-agent/probes/,
+and while it is still stuck and the attached share devices are the same, the mount is reported
+unresponsive without a new probe. When the devices change, the mount is probed afresh: a
+request to a device the host removed fails at once with ENOTCONN (and once the discovery shows
+its share gone, the mount is not probed at all).
 """
 
 from __future__ import annotations
@@ -50,21 +51,21 @@ def probe(
     """The liveness of each (target, "major:minor") mount, probed in parallel. `devices` names
     the attached share devices; a stuck probe from a look at the same devices is trusted."""
     result: dict[str, Liveness] = {}
-    children: dict[int, tuple[str, str]] = {}  # pid -> (target, device)
-    pending: list[bounded.Child] = []
+    asked: list[tuple[str, str]] = []  # (target, device) of each call of the probe child
     for target, device in dict.fromkeys(mounts):
         if _still_stuck(sysroot, device, devices):
             result[target] = Liveness.UNRESPONSIVE
-            continue
-        path = str(sysroot.path(target))
-        child = bounded.spawn(functools.partial(_statfs, path), name=PROBE_COMM)
-        children[child.pid] = (target, device)
-        pending.append(child)
-    for pid, answer in bounded.wait(pending, timeout).items():
-        target, device = children[pid]
+        else:
+            asked.append((target, device))
+    if not asked:
+        return result
+    calls = [functools.partial(_statfs, str(sysroot.path(target))) for target, _ in asked]
+    child = bounded.spawn_each(calls, name=PROBE_COMM)
+    for index, answer in bounded.wait_each(child, len(calls), timeout).items():
+        target, device = asked[index]
         if answer == bounded.TIMED_OUT:
             result[target] = Liveness.UNRESPONSIVE
-            _remember(sysroot, device, pid, devices)
+            _remember(sysroot, device, child.pid, devices)
         else:
             result[target] = Liveness.DEAD if answer == errno.ENOTCONN else Liveness.ALIVE
     return result

@@ -323,36 +323,45 @@ def read_tag(space: ConfigSpace) -> str:
 # --- sysfs walk -----------------------------------------------------------------------------
 
 
-def _read_hex(path: Path) -> int | None:
+# The walk below runs at every look at the shares (discovery.removing_devices) over every PCI
+# function of the machine: plain strings and os calls, where a pathlib.Path per directory entry
+# cost the daemon tens of milliseconds per uevent under emulation.
+_VIRTIO_CHILD = re.compile(r"virtio\d+")
+
+
+def _read_hex(path: str) -> int | None:
     try:
-        return int(path.read_text(encoding="ascii", errors="replace").strip(), 16)
+        with open(path, "rb") as attribute:
+            return int(attribute.read(), 16)
     except (OSError, ValueError):
         return None
 
 
-def _virtio_child(path: Path) -> str | None:
+def _virtio_child(path: str) -> str | None:
     """The `virtioN` device the virtio_pci driver created under this PCI function, if bound."""
     try:
-        names = sorted(entry.name for entry in path.iterdir())
+        names = sorted(os.listdir(path))
     except OSError:
         return None
-    matches = [name for name in names if re.fullmatch(r"virtio\d+", name)]
-    return matches[0] if matches else None
+    return next((name for name in names if _VIRTIO_CHILD.fullmatch(name)), None)
 
 
 def virtio_fs_devices(root: Path) -> tuple[PciDevice, ...]:
     """Every PCI function under `<root>/sys/bus/pci/devices` that is a modern virtio-fs device."""
-    bus = root / "sys/bus/pci/devices"
+    bus = os.path.join(root, "sys/bus/pci/devices")
     try:
-        entries = sorted(bus.iterdir(), key=lambda entry: entry.name)
+        names = sorted(os.listdir(bus))
     except OSError:
         return ()
-    return tuple(
-        PciDevice(entry.name, entry, _virtio_child(entry))
-        for entry in entries
-        if _read_hex(entry / "vendor") == VIRTIO_VENDOR_ID
-        and _read_hex(entry / "device") == VIRTIO_FS_PCI_DEVICE_ID
-    )
+    found = []
+    for name in names:
+        where = f"{bus}/{name}"
+        if (
+            _read_hex(f"{where}/vendor") == VIRTIO_VENDOR_ID
+            and _read_hex(f"{where}/device") == VIRTIO_FS_PCI_DEVICE_ID
+        ):
+            found.append(PciDevice(name, Path(where), _virtio_child(where)))
+    return tuple(found)
 
 
 def _problem(device: PciDevice, reason: str) -> str:

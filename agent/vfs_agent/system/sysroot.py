@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
     from vfs_agent.system.observed import Observation
 
 __all__ = ["ABSENT", "SysRoot", "UnsafePathError", "write_atomic"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_path(root: Path, inner: str) -> str:
+    """str(SysRoot(root).path(inner)), remembered: the daemon reads the same few dozen sysfs
+    files at every look, and under emulation building each Path again cost it tens of
+    milliseconds per uevent."""
+    return str(root / inner.lstrip("/"))
 
 
 class UnsafePathError(OSError):
@@ -62,7 +71,7 @@ class SysRoot:
         return self.root / inner.lstrip("/")
 
     def _read(self, reader: str, inner: str, *args: Any) -> Any:
-        return observed.read(self.journal, reader, str(self.path(inner)), *args)
+        return observed.read(self.journal, reader, _host_path(self.root, inner), *args)
 
     def read_text(self, inner: str) -> str | None:
         """read_bytes(), decoded (UTF-8; other bytes kept as surrogates)."""
