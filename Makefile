@@ -116,13 +116,15 @@ bench-host: venv
 # What a user of a systemd guest feels (guests, one at a time; figures in README "Timings"):
 # the boot to multi-user.target with the policy against hand-written fstab (BOOTS of each,
 # interleaved) and the generator's run time; hotplug through udev, device and mount units
-# against the daemon, with where the time goes; the daemon's wakeups and RSS while idle.
+# against the daemon, with where the time goes, and what one reconcile of the daemon costs;
+# the daemon's wakeups and RSS while idle.
 BOOTS ?= 5
 bench-policy-boot: setup
 	$(VENV)/bin/python bench/boot_policy_vs_fstab.py --boots $(BOOTS)
 bench-hotplug: setup
 	$(VENV)/bin/python bench/hotplug_latency.py
 	$(VENV)/bin/python bench/hotplug_systemd.py
+	$(VENV)/bin/python bench/reconcile_cost.py
 bench-idle: setup
 	$(VENV)/bin/python bench/daemon_idle.py
 

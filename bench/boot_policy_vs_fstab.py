@@ -93,6 +93,13 @@ MANAGER_TIMES = (
 )
 
 
+def share_dirs(root: Path) -> list[tuple[str, Path]]:
+    """A new directory under `root` for each of TAGS: the shares, as VMConfig takes them."""
+    for tag in TAGS:
+        (root / tag).mkdir()
+    return [(tag, root / tag) for tag in TAGS]
+
+
 def manager_seconds(vm: VM, unit: str, *properties: str) -> list[float]:
     out = vm.run(
         ["systemctl", "show", *([unit] if unit else []), *(f"--property={p}" for p in properties)],
@@ -230,10 +237,7 @@ def main() -> int:
     args = parser.parse_args()
     full = args.full_generator
     root = Path(tempfile.mkdtemp(prefix="vfs-bench-boot-"))
-    shares = []
-    for tag in TAGS:
-        (root / tag).mkdir()
-        shares.append((tag, root / tag))
+    shares = share_dirs(root)
     image = ensure_deb_image(build_deb(root / "deb"))
     boots: dict[str, list[dict[str, float]]] = {"policy": [], "fstab": []}
     config = VMConfig(
