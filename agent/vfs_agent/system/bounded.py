@@ -38,11 +38,7 @@ def spawn(call: Callable[[], int], *, keep: Iterable[int] = (), name: bytes = b"
     in `keep` stay open in the child; `name` is what it shows in ps."""
 
     def answer(write_end: int) -> None:
-        try:
-            code = call()
-        except OSError as e:
-            code = e.errno or 0
-        os.write(write_end, str(code).encode())
+        os.write(write_end, str(_errno_of(call)).encode())
 
     return _fork(answer, keep, name)
 
@@ -59,25 +55,27 @@ def spawn_each(calls: Sequence[Callable[[], int]], *, name: bytes = b"") -> Chil
         import threading  # only here: the answer wait at boot does without it
 
         def one(index: int, call: Callable[[], int]) -> None:
-            try:
-                code = call()
-            except OSError as e:
-                code = e.errno or 0
+            code = _errno_of(call)
             # One line, far below PIPE_BUF: the lines of the threads never interleave. The
             # reader is gone after its deadline (EPIPE): nobody is left to tell.
             with contextlib.suppress(OSError):
                 os.write(write_end, f"{index} {code}\n".encode())
 
-        threads = [
-            threading.Thread(target=one, args=(i, call), daemon=True)
-            for i, call in enumerate(calls)
-        ]
+        threads = [threading.Thread(target=one, args=(i, call)) for i, call in enumerate(calls)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
 
     return _fork(answer_each, (), name)
+
+
+def _errno_of(call: Callable[[], int]) -> int:
+    """What a child answers for `call`: its result, or the errno of the OSError it raised."""
+    try:
+        return call()
+    except OSError as e:
+        return e.errno or 0
 
 
 def _fork(body: Callable[[int], None], keep: Iterable[int], name: bytes) -> Child:
@@ -141,11 +139,11 @@ def wait_each(child: Child, count: int, timeout: float) -> dict[int, int]:
     success), TIMED_OUT for a call that missed the deadline. The child is reaped once every call
     answered; one with a call still running is left as spawn() leaves a late child."""
     answers = dict.fromkeys(range(count), TIMED_OUT)
+    pending = set(answers)
     left_over = b""
-    heard = 0
     deadline = time.monotonic() + timeout
     try:
-        while heard < count:
+        while pending:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([child.answer_fd], [], [], left)[0]:
                 break
@@ -155,11 +153,11 @@ def wait_each(child: Child, count: int, timeout: float) -> dict[int, int]:
             *lines, left_over = (left_over + chunk).split(b"\n")
             for line in lines:
                 index, code = (int(word) for word in line.split())
-                heard += answers.get(index) == TIMED_OUT
+                pending.discard(index)
                 answers[index] = code
     finally:
         os.close(child.answer_fd)
-    if heard == count:
+    if not pending:
         with contextlib.suppress(ChildProcessError):  # every thread returned: it is exiting
             os.waitpid(child.pid, 0)
         _CHILDREN.discard(child.pid)
