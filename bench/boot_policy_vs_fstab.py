@@ -27,7 +27,9 @@ load average are printed. Every boot is checked to be the setup it is counted as
 Then, in the guest, the generator's run time (nothing changed since its last full run; in full
 with the compiled policy; in full with YAML and pydantic) against `python3 -c pass`, --runs
 each, each run into a new empty directory; what the standard library's modules that the full
-generator imports cost by themselves; and the generator with an empty page cache.
+generator imports cost by themselves, and `dataclasses` alone, the least that a core of frozen
+dataclasses (the project's contract for the core's types) imports; and the generator with an
+empty page cache.
 """
 
 from __future__ import annotations
@@ -276,6 +278,7 @@ def main() -> int:
             )
             stdlib = vm.run(["python3", "-c", STDLIB_OF_GENERATOR], check=True).stdout.strip()
             stdlib_time = median_run(vm, args.runs, "python3", "-c", f"import {stdlib}")
+            dataclasses_time = median_run(vm, args.runs, "python3", "-c", "import dataclasses")
             fast = median_run(vm, args.runs, *out)
             cold_base = median_run(vm, args.runs, "--cold", "python3", "-c", "pass")
             cold = median_run(vm, args.runs, "--cold", *out)
@@ -319,6 +322,8 @@ def main() -> int:
     stdlib_ratio = stdlib_time / base
     print(f"  its standard library alone: {stdlib_time * 1000:.0f} ms  (ratio {stdlib_ratio:.2f})")
     print(f"    (import {stdlib})")
+    dc_ratio = dataclasses_time / base
+    print(f"  dataclasses alone:          {dataclasses_time * 1000:.0f} ms  (ratio {dc_ratio:.2f})")
     print(f"  generator, nothing changed: {same * 1000:.0f} ms  (ratio {same / base:.2f})")
     print(f"  generator, compiled policy: {fast * 1000:.0f} ms  (ratio {fast / base:.2f})")
     print(f"  generator, YAML + pydantic: {slow * 1000:.0f} ms  (ratio {slow / base:.2f})")

@@ -25,6 +25,12 @@ click, YAML, pydantic) that the command imported beyond the floor's, as `-X impo
 them in a run of the command itself. What lies between the two lines is vfs_agent's own
 modules and work; what the reference line costs, no change to vfs_agent's code can take away
 short of importing fewer of those modules.
+
+Two more reference lines close the table: the least that any code keeping to the project's
+contracts imports, whatever else it does. Every command but `--version` goes through click (the
+CLI's contract), so a console script importing click and nothing else; and the generator in
+full plans through the core, whose types are frozen dataclasses (the core's contract), so the
+generator's interpreter importing `dataclasses` and nothing else.
 """
 
 from __future__ import annotations
@@ -250,6 +256,13 @@ def cases(work: Path, output: Path) -> list[Case]:
             2.0,
             out_cold,
             reference=True,
+        ),
+        Case("contract floor: click alone", [python, "-c", "import click"], base, None),
+        Case(
+            "contract floor: dataclasses alone",
+            [python, "-I", "-c", "import dataclasses"],
+            base,
+            None,
         ),
     ]
 
