@@ -38,11 +38,12 @@ __all__ = ["ABSENT", "SysRoot", "UnsafePathError", "write_atomic"]
 
 
 @functools.lru_cache(maxsize=4096)
-def _host_path(root: Path, inner: str) -> str:
-    """str(SysRoot(root).path(inner)), remembered: the daemon reads the same few dozen sysfs
-    files at every look, and under emulation building each Path again cost it tens of
-    milliseconds per uevent."""
-    return str(root / inner.lstrip("/"))
+def _under(root: Path, inner: str) -> Path:
+    """`inner` without its leading slashes, under `root` (SysRoot.path), remembered: the daemon
+    reads the same few dozen sysfs files at every look, and under emulation building each Path
+    again, and its string, cost it tens of milliseconds per uevent. A Path keeps its string once
+    made, so the same Path again gives it at once."""
+    return root / inner.lstrip("/")
 
 
 class UnsafePathError(OSError):
@@ -68,10 +69,10 @@ class SysRoot:
 
     def path(self, inner: str) -> Path:
         """The host path of `inner`, an absolute path inside the root (no symlink resolution)."""
-        return self.root / inner.lstrip("/")
+        return _under(self.root, inner)
 
     def _read(self, reader: str, inner: str, *args: Any) -> Any:
-        return observed.read(self.journal, reader, _host_path(self.root, inner), *args)
+        return observed.read(self.journal, reader, str(self.path(inner)), *args)
 
     def read_text(self, inner: str) -> str | None:
         """read_bytes(), decoded (UTF-8; other bytes kept as surrogates)."""
